@@ -1,0 +1,98 @@
+//! The hot path of one pixel request, without sockets: parse the request, build the hit, enqueue
+//! it. And, separately, the batcher's per-hit cost: encoding the hit for Kafka.
+//!
+//! `cargo bench -p pixelpipe-bench --bench request_path`
+
+// Set-up failures in a benchmark should stop it loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http_body_util::Full;
+use hyper::Request;
+use pixelpipe_bench::sample_request;
+use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
+use pixelpipe_ingest::metrics::Metrics;
+use pixelpipe_ingest::queue::HitQueue;
+use pixelpipe_ingest::service::Edge;
+use pixelpipe_ingest::{wire, Config};
+
+struct NullProducer;
+
+impl HitProducer for NullProducer {
+    fn send(&self, _: Option<&[u8]>, _: &[u8]) -> Result<(), BufferFull> {
+        Ok(())
+    }
+    fn flush(&self, _: Duration) {}
+    fn connected(&self) -> bool {
+        true
+    }
+}
+
+fn pixel_request(i: u64) -> Request<Full<Bytes>> {
+    let s = sample_request(i);
+    Request::builder()
+        .method("GET")
+        .uri(s.target)
+        .header("host", "px.example")
+        .header("user-agent", s.user_agent)
+        .header("referer", "https://blog.example/")
+        .header("accept-language", "en-GB,en;q=0.9")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn request_path(c: &mut Criterion) {
+    let config = Config::default();
+    let metrics = Metrics::new();
+    let (queue, rx) = HitQueue::new(1 << 16, 80, metrics.clone());
+    let edge = Edge::new(&config, queue, Arc::new(NullProducer), metrics).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let peer = "203.0.113.9".parse().unwrap();
+    // Pixel requests only (every tenth sample is a beacon): the bench measures the pixel path.
+    let requests: Vec<_> = (0..1000u64)
+        .filter(|i| i % 10 != 9)
+        .map(pixel_request)
+        .collect();
+
+    let mut group = c.benchmark_group("request_path");
+    group.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    group.bench_function("pixel_request_to_enqueued_hit", |b| {
+        b.iter_batched(
+            || {
+                i = (i + 1) % requests.len();
+                requests[i].clone()
+            },
+            |req| {
+                let resp = runtime.block_on(edge.handle(req, peer));
+                // Keep the channel from filling: the batcher's side is not what this measures.
+                let _ = rx.try_recv();
+                resp
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+
+    let hit = {
+        runtime.block_on(edge.handle(pixel_request(5), peer));
+        rx.try_recv().unwrap()
+    };
+    let mut buf = Vec::with_capacity(1024);
+    group.bench_function("encode_hit_for_kafka", |b| {
+        b.iter(|| {
+            buf.clear();
+            wire::encode(&hit, &mut buf);
+            buf.len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, request_path);
+criterion_main!(benches);

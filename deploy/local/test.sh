@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: starts the services the integration tests talk to over
+# loopback (installing them the first time), then `cargo test --workspace`.
+# Extra arguments go to cargo test, e.g. `deploy/local/test.sh -p pixelpipe-ingest`.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+need cargo "Install Rust first (https://rustup.rs)."
+"$ROOT/deploy/local/kafka.sh" start
+export PIXELPIPE_TEST_BROKERS="$KAFKA_ADDR"
+
+step "running cargo test --workspace"
+cd "$ROOT"
+cargo test --workspace --locked "$@"

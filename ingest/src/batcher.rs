@@ -1,0 +1,321 @@
+//! Batcher threads: drain the channel in batches, encode each hit once, hand it to the producer.
+//!
+//! Plain OS threads, not async tasks: encoding is CPU work and the producer's `send` is a
+//! synchronous call into librdkafka, so neither belongs on the HTTP runtime. Kafka-side batching
+//! (`linger.ms`, `batch.size`) is librdkafka's; a batch here is how many hits one wake-up takes.
+//!
+//! This module owns the stop-and-drain rule: on stop every hit already in the channel is still
+//! produced, within `kafka.flush_timeout_ms`; anything left after that is counted
+//! `dropped{reason="shutdown"}`. It does not know Kafka: I/O sits behind [`HitProducer`].
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use crate::config::MessageKey;
+use crate::metrics::Metrics;
+use crate::wire::{self, Hit};
+
+/// The producer's buffer is full; the hit was not taken.
+#[derive(Debug)]
+pub struct BufferFull;
+
+/// Where encoded hits go. Delivery outcomes are the producer's to count.
+pub trait HitProducer: Send + Sync + 'static {
+    /// Queues one encoded hit for delivery without blocking.
+    fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), BufferFull>;
+    /// Waits up to `timeout` for every queued hit to be delivered or failed.
+    fn flush(&self, timeout: Duration);
+    /// Whether the producer is connected to at least one broker.
+    fn connected(&self) -> bool;
+}
+
+/// How the batcher threads run.
+#[derive(Debug, Clone)]
+pub struct BatcherSettings {
+    /// Threads to run.
+    pub threads: usize,
+    /// Hits taken per wake-up at most.
+    pub batch_max_hits: usize,
+    /// Which bytes key each message.
+    pub message_key: MessageKey,
+    /// After stop, how long to keep trying to hand the remaining hits to the producer.
+    pub drain_timeout: Duration,
+}
+
+/// Running batcher threads.
+pub struct Batchers {
+    stop: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Batchers {
+    /// Starts the threads.
+    pub fn spawn(
+        rx: Receiver<Hit>,
+        producer: Arc<dyn HitProducer>,
+        settings: BatcherSettings,
+        metrics: Metrics,
+    ) -> std::io::Result<Batchers> {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let threads = (0..settings.threads)
+            .map(|i| {
+                let worker = Worker {
+                    rx: rx.clone(),
+                    stop: stop_rx.clone(),
+                    producer: producer.clone(),
+                    settings: settings.clone(),
+                    metrics: metrics.clone(),
+                    buf: Vec::with_capacity(1024),
+                };
+                std::thread::Builder::new()
+                    .name(format!("batcher-{i}"))
+                    .spawn(move || worker.run())
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Batchers {
+            stop: Some(stop_tx),
+            threads,
+        })
+    }
+
+    /// Stops taking new wake-ups, produces what is in the channel, and waits for the threads.
+    /// Call only after every request handler has finished, so nothing is offered afterwards.
+    pub fn stop_and_drain(mut self) {
+        // Dropping the only sender disconnects `stop`, which every thread sees at once.
+        self.stop.take();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a batcher thread panicked");
+            }
+        }
+    }
+}
+
+struct Worker {
+    rx: Receiver<Hit>,
+    stop: Receiver<()>,
+    producer: Arc<dyn HitProducer>,
+    settings: BatcherSettings,
+    metrics: Metrics,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.settings.batch_max_hits);
+        loop {
+            select! {
+                recv(self.rx) -> first => match first {
+                    Ok(hit) => batch.push(hit),
+                    Err(_) => break,
+                },
+                recv(self.stop) -> _ => break,
+            }
+            batch.extend(self.rx.try_iter().take(self.settings.batch_max_hits - 1));
+            self.metrics.batch_size.observe(batch.len() as f64);
+            self.metrics.queue_depth.set(self.rx.len() as i64);
+            let given_up = batch.iter().position(|hit| !self.produce(hit, None));
+            match given_up {
+                // Stop arrived while the producer was full: the rest goes through the drain.
+                Some(i) => {
+                    batch.drain(..i);
+                    break;
+                }
+                None => batch.clear(),
+            }
+        }
+        let deadline = Instant::now() + self.settings.drain_timeout;
+        self.drain(deadline, batch);
+    }
+
+    /// Produces everything still in the channel (and `pending`) until `deadline`.
+    fn drain(mut self, deadline: Instant, pending: Vec<Hit>) {
+        for hit in pending {
+            self.produce_or_drop(hit, deadline);
+        }
+        while let Ok(hit) = self.rx.try_recv() {
+            self.produce_or_drop(hit, deadline);
+        }
+        self.metrics.queue_depth.set(self.rx.len() as i64);
+    }
+
+    fn produce_or_drop(&mut self, hit: Hit, deadline: Instant) {
+        if !self.produce(&hit, Some(deadline)) {
+            self.metrics
+                .hits_dropped
+                .with_label_values(&["shutdown"])
+                .inc();
+        }
+    }
+
+    /// Hands one hit to the producer, retrying while its buffer is full. Returns false when it
+    /// gave up: without a deadline, because stop was requested; with one, because it passed.
+    fn produce(&mut self, hit: &Hit, deadline: Option<Instant>) -> bool {
+        self.buf.clear();
+        wire::encode(hit, &mut self.buf);
+        let ip_key;
+        let key = match self.settings.message_key {
+            MessageKey::None => None,
+            MessageKey::Site => Some(hit.site_id.as_bytes()),
+            MessageKey::Visitor => match (&hit.user_id, hit.client_ip) {
+                (Some(uid), _) => Some(uid.as_bytes()),
+                (None, Some(ip)) => {
+                    ip_key = ip.to_string();
+                    Some(ip_key.as_bytes())
+                }
+                (None, None) => None,
+            },
+        };
+        loop {
+            match self.producer.send(key, &self.buf) {
+                Ok(()) => return true,
+                Err(BufferFull) => {
+                    let give_up = match deadline {
+                        Some(d) => Instant::now() >= d,
+                        None => !matches!(
+                            self.stop.try_recv(),
+                            Err(crossbeam_channel::TryRecvError::Empty)
+                        ),
+                    };
+                    if give_up {
+                        return false;
+                    }
+                    // librdkafka frees room as deliveries complete; a short sleep avoids spinning.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::queue::HitQueue;
+    use crate::wire::tests_support::sample_hit;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// A message as the producer saw it: key and payload.
+    pub(crate) type Sent = (Option<Vec<u8>>, Vec<u8>);
+
+    /// Records what it is sent; can pretend to be full.
+    #[derive(Default)]
+    pub(crate) struct RecordingProducer {
+        pub(crate) sent: Mutex<Vec<Sent>>,
+        pub(crate) full: AtomicBool,
+        pub(crate) refused: AtomicUsize,
+    }
+
+    impl HitProducer for RecordingProducer {
+        fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), BufferFull> {
+            if self.full.load(Ordering::SeqCst) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(BufferFull);
+            }
+            self.sent
+                .lock()
+                .unwrap()
+                .push((key.map(<[u8]>::to_vec), payload.to_vec()));
+            Ok(())
+        }
+        fn flush(&self, _timeout: Duration) {}
+        fn connected(&self) -> bool {
+            true
+        }
+    }
+
+    fn settings(key: MessageKey) -> BatcherSettings {
+        BatcherSettings {
+            threads: 2,
+            batch_max_hits: 8,
+            message_key: key,
+            drain_timeout: Duration::from_millis(200),
+        }
+    }
+
+    #[test]
+    fn every_queued_hit_is_produced_once_and_decodes() {
+        let metrics = Metrics::new();
+        let (q, rx) = HitQueue::new(1000, 80, metrics.clone());
+        let producer = Arc::new(RecordingProducer::default());
+        let b = Batchers::spawn(
+            rx,
+            producer.clone(),
+            settings(MessageKey::Visitor),
+            metrics.clone(),
+        )
+        .unwrap();
+        let mut ids = Vec::new();
+        for i in 0..500 {
+            let mut h = sample_hit();
+            h.event_id = uuid::Uuid::from_u128(i);
+            ids.push(h.event_id);
+            q.offer(h);
+        }
+        b.stop_and_drain();
+        let sent = producer.sent.lock().unwrap();
+        let mut got: Vec<_> = sent
+            .iter()
+            .map(|(_, p)| wire::decode(p).unwrap().event_id)
+            .collect();
+        got.sort();
+        assert_eq!(got, ids);
+        assert_eq!(
+            sent[0].0.as_deref(),
+            Some(&b"u-42"[..]),
+            "visitor key is the uid"
+        );
+    }
+
+    #[test]
+    fn message_keys() {
+        for (mode, uid, want) in [
+            (MessageKey::Site, Some("u"), Some(b"shop".to_vec())),
+            (MessageKey::Visitor, None, Some(b"2001:db8::1".to_vec())),
+            (MessageKey::None, Some("u"), None),
+        ] {
+            let metrics = Metrics::new();
+            let (q, rx) = HitQueue::new(10, 80, metrics.clone());
+            let producer = Arc::new(RecordingProducer::default());
+            let b = Batchers::spawn(rx, producer.clone(), settings(mode), metrics).unwrap();
+            let mut h = sample_hit();
+            h.user_id = uid.map(str::to_owned);
+            q.offer(h);
+            b.stop_and_drain();
+            assert_eq!(producer.sent.lock().unwrap()[0].0, want, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_producer_at_shutdown_is_counted_not_hidden() {
+        let metrics = Metrics::new();
+        let (q, rx) = HitQueue::new(100, 80, metrics.clone());
+        let producer = Arc::new(RecordingProducer::default());
+        producer.full.store(true, Ordering::SeqCst);
+        let b = Batchers::spawn(
+            rx,
+            producer.clone(),
+            settings(MessageKey::None),
+            metrics.clone(),
+        )
+        .unwrap();
+        for _ in 0..10 {
+            q.offer(sample_hit());
+        }
+        // Let a batcher take the first batch and start retrying against the full producer.
+        while producer.refused.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        b.stop_and_drain();
+        assert!(producer.sent.lock().unwrap().is_empty());
+        let text = metrics.render();
+        assert!(
+            text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"shutdown\"} 10"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,685 @@
+//! The edge's one configuration struct, where its values come from, and its validation.
+//!
+//! Layers, later wins: built-in defaults, a TOML file, `PIXELPIPE_*` environment variables, then
+//! command-line overrides. Every layer names settings by the same dotted path (`kafka.linger_ms`),
+//! so there is one list of settings: the structs below. Environment variables spell the path with
+//! `__` between sections (`PIXELPIPE_KAFKA__LINGER_MS=5`). librdkafka properties pass through
+//! unchanged under `kafka.properties` (`PIXELPIPE_KAFKA__PROPERTIES__SASL_MECHANISMS=PLAIN` sets
+//! `sasl.mechanisms`: the name is lower-cased and `_` becomes `.`, as no librdkafka property name
+//! contains `_`).
+//!
+//! This module does not open sockets or clients; it only says what they should be.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::client_ip::TrustedProxies;
+use crate::error::{Error, Result};
+
+/// Prefix of the environment variables the edge reads.
+pub const ENV_PREFIX: &str = "PIXELPIPE_";
+
+/// Everything the edge can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of this edge process, written into every hit. Default: the machine's host name.
+    pub edge_id: String,
+    /// The public HTTP listener.
+    pub http: HttpConfig,
+    /// Bounds on what one hit may carry.
+    pub limits: LimitsConfig,
+    /// The hand-over from request handlers to the batcher threads.
+    pub queue: QueueConfig,
+    /// The Kafka producer.
+    pub kafka: KafkaConfig,
+    /// The admin listener (metrics).
+    pub admin: AdminConfig,
+}
+
+/// The public HTTP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address for pixels, beacons and health checks. Default `0.0.0.0:8080`.
+    pub listen_addr: SocketAddr,
+    /// Open connections at most; further ones are closed at once and counted. Default 10000.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head, and also how long a keep-alive
+    /// connection may sit idle (hyper starts this timer whenever it waits for a head): the
+    /// slowloris guard. Default 10000.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) accepted; hyper needs at least 8192.
+    /// Default 16384.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a `/collect` body. Default 10000.
+    pub body_read_timeout_ms: u64,
+    /// Largest `/collect` body; larger ones get 413. Default 65536 (64 KiB).
+    pub max_body_bytes: usize,
+    /// On shutdown, how long in-flight requests may take before their connections are cut.
+    /// Default 5000.
+    pub shutdown_grace_ms: u64,
+    /// Peers (CIDRs such as `10.0.0.0/8`, or single addresses) whose `X-Forwarded-For` and
+    /// `Forwarded` headers are believed. Default none: the socket peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Threads serving HTTP; 0 means one per CPU core. Default 0.
+    pub worker_threads: usize,
+}
+
+/// Bounds on what one hit may carry. What is cut is counted, never silently lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest query string; a longer one makes the hit invalid (`query_too_long`). Default 8192.
+    pub max_query_bytes: usize,
+    /// Parameters read per hit; the rest are cut (`too_many_params`). Default 64.
+    pub max_params: usize,
+    /// Longest parameter name; longer ones are cut (`key_too_long`). Default 64.
+    pub max_key_bytes: usize,
+    /// Longest parameter or header value; longer ones are shortened at a character boundary
+    /// (`value_too_long`). Default 2048.
+    pub max_value_bytes: usize,
+}
+
+/// The bounded channel between request handlers and batcher threads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Hits the channel holds; when full, new hits are dropped (`queue_full`) and the pixel is
+    /// still served. Default 65536.
+    pub capacity_hits: usize,
+    /// `/readyz` reports not ready while the channel is at least this full. Default 80.
+    pub high_water_percent: u8,
+    /// Batcher threads draining the channel into the producer. Default 1.
+    pub batcher_threads: usize,
+    /// Hits a batcher takes from the channel per wake-up. Default 1024.
+    pub batch_max_hits: usize,
+}
+
+/// Which bytes key a Kafka message, and so pick its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKey {
+    /// The visitor: `uid=` when given, else the client IP. One visitor's hits stay in order on one
+    /// partition, and many visitors spread over all partitions, even for one busy site.
+    Visitor,
+    /// The site id: one site's hits in one partition (a busy site can outgrow it).
+    Site,
+    /// No key: librdkafka's sticky partitioner fills larger batches; no ordering at all.
+    None,
+}
+
+/// The Kafka producer. The named settings are the ones pixelpipe has an opinion on; anything
+/// else librdkafka knows goes in `properties`, which win over the named ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated (`bootstrap.servers`). Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Topic hits are produced to. Default `pixelpipe.hits`.
+    pub topic: String,
+    /// Message key, see [`MessageKey`]. Default `visitor`.
+    pub message_key: MessageKey,
+    /// `acks`: `all` so a hit counts as delivered only once every in-sync replica has it; a
+    /// delivered hit then survives the loss of a broker. Default `all`.
+    pub acks: String,
+    /// `enable.idempotence`: librdkafka's retries cannot duplicate or reorder hits. Default true.
+    pub enable_idempotence: bool,
+    /// `compression.type`: lz4 is the cheapest codec per byte saved; JSON hits shrink several
+    /// fold. Default `lz4`.
+    pub compression: String,
+    /// `linger.ms`: how long librdkafka waits to fill a batch. 20 ms costs a pixel nothing (the
+    /// response never waits for Kafka) and makes batches large. Default 20.
+    pub linger_ms: u64,
+    /// `batch.size`: largest batch per partition, in bytes. Default 1000000.
+    pub batch_size_bytes: usize,
+    /// `queue.buffering.max.messages`: hits librdkafka holds while waiting for brokers. Sized
+    /// with the channel so a broker hiccup is absorbed before hits are dropped. Default 200000.
+    pub buffer_max_hits: usize,
+    /// `message.timeout.ms`: how long librdkafka keeps retrying one hit before it is counted
+    /// failed. Default 300000 (5 minutes).
+    pub message_timeout_ms: u64,
+    /// `statistics.interval.ms`: how often librdkafka reports queue depth, broker round trip and
+    /// broker state (which `/readyz` uses). Default 1000.
+    pub statistics_interval_ms: u64,
+    /// On shutdown, how long to wait for queued hits to be delivered. Default 10000.
+    pub flush_timeout_ms: u64,
+    /// Any other librdkafka producer property, passed through unchanged (SASL, TLS, client.id).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// The admin listener: metrics only, on loopback by default so it is never public by accident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address serving `GET /metrics`. Default `127.0.0.1:9090`.
+    pub listen_addr: SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            edge_id: default_edge_id(),
+            http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
+            queue: QueueConfig::default(),
+            kafka: KafkaConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_header_bytes: 16_384,
+            body_read_timeout_ms: 10_000,
+            max_body_bytes: 64 * 1024,
+            shutdown_grace_ms: 5_000,
+            trusted_proxies: Vec::new(),
+            worker_threads: 0,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_query_bytes: 8192,
+            max_params: 64,
+            max_key_bytes: 64,
+            max_value_bytes: 2048,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            capacity_hits: 65_536,
+            high_water_percent: 80,
+            batcher_threads: 1,
+            batch_max_hits: 1024,
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "pixelpipe.hits".into(),
+            message_key: MessageKey::Visitor,
+            acks: "all".into(),
+            enable_idempotence: true,
+            compression: "lz4".into(),
+            linger_ms: 20,
+            batch_size_bytes: 1_000_000,
+            buffer_max_hits: 200_000,
+            message_timeout_ms: 300_000,
+            statistics_interval_ms: 1_000,
+            flush_timeout_ms: 10_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+fn default_edge_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "edge".to_owned())
+}
+
+impl Config {
+    /// Builds the effective configuration from an optional TOML file, environment variables
+    /// (only `PIXELPIPE_*` ones are read) and `path=value` overrides, then validates it.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config> {
+        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialise");
+        let mut table = defaults.clone();
+        if let Some(path) = file {
+            let file_err = |reason: String| Error::ConfigFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+            let from_file: toml::Table =
+                toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+            merge(&mut table, from_file);
+        }
+        for (name, value) in env {
+            if let Some(path) = env_path(&name) {
+                set_path(&mut table, &defaults, &path, &value, &name)?;
+            }
+        }
+        for (dotted, value) in overrides {
+            let path = dotted_path(dotted);
+            set_path(&mut table, &defaults, &path, value, dotted)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::config("config", e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting once, so a wrong one fails at start and says which it is.
+    pub fn validate(&self) -> Result<()> {
+        fn check(ok: bool, setting: &str, reason: &str) -> Result<()> {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::config(setting, reason))
+            }
+        }
+        check(
+            !self.edge_id.trim().is_empty(),
+            "edge_id",
+            "must not be empty",
+        )?;
+        let h = &self.http;
+        check(
+            h.max_connections > 0,
+            "http.max_connections",
+            "must be at least 1",
+        )?;
+        check(
+            h.header_read_timeout_ms > 0,
+            "http.header_read_timeout_ms",
+            "must be at least 1",
+        )?;
+        check(
+            h.max_header_bytes >= 8192,
+            "http.max_header_bytes",
+            "must be at least 8192",
+        )?;
+        check(
+            h.body_read_timeout_ms > 0,
+            "http.body_read_timeout_ms",
+            "must be at least 1",
+        )?;
+        check(
+            h.max_body_bytes > 0,
+            "http.max_body_bytes",
+            "must be at least 1",
+        )?;
+        TrustedProxies::parse(&h.trusted_proxies)
+            .map_err(|reason| Error::config("http.trusted_proxies", reason))?;
+        check(
+            h.listen_addr != self.admin.listen_addr || h.listen_addr.port() == 0,
+            "admin.listen_addr",
+            "must differ from http.listen_addr",
+        )?;
+        let l = &self.limits;
+        check(
+            l.max_query_bytes > 0,
+            "limits.max_query_bytes",
+            "must be at least 1",
+        )?;
+        check(l.max_params > 0, "limits.max_params", "must be at least 1")?;
+        check(
+            l.max_key_bytes > 0,
+            "limits.max_key_bytes",
+            "must be at least 1",
+        )?;
+        check(
+            l.max_value_bytes >= 16,
+            "limits.max_value_bytes",
+            "must be at least 16",
+        )?;
+        let q = &self.queue;
+        check(
+            q.capacity_hits > 0,
+            "queue.capacity_hits",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=100).contains(&q.high_water_percent),
+            "queue.high_water_percent",
+            "must be between 1 and 100",
+        )?;
+        check(
+            q.batcher_threads > 0,
+            "queue.batcher_threads",
+            "must be at least 1",
+        )?;
+        check(
+            q.batch_max_hits > 0,
+            "queue.batch_max_hits",
+            "must be at least 1",
+        )?;
+        let k = &self.kafka;
+        check(
+            !k.brokers.trim().is_empty(),
+            "kafka.brokers",
+            "must name at least one broker",
+        )?;
+        check(
+            valid_topic(&k.topic),
+            "kafka.topic",
+            "must be 1-249 characters of ASCII letters, digits, '.', '_' or '-'",
+        )?;
+        check(
+            ["0", "1", "all", "-1"].contains(&k.acks.as_str()),
+            "kafka.acks",
+            "must be 0, 1, all or -1",
+        )?;
+        check(
+            ["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()),
+            "kafka.compression",
+            "must be none, gzip, snappy, lz4 or zstd",
+        )?;
+        check(
+            k.linger_ms <= 900_000,
+            "kafka.linger_ms",
+            "must be at most 900000",
+        )?;
+        check(
+            k.batch_size_bytes > 0,
+            "kafka.batch_size_bytes",
+            "must be at least 1",
+        )?;
+        check(
+            (1..=10_000_000).contains(&k.buffer_max_hits),
+            "kafka.buffer_max_hits",
+            "must be between 1 and 10000000 (librdkafka's bound)",
+        )?;
+        check(
+            k.message_timeout_ms > 0,
+            "kafka.message_timeout_ms",
+            "must be at least 1",
+        )?;
+        check(
+            k.statistics_interval_ms > 0,
+            "kafka.statistics_interval_ms",
+            "must be at least 1 (readiness needs broker state)",
+        )?;
+        for name in k.properties.keys() {
+            check(
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.'),
+                &format!("kafka.properties.{name}"),
+                "is not a librdkafka property name",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, for `--check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+fn valid_topic(t: &str) -> bool {
+    (1..=249).contains(&t.len())
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Deep-merges `over` into `base`: tables merge, everything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `PIXELPIPE_KAFKA__LINGER_MS` -> `["kafka", "linger_ms"]`; other variables -> `None`.
+fn env_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    // PIXELPIPE_CONFIG names the file itself and PIXELPIPE_LOG the log filter; neither is a setting.
+    if rest.is_empty() || rest == "CONFIG" || rest == "LOG" {
+        return None;
+    }
+    let mut path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    if path.len() == 3 && path[0] == "kafka" && path[1] == "properties" {
+        path[2] = path[2].replace('_', ".");
+    }
+    Some(path)
+}
+
+/// `kafka.linger_ms` -> `["kafka", "linger_ms"]`; `kafka.properties.sasl.mechanisms` keeps the
+/// property name whole.
+fn dotted_path(dotted: &str) -> Vec<String> {
+    match dotted.strip_prefix("kafka.properties.") {
+        Some(prop) => vec!["kafka".into(), "properties".into(), prop.into()],
+        None => dotted.split('.').map(str::to_owned).collect(),
+    }
+}
+
+/// Sets one setting from text, typed like its default so `PIXELPIPE_KAFKA__TOPIC=123` stays a
+/// string and `..._LINGER_MS=x` fails naming the variable.
+fn set_path(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    path: &[String],
+    text: &str,
+    source: &str,
+) -> Result<()> {
+    let setting = path.join(".");
+    let Some((last, parents)) = path.split_last() else {
+        return Err(Error::config(source, "names no setting"));
+    };
+    let mut node = table;
+    let mut default_node = Some(defaults);
+    for part in parents {
+        let entry = node
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let toml::Value::Table(next) = entry else {
+            return Err(Error::config(
+                setting,
+                format!("`{part}` is not a section (from {source})"),
+            ));
+        };
+        node = next;
+        default_node = default_node
+            .and_then(|d| d.get(part))
+            .and_then(toml::Value::as_table);
+    }
+    let bad =
+        |what: &str| Error::config(&setting, format!("{text:?} is not {what} (from {source})"));
+    let value = match default_node.and_then(|d| d.get(last)) {
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(text.trim().parse().map_err(|_| bad("a whole number"))?)
+        }
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(text.trim().parse().map_err(|_| bad("true or false"))?)
+        }
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
+        ),
+        Some(toml::Value::Table(_)) => {
+            return Err(Error::config(
+                setting,
+                format!("is a section, not a value (from {source})"),
+            ))
+        }
+        // Strings, and keys with no default (kafka.properties, or unknown names that the typed
+        // read below rejects by name).
+        _ => toml::Value::String(text.to_owned()),
+    };
+    node.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)], sets: &[(&str, &str)]) -> Result<Config> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let sets: Vec<_> = sets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(None, env, &sets)
+    }
+
+    fn err_text(r: Result<Config>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load(&[], &[]).unwrap();
+        assert_eq!(c.kafka.linger_ms, 20);
+        assert_eq!(c.http.max_body_bytes, 65536);
+        assert_eq!(c.kafka.acks, "all");
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("pp-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("edge.toml");
+        std::fs::write(&file, "edge_id = \"from-file\"\n[kafka]\nlinger_ms = 7\ntopic = \"t-file\"\n[kafka.properties]\n\"client.id\" = \"file\"\n").unwrap();
+        let env = vec![
+            ("PIXELPIPE_KAFKA__TOPIC".to_string(), "t-env".to_string()),
+            (
+                "PIXELPIPE_KAFKA__PROPERTIES__SASL_MECHANISMS".to_string(),
+                "PLAIN".to_string(),
+            ),
+            (
+                "PIXELPIPE_HTTP__TRUSTED_PROXIES".to_string(),
+                "10.0.0.0/8, 192.168.1.1".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let sets = vec![("kafka.topic".to_string(), "t-flag".to_string())];
+        let c = Config::load(Some(&file), env, &sets).unwrap();
+        assert_eq!(c.edge_id, "from-file");
+        assert_eq!(c.kafka.linger_ms, 7);
+        assert_eq!(c.kafka.topic, "t-flag");
+        assert_eq!(c.kafka.properties["client.id"], "file");
+        assert_eq!(c.kafka.properties["sasl.mechanisms"], "PLAIN");
+        assert_eq!(c.http.trusted_proxies, vec!["10.0.0.0/8", "192.168.1.1"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn numeric_looking_strings_stay_strings() {
+        let c = load(&[("PIXELPIPE_KAFKA__TOPIC", "123")], &[]).unwrap();
+        assert_eq!(c.kafka.topic, "123");
+        let c = load(&[], &[("kafka.properties.sasl.mechanisms", "PLAIN")]).unwrap();
+        assert_eq!(c.kafka.properties["sasl.mechanisms"], "PLAIN");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = err_text(load(&[("PIXELPIPE_KAFKA__LINGER_MS", "soon")], &[]));
+        assert!(
+            e.contains("kafka.linger_ms") && e.contains("PIXELPIPE_KAFKA__LINGER_MS"),
+            "{e}"
+        );
+        let e = err_text(load(&[], &[("queue.capacity_hits", "0")]));
+        assert!(e.contains("queue.capacity_hits"), "{e}");
+        let e = err_text(load(&[], &[("kafka.topic", "bad topic")]));
+        assert!(e.contains("kafka.topic"), "{e}");
+        let e = err_text(load(&[], &[("http.trusted_proxies", "10.0.0.0/33")]));
+        assert!(
+            e.contains("http.trusted_proxies") && e.contains("10.0.0.0/33"),
+            "{e}"
+        );
+        let e = err_text(load(&[], &[("kafka.acks", "some")]));
+        assert!(e.contains("kafka.acks"), "{e}");
+        let e = err_text(load(&[], &[("http.max_header_bytes", "100")]));
+        assert!(e.contains("http.max_header_bytes"), "{e}");
+        let e = err_text(load(&[], &[("queue.high_water_percent", "0")]));
+        assert!(e.contains("queue.high_water_percent"), "{e}");
+        let e = err_text(load(&[], &[("kafka.properties.Bad_Name", "x")]));
+        assert!(e.contains("kafka.properties.Bad_Name"), "{e}");
+        let e = err_text(load(&[], &[("http", "x")]));
+        assert!(e.contains("http") && e.contains("section"), "{e}");
+    }
+
+    #[test]
+    fn unknown_settings_are_rejected_by_name() {
+        let e = err_text(load(&[("PIXELPIPE_KAFKA__LINGER", "5")], &[]));
+        assert!(e.contains("linger"), "{e}");
+        let e = err_text(load(&[], &[("nope", "5")]));
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_file_is_named() {
+        let missing = Path::new("/nonexistent/pixelpipe.toml");
+        let e = Config::load(Some(missing), Vec::new(), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/pixelpipe.toml"), "{e}");
+    }
+
+    #[test]
+    fn printed_config_loads_back_identical() {
+        let c = load(
+            &[],
+            &[("kafka.properties.client.id", "x"), ("edge_id", "e1")],
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("pp-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("printed.toml");
+        std::fs::write(&file, c.to_toml()).unwrap();
+        assert_eq!(Config::load(Some(&file), Vec::new(), &[]).unwrap(), c);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn every_setting_is_in_the_configuration_reference() {
+        let doc = include_str!("../../docs/configuration.md");
+        let table = toml::Table::try_from(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        for (key, value) in &table {
+            match value {
+                toml::Value::Table(section) => {
+                    for field in section.keys() {
+                        let name = format!("{key}.{field}");
+                        if !doc.contains(&format!("`{name}`")) {
+                            missing.push(name);
+                        }
+                    }
+                }
+                _ if !doc.contains(&format!("`{key}`")) => missing.push(key.clone()),
+                _ => {}
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md lacks {missing:?}"
+        );
+    }
+}

@@ -1,0 +1,750 @@
+//! Turning one request into a [`Hit`]: parameter names, typed fields, limits, and the reasons a
+//! hit is invalid or a field is cut.
+//!
+//! Pure and synchronous: no I/O, no locks, nothing awaited, so it runs on the request path and is
+//! tested without sockets. It does not decide what happens to a finished hit (see `queue`) nor
+//! how it is encoded (see `wire`).
+//!
+//! Policy for bad input (documented in `docs/hits.md`): a *field* that cannot be read (bad
+//! percent-encoding, invalid UTF-8, over a limit, not a number) is dropped or shortened and counted
+//! by [`CutReason`], and the hit is kept; a *hit* without a valid site or kind cannot be attributed
+//! and is not stored, counted by [`InvalidReason`].
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use hyper::header::{HeaderMap, HeaderName, ACCEPT_LANGUAGE, HOST, REFERER, USER_AGENT};
+use uuid::{NoContext, Timestamp, Uuid};
+
+use crate::config::LimitsConfig;
+use crate::wire::{Hit, Transport, SCHEMA_VERSION};
+
+/// The kind a hit gets when it names none.
+pub const DEFAULT_KIND: &str = "pageview";
+
+/// Why a hit was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidReason {
+    /// No `site` parameter.
+    MissingSite,
+    /// `site` is not 1-64 characters of `A-Z a-z 0-9 . _ -`.
+    BadSite,
+    /// `e` is not 1-64 characters of `a-z 0-9 . _ -` (upper case is folded).
+    BadKind,
+    /// The query string is longer than `limits.max_query_bytes`.
+    QueryTooLong,
+    /// An element of a `/collect` array is not a JSON object.
+    NotAnObject,
+}
+
+impl InvalidReason {
+    /// Every reason, for metrics registration.
+    pub const ALL: [InvalidReason; 5] = [
+        InvalidReason::MissingSite,
+        InvalidReason::BadSite,
+        InvalidReason::BadKind,
+        InvalidReason::QueryTooLong,
+        InvalidReason::NotAnObject,
+    ];
+
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvalidReason::MissingSite => "missing_site",
+            InvalidReason::BadSite => "bad_site",
+            InvalidReason::BadKind => "bad_kind",
+            InvalidReason::QueryTooLong => "query_too_long",
+            InvalidReason::NotAnObject => "not_an_object",
+        }
+    }
+}
+
+/// Why a field of an otherwise stored hit was dropped or shortened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutReason {
+    /// Bad percent-encoding or invalid UTF-8: the parameter or header is dropped.
+    BadEncoding,
+    /// Parameter name longer than `limits.max_key_bytes`: dropped.
+    KeyTooLong,
+    /// Value longer than `limits.max_value_bytes`: shortened at a character boundary.
+    ValueTooLong,
+    /// Parameters past `limits.max_params`: dropped.
+    TooManyParams,
+    /// `value` is not a finite decimal number: dropped.
+    BadNumber,
+    /// `currency` is not three ASCII letters: dropped.
+    BadCurrency,
+    /// A JSON value that is an array or object where text was expected: dropped.
+    BadType,
+    /// A well-known parameter given twice: the first is kept, later ones dropped.
+    Duplicate,
+}
+
+impl CutReason {
+    /// Every reason, for metrics registration.
+    pub const ALL: [CutReason; 8] = [
+        CutReason::BadEncoding,
+        CutReason::KeyTooLong,
+        CutReason::ValueTooLong,
+        CutReason::TooManyParams,
+        CutReason::BadNumber,
+        CutReason::BadCurrency,
+        CutReason::BadType,
+        CutReason::Duplicate,
+    ];
+
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CutReason::BadEncoding => "bad_encoding",
+            CutReason::KeyTooLong => "key_too_long",
+            CutReason::ValueTooLong => "value_too_long",
+            CutReason::TooManyParams => "too_many_params",
+            CutReason::BadNumber => "bad_number",
+            CutReason::BadCurrency => "bad_currency",
+            CutReason::BadType => "bad_type",
+            CutReason::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Counts of cut fields by reason, for one hit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cuts([u16; CutReason::ALL.len()]);
+
+impl Cuts {
+    fn add(&mut self, reason: CutReason) {
+        let slot = &mut self.0[reason as usize];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// How many of this reason.
+    pub fn get(&self, reason: CutReason) -> u16 {
+        self.0[reason as usize]
+    }
+
+    /// All cuts together.
+    pub fn total(&self) -> u16 {
+        self.0.iter().fold(0u16, |a, b| a.saturating_add(*b))
+    }
+}
+
+/// What the request itself (socket and headers) says, read once per request and shared by
+/// every hit of a `/collect` array.
+#[derive(Debug, Clone)]
+pub struct RequestMeta {
+    /// Receive time, ms since the epoch.
+    pub received_at_ms: u64,
+    /// Client address after the trusted-proxy rule.
+    pub client_ip: Option<IpAddr>,
+    /// `User-Agent`.
+    pub user_agent: Option<String>,
+    /// `Referer`.
+    pub referer: Option<String>,
+    /// `Accept-Language`.
+    pub accept_language: Option<String>,
+    /// `DNT`.
+    pub dnt: Option<String>,
+    /// `Sec-GPC`.
+    pub sec_gpc: Option<String>,
+    /// `Host`.
+    pub host: Option<String>,
+    /// Request path.
+    pub path: String,
+    /// The request was a `HEAD`.
+    pub head_request: bool,
+    /// Header fields cut while reading them.
+    pub cuts: Cuts,
+}
+
+impl RequestMeta {
+    /// Reads the headers a hit carries, bounded by `limits`.
+    pub fn new(
+        received_at_ms: u64,
+        client_ip: Option<IpAddr>,
+        path: &str,
+        headers: &HeaderMap,
+        limits: &LimitsConfig,
+    ) -> RequestMeta {
+        let mut cuts = Cuts::default();
+        let mut header = |name: &HeaderName| -> Option<String> {
+            let raw = headers.get(name)?.as_bytes();
+            match std::str::from_utf8(raw) {
+                Ok("") => None,
+                Ok(text) => Some(bounded(text, limits.max_value_bytes, &mut cuts).into_owned()),
+                Err(_) => {
+                    cuts.add(CutReason::BadEncoding);
+                    None
+                }
+            }
+        };
+        RequestMeta {
+            received_at_ms,
+            client_ip,
+            user_agent: header(&USER_AGENT),
+            referer: header(&REFERER),
+            accept_language: header(&ACCEPT_LANGUAGE),
+            dnt: header(&HeaderName::from_static("dnt")),
+            sec_gpc: header(&HeaderName::from_static("sec-gpc")),
+            host: header(&HOST),
+            path: path.to_owned(),
+            head_request: false,
+            cuts,
+        }
+    }
+}
+
+/// Shortens `text` to at most `max` bytes at a character boundary, counting the cut.
+fn bounded<'a>(text: &'a str, max: usize, cuts: &mut Cuts) -> Cow<'a, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    cuts.add(CutReason::ValueTooLong);
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(text[..end].to_owned())
+}
+
+/// A hit being assembled from parameters.
+#[derive(Debug)]
+pub struct Draft<'a> {
+    limits: &'a LimitsConfig,
+    kind: Option<String>,
+    site_id: Option<String>,
+    fields: Hit,
+    params: usize,
+    cuts: Cuts,
+}
+
+impl<'a> Draft<'a> {
+    /// Starts a hit from what the request says.
+    pub fn new(
+        meta: &RequestMeta,
+        transport: Transport,
+        edge_id: &str,
+        limits: &'a LimitsConfig,
+    ) -> Draft<'a> {
+        let fields = Hit {
+            schema_version: SCHEMA_VERSION,
+            event_id: Uuid::nil(),
+            received_at_ms: meta.received_at_ms,
+            edge_id: edge_id.to_owned(),
+            transport,
+            kind: String::new(),
+            site_id: String::new(),
+            client_ip: meta.client_ip,
+            user_agent: meta.user_agent.clone(),
+            referer: meta.referer.clone(),
+            accept_language: meta.accept_language.clone(),
+            dnt: meta.dnt.clone(),
+            sec_gpc: meta.sec_gpc.clone(),
+            host: meta.host.clone(),
+            path: meta.path.clone(),
+            head_request: meta.head_request,
+            url: None,
+            page_referrer: None,
+            title: None,
+            user_id: None,
+            campaign: None,
+            source: None,
+            medium: None,
+            content: None,
+            term: None,
+            variant: None,
+            message_id: None,
+            value: None,
+            currency: None,
+            props: Vec::new(),
+            cut_fields: 0,
+        };
+        Draft {
+            limits,
+            kind: None,
+            site_id: None,
+            fields,
+            params: 0,
+            cuts: meta.cuts,
+        }
+    }
+
+    /// Applies one decoded parameter. Well-known names fill typed fields; every other name is
+    /// kept as a custom property. Empty values are treated as absent.
+    pub fn param(&mut self, key: &str, value: &str) {
+        self.params += 1;
+        if self.params > self.limits.max_params {
+            self.cuts.add(CutReason::TooManyParams);
+            return;
+        }
+        if key.is_empty() || value.is_empty() || matches!(key, "cb" | "_") {
+            // Cache busters exist only to defeat caches; they carry nothing to store.
+            return;
+        }
+        if key.len() > self.limits.max_key_bytes {
+            self.cuts.add(CutReason::KeyTooLong);
+            return;
+        }
+        let value = bounded(value, self.limits.max_value_bytes, &mut self.cuts);
+        let f = &mut self.fields;
+        let slot = match key {
+            "e" => &mut self.kind,
+            "site" => &mut self.site_id,
+            "url" => &mut f.url,
+            "ref" => &mut f.page_referrer,
+            "title" => &mut f.title,
+            "uid" => &mut f.user_id,
+            "campaign" | "utm_campaign" => &mut f.campaign,
+            "source" | "utm_source" => &mut f.source,
+            "medium" | "utm_medium" => &mut f.medium,
+            "content" | "utm_content" => &mut f.content,
+            "term" | "utm_term" => &mut f.term,
+            "variant" => &mut f.variant,
+            "msg" => &mut f.message_id,
+            "value" => {
+                match value.trim().parse::<f64>() {
+                    Ok(v) if v.is_finite() && f.value.is_none() => f.value = Some(v),
+                    Ok(v) if v.is_finite() => self.cuts.add(CutReason::Duplicate),
+                    _ => self.cuts.add(CutReason::BadNumber),
+                }
+                return;
+            }
+            "currency" => {
+                let code = value.trim();
+                if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    self.cuts.add(CutReason::BadCurrency);
+                } else if f.currency.is_some() {
+                    self.cuts.add(CutReason::Duplicate);
+                } else {
+                    f.currency = Some(code.to_ascii_uppercase());
+                }
+                return;
+            }
+            _ => {
+                f.props.push((key.to_owned(), value.into_owned()));
+                return;
+            }
+        };
+        if slot.is_some() {
+            self.cuts.add(CutReason::Duplicate);
+        } else {
+            *slot = Some(value.into_owned());
+        }
+    }
+
+    /// Applies a custom property that must not be read as a well-known name (JSON `props`).
+    pub fn prop(&mut self, key: &str, value: &str) {
+        self.params += 1;
+        if self.params > self.limits.max_params {
+            self.cuts.add(CutReason::TooManyParams);
+        } else if key.len() > self.limits.max_key_bytes {
+            self.cuts.add(CutReason::KeyTooLong);
+        } else if !key.is_empty() && !value.is_empty() {
+            let value = bounded(value, self.limits.max_value_bytes, &mut self.cuts).into_owned();
+            self.fields.props.push((key.to_owned(), value));
+        }
+    }
+
+    /// Records a field that was dropped before it could be applied.
+    pub fn cut(&mut self, reason: CutReason) {
+        self.cuts.add(reason);
+    }
+
+    /// Validates and completes the hit, giving it its `event_id`. The cuts are returned either
+    /// way so the caller can count them.
+    pub fn finish(mut self) -> (Result<Hit, InvalidReason>, Cuts) {
+        let result = (|| {
+            let site = self.site_id.take().ok_or(InvalidReason::MissingSite)?;
+            if site.len() > 64
+                || !site
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            {
+                return Err(InvalidReason::BadSite);
+            }
+            let mut kind = self.kind.take().unwrap_or_else(|| DEFAULT_KIND.to_owned());
+            kind.make_ascii_lowercase();
+            if kind.len() > 64
+                || !kind.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                })
+            {
+                return Err(InvalidReason::BadKind);
+            }
+            let mut hit = self.fields;
+            hit.site_id = site;
+            hit.kind = kind;
+            hit.event_id = event_id(hit.received_at_ms);
+            hit.cut_fields = self.cuts.total();
+            Ok(hit)
+        })();
+        (result, self.cuts)
+    }
+}
+
+/// A UUIDv7 for a hit received at `ms`. `NoContext` fills the sub-millisecond bits at random from
+/// a thread-local generator: no lock shared between requests, unlike `Uuid::now_v7`'s counter.
+fn event_id(ms: u64) -> Uuid {
+    Uuid::new_v7(Timestamp::from_unix(
+        NoContext,
+        ms / 1000,
+        ((ms % 1000) * 1_000_000) as u32,
+    ))
+}
+
+/// Applies a query string (without `?`) to a draft. Returns `Err` when it is too long to read.
+pub fn apply_query(draft: &mut Draft<'_>, query: &str) -> Result<(), InvalidReason> {
+    if query.len() > draft.limits.max_query_bytes {
+        return Err(InvalidReason::QueryTooLong);
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (percent_decode(k), percent_decode(v)) {
+            (Some(k), Some(v)) => draft.param(&k, &v),
+            _ => draft.cut(CutReason::BadEncoding),
+        }
+    }
+    Ok(())
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space). `None` for a malformed
+/// escape or bytes that are not UTF-8.
+pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hi = (hex[0] as char).to_digit(16)?;
+                let lo = (hex[1] as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// Applies one JSON object of a `/collect` body. Numbers and booleans are read as their text;
+/// `props` may hold an object of custom properties; other nested values are cut.
+pub fn apply_json_object(
+    draft: &mut Draft<'_>,
+    object: &serde_json::Map<String, serde_json::Value>,
+) {
+    use serde_json::Value;
+    fn scalar(v: &Value) -> Option<Cow<'_, str>> {
+        match v {
+            Value::String(s) => Some(Cow::Borrowed(s)),
+            Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            _ => None,
+        }
+    }
+    for (key, value) in object {
+        match (key.as_str(), value) {
+            (_, Value::Null) => {}
+            ("props", Value::Object(props)) => {
+                for (pk, pv) in props {
+                    match (pv, scalar(pv)) {
+                        (Value::Null, _) => {}
+                        (_, Some(text)) => draft.prop(pk, &text),
+                        (_, None) => draft.cut(CutReason::BadType),
+                    }
+                }
+            }
+            (_, v) => match scalar(v) {
+                Some(text) => draft.param(key, &text),
+                None => draft.cut(CutReason::BadType),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn limits() -> LimitsConfig {
+        LimitsConfig::default()
+    }
+
+    fn meta() -> RequestMeta {
+        RequestMeta::new(
+            1_700_000_000_123,
+            Some("192.0.2.1".parse().unwrap()),
+            "/p.gif",
+            &HeaderMap::new(),
+            &limits(),
+        )
+    }
+
+    fn from_query(q: &str, limits: &LimitsConfig) -> (Result<Hit, InvalidReason>, Cuts) {
+        let m = meta();
+        let mut d = Draft::new(&m, Transport::Pixel, "edge-1", limits);
+        match apply_query(&mut d, q) {
+            Ok(()) => d.finish(),
+            Err(e) => (Err(e), Cuts::default()),
+        }
+    }
+
+    fn hit(q: &str) -> Hit {
+        let (r, cuts) = from_query(q, &limits());
+        assert_eq!(cuts.total(), 0, "{q}");
+        r.unwrap()
+    }
+
+    #[test]
+    fn every_well_known_parameter_fills_its_field() {
+        let h = hit("e=Conversion&site=shop.example&url=https%3A%2F%2Fshop.example%2Fa%3Fb%3Dc&ref=https://s.example/\
+             &title=Hello+World&uid=u42&campaign=spring&source=news&medium=email&content=hero&term=shoes\
+             &variant=B&msg=m-1&value=19.90&currency=eur&cb=123&_=9&color=red&color=blue");
+        assert_eq!(h.kind, "conversion");
+        assert_eq!(h.site_id, "shop.example");
+        assert_eq!(h.url.as_deref(), Some("https://shop.example/a?b=c"));
+        assert_eq!(h.page_referrer.as_deref(), Some("https://s.example/"));
+        assert_eq!(h.title.as_deref(), Some("Hello World"));
+        assert_eq!(h.user_id.as_deref(), Some("u42"));
+        assert_eq!(h.campaign.as_deref(), Some("spring"));
+        assert_eq!(h.source.as_deref(), Some("news"));
+        assert_eq!(h.medium.as_deref(), Some("email"));
+        assert_eq!(h.content.as_deref(), Some("hero"));
+        assert_eq!(h.term.as_deref(), Some("shoes"));
+        assert_eq!(h.variant.as_deref(), Some("B"));
+        assert_eq!(h.message_id.as_deref(), Some("m-1"));
+        assert_eq!(h.value, Some(19.9));
+        assert_eq!(h.currency.as_deref(), Some("EUR"));
+        assert_eq!(
+            h.props,
+            vec![
+                ("color".into(), "red".into()),
+                ("color".into(), "blue".into())
+            ]
+        );
+        assert_eq!(h.edge_id, "edge-1");
+        assert_eq!(h.received_at_ms, 1_700_000_000_123);
+        assert_eq!(h.event_id.get_version_num(), 7);
+        let (secs, nanos) = h.event_id.get_timestamp().unwrap().to_unix();
+        assert_eq!(
+            secs * 1000 + u64::from(nanos) / 1_000_000,
+            1_700_000_000_123
+        );
+    }
+
+    #[test]
+    fn utm_aliases_and_default_kind() {
+        let h = hit("site=s&utm_campaign=c&utm_source=so&utm_medium=m&utm_content=co&utm_term=t");
+        assert_eq!(h.kind, DEFAULT_KIND);
+        assert_eq!(
+            (h.campaign.unwrap(), h.source.unwrap(), h.medium.unwrap()),
+            ("c".into(), "so".into(), "m".into())
+        );
+        assert_eq!(
+            (h.content.unwrap(), h.term.unwrap()),
+            ("co".into(), "t".into())
+        );
+    }
+
+    #[test]
+    fn custom_kinds_are_kept_and_folded() {
+        assert_eq!(hit("site=s&e=Signup.Step-2_b").kind, "signup.step-2_b");
+        assert_eq!(hit("site=s&e=open").kind, "open");
+        assert_eq!(hit("site=s&e=impression").kind, "impression");
+    }
+
+    #[test]
+    fn invalid_hits_say_why() {
+        let l = limits();
+        assert_eq!(from_query("e=open", &l).0, Err(InvalidReason::MissingSite));
+        assert_eq!(from_query("", &l).0, Err(InvalidReason::MissingSite));
+        assert_eq!(from_query("site=a%20b", &l).0, Err(InvalidReason::BadSite));
+        assert_eq!(
+            from_query(&format!("site={}", "a".repeat(65)), &l).0,
+            Err(InvalidReason::BadSite)
+        );
+        assert_eq!(
+            from_query("site=s&e=two%20words", &l).0,
+            Err(InvalidReason::BadKind)
+        );
+        assert_eq!(
+            from_query("site=s&e=%C3%A9", &l).0,
+            Err(InvalidReason::BadKind)
+        );
+        let long = format!("site=s&x={}", "y".repeat(9000));
+        assert_eq!(from_query(&long, &l).0, Err(InvalidReason::QueryTooLong));
+        // A site that could not be decoded is a missing site, and the decoding is counted too.
+        let (r, cuts) = from_query("site=%FF", &l);
+        assert_eq!(r, Err(InvalidReason::MissingSite));
+        assert_eq!(cuts.get(CutReason::BadEncoding), 1);
+    }
+
+    #[test]
+    fn bad_encodings_drop_the_field_and_keep_the_hit() {
+        for bad in ["%", "%4", "%zz", "%FF", "%C3%28", "%ED%A0%80"] {
+            let (r, cuts) = from_query(&format!("site=s&title={bad}&campaign=ok"), &limits());
+            let h = r.unwrap();
+            assert_eq!(h.title, None, "{bad}");
+            assert_eq!(h.campaign.as_deref(), Some("ok"));
+            assert_eq!(cuts.get(CutReason::BadEncoding), 1, "{bad}");
+            assert_eq!(h.cut_fields, 1);
+        }
+        // A bad key drops the pair too.
+        let (r, cuts) = from_query("site=s&%ZZ=1", &limits());
+        assert!(r.unwrap().props.is_empty());
+        assert_eq!(cuts.get(CutReason::BadEncoding), 1);
+    }
+
+    #[test]
+    fn limits_cut_and_count() {
+        let l = LimitsConfig {
+            max_params: 3,
+            max_key_bytes: 4,
+            max_value_bytes: 16,
+            ..limits()
+        };
+        let (r, cuts) = from_query("site=s&a=1&b=2&c=3&d=4", &l);
+        assert_eq!(r.unwrap().props.len(), 2);
+        assert_eq!(cuts.get(CutReason::TooManyParams), 2);
+        let (r, cuts) = from_query("site=s&toolong=1", &l);
+        assert!(r.unwrap().props.is_empty());
+        assert_eq!(cuts.get(CutReason::KeyTooLong), 1);
+        // 15 ASCII bytes then a 2-byte character: cut before it, never inside it.
+        let l = LimitsConfig {
+            max_value_bytes: 16,
+            ..limits()
+        };
+        let (r, cuts) = from_query("site=s&title=aaaaaaaaaaaaaaa%C3%A9zz", &l);
+        assert_eq!(r.unwrap().title.as_deref(), Some("aaaaaaaaaaaaaaa"));
+        assert_eq!(cuts.get(CutReason::ValueTooLong), 1);
+    }
+
+    #[test]
+    fn typed_values_are_checked() {
+        for bad in ["abc", "NaN", "inf", "1e400", "1,5"] {
+            let (r, cuts) = from_query(&format!("site=s&value={bad}"), &limits());
+            assert_eq!(r.unwrap().value, None, "{bad}");
+            assert_eq!(cuts.get(CutReason::BadNumber), 1, "{bad}");
+        }
+        assert_eq!(hit("site=s&value=-3.5e2").value, Some(-350.0));
+        for bad in ["EURO", "E1R", "%E2%82%AC"] {
+            let (r, cuts) = from_query(&format!("site=s&currency={bad}"), &limits());
+            assert_eq!(r.unwrap().currency, None, "{bad}");
+            assert_eq!(cuts.get(CutReason::BadCurrency), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicates_keep_the_first() {
+        let (r, cuts) = from_query(
+            "site=a&site=b&campaign=x&utm_campaign=y&value=1&value=2",
+            &limits(),
+        );
+        let h = r.unwrap();
+        assert_eq!(
+            (h.site_id.as_str(), h.campaign.as_deref(), h.value),
+            ("a", Some("x"), Some(1.0))
+        );
+        assert_eq!(cuts.get(CutReason::Duplicate), 3);
+    }
+
+    #[test]
+    fn empty_values_are_absent_not_cut() {
+        let (r, cuts) = from_query("site=s&campaign=&&=x&flag", &limits());
+        let h = r.unwrap();
+        assert_eq!(h.campaign, None);
+        assert!(h.props.is_empty());
+        assert_eq!(cuts.total(), 0);
+    }
+
+    #[test]
+    fn headers_are_read_bounded_and_checked() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            USER_AGENT,
+            HeaderValue::from_static("Mozilla/5.0 (X11; Linux x86_64)"),
+        );
+        h.insert(
+            REFERER,
+            HeaderValue::from_static("https://news.example/story"),
+        );
+        h.insert(ACCEPT_LANGUAGE, HeaderValue::from_static("en-GB,en;q=0.8"));
+        h.insert("dnt", HeaderValue::from_static("1"));
+        h.insert("sec-gpc", HeaderValue::from_static("1"));
+        h.insert(HOST, HeaderValue::from_bytes(b"px.\xffexample").unwrap());
+        let l = LimitsConfig {
+            max_value_bytes: 16,
+            ..limits()
+        };
+        let m = RequestMeta::new(5, None, "/p.gif", &h, &l);
+        assert_eq!(m.user_agent.as_deref(), Some("Mozilla/5.0 (X11"));
+        assert_eq!(m.referer.as_deref(), Some("https://news.exa"));
+        assert_eq!(m.accept_language.as_deref(), Some("en-GB,en;q=0.8"));
+        assert_eq!(
+            (m.dnt.as_deref(), m.sec_gpc.as_deref()),
+            (Some("1"), Some("1"))
+        );
+        assert_eq!(m.host, None);
+        assert_eq!(m.cuts.get(CutReason::ValueTooLong), 2);
+        assert_eq!(m.cuts.get(CutReason::BadEncoding), 1);
+        let mut d = Draft::new(&m, Transport::Pixel, "e", &l);
+        d.param("site", "s");
+        let (r, _) = d.finish();
+        assert_eq!(r.unwrap().cut_fields, 3, "header cuts count on the hit");
+    }
+
+    #[test]
+    fn json_objects_map_like_parameters() {
+        let m = meta();
+        let l = limits();
+        let v: serde_json::Value = serde_json::from_str(
+            r#"{"e":"conversion","site":"s","value":12.5,"currency":"usd","variant":7,"ok":true,
+                "gone":null,"props":{"plan":"pro","site":"not-the-site","seats":3,"bad":[1]},"nested":{"a":1}}"#,
+        )
+        .unwrap();
+        let mut d = Draft::new(&m, Transport::Beacon, "e", &l);
+        apply_json_object(&mut d, v.as_object().unwrap());
+        let (r, cuts) = d.finish();
+        let h = r.unwrap();
+        assert_eq!((h.kind.as_str(), h.site_id.as_str()), ("conversion", "s"));
+        assert_eq!(
+            (h.value, h.currency.as_deref(), h.variant.as_deref()),
+            (Some(12.5), Some("USD"), Some("7"))
+        );
+        assert_eq!(h.transport, Transport::Beacon);
+        let mut props = h.props.clone();
+        props.sort();
+        let want: Vec<(String, String)> = [
+            ("ok", "true"),
+            ("plan", "pro"),
+            ("seats", "3"),
+            ("site", "not-the-site"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(props, want);
+        assert_eq!(cuts.get(CutReason::BadType), 2);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a+b%20c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%E2%82%AC").as_deref(), Some("€"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%2"), None);
+        assert_eq!(percent_decode("%g0"), None);
+        assert_eq!(
+            percent_decode("%C0%AF"),
+            None,
+            "overlong UTF-8 is not UTF-8"
+        );
+    }
+}

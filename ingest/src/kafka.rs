@@ -1,0 +1,217 @@
+//! The Kafka side of the edge: an rdkafka `ThreadedProducer` behind [`HitProducer`].
+//!
+//! Owns the librdkafka configuration (pixelpipe's defaults, then the user's pass-through
+//! properties), the delivery callback that counts every hit as delivered or failed, and the
+//! statistics callback that feeds metrics and readiness. One `send` per hit with a delivery
+//! callback, not a `FutureProducer` future per hit, which costs about twice as much per message.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
+
+use crate::batcher::{BufferFull, HitProducer};
+use crate::config::KafkaConfig;
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// The librdkafka properties the edge sets, in order; `kafka.properties` are applied after them
+/// and win.
+pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers)
+        .set("acks", &k.acks)
+        .set("enable.idempotence", k.enable_idempotence.to_string())
+        .set("compression.type", &k.compression)
+        .set("linger.ms", k.linger_ms.to_string())
+        .set("batch.size", k.batch_size_bytes.to_string())
+        .set(
+            "queue.buffering.max.messages",
+            k.buffer_max_hits.to_string(),
+        )
+        .set("message.timeout.ms", k.message_timeout_ms.to_string())
+        .set(
+            "statistics.interval.ms",
+            k.statistics_interval_ms.to_string(),
+        );
+    for (name, value) in &k.properties {
+        c.set(name, value);
+    }
+    c
+}
+
+/// Callbacks librdkafka calls from the producer's polling thread.
+pub struct EdgeContext {
+    metrics: Metrics,
+    connected: AtomicBool,
+    /// Seconds since `started` of the last failure log line, to log at most one per second.
+    last_failure_log_s: AtomicU64,
+    failures_since_log: AtomicU64,
+    started: Instant,
+}
+
+impl ClientContext for EdgeContext {
+    fn stats(&self, stats: Statistics) {
+        self.metrics.producer_queue.set(stats.msg_cnt as i64);
+        let mut up = false;
+        for broker in stats.brokers.values().filter(|b| b.source != "internal") {
+            up |= broker.state == "UP";
+            if let Some(rtt) = &broker.rtt {
+                self.metrics
+                    .broker_rtt
+                    .with_label_values(&[broker.name.as_str()])
+                    .set(rtt.avg as f64 / 1e6);
+            }
+        }
+        if up != self.connected.swap(up, Ordering::Relaxed) {
+            tracing::info!(connected = up, "kafka broker connection changed");
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for EdgeContext {
+    type DeliveryOpaque = Box<Instant>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, handed_over: Box<Instant>) {
+        match result {
+            Ok(_) => {
+                self.metrics.delivered.inc();
+                self.metrics
+                    .delivery_latency
+                    .observe(handed_over.elapsed().as_secs_f64());
+            }
+            Err((error, _)) => {
+                let reason = error.rdkafka_error_code().map_or("other", error_label);
+                self.metrics
+                    .delivery_failed
+                    .with_label_values(&[reason])
+                    .inc();
+                self.log_failure(error);
+            }
+        }
+    }
+}
+
+impl EdgeContext {
+    fn log_failure(&self, error: &KafkaError) {
+        let pending = self.failures_since_log.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_s = self.started.elapsed().as_secs() + 1;
+        let last = self.last_failure_log_s.load(Ordering::Relaxed);
+        if now_s > last
+            && self
+                .last_failure_log_s
+                .compare_exchange(last, now_s, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.failures_since_log.store(0, Ordering::Relaxed);
+            tracing::warn!(%error, failed = pending, "hits not delivered to kafka (logged at most once a second)");
+        }
+    }
+}
+
+/// A bounded label for a librdkafka error code.
+fn error_label(code: RDKafkaErrorCode) -> &'static str {
+    match code {
+        RDKafkaErrorCode::MessageTimedOut => "timed_out",
+        RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight => "purged",
+        RDKafkaErrorCode::MessageSizeTooLarge => "too_large",
+        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+            "unknown_topic"
+        }
+        RDKafkaErrorCode::TopicAuthorizationFailed => "not_authorized",
+        RDKafkaErrorCode::QueueFull => "queue_full",
+        _ => "other",
+    }
+}
+
+/// The edge's Kafka producer.
+pub struct KafkaProducer {
+    producer: ThreadedProducer<EdgeContext>,
+    topic: String,
+}
+
+impl KafkaProducer {
+    /// Creates the producer; it connects in the background.
+    pub fn new(k: &KafkaConfig, metrics: Metrics) -> Result<KafkaProducer> {
+        let context = EdgeContext {
+            metrics,
+            connected: AtomicBool::new(false),
+            last_failure_log_s: AtomicU64::new(0),
+            failures_since_log: AtomicU64::new(0),
+            started: Instant::now(),
+        };
+        let producer = client_config(k).create_with_context(context)?;
+        Ok(KafkaProducer {
+            producer,
+            topic: k.topic.clone(),
+        })
+    }
+}
+
+impl HitProducer for KafkaProducer {
+    fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), BufferFull> {
+        let mut record =
+            BaseRecord::with_opaque_to(&self.topic, Box::new(Instant::now())).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match self.producer.send(record) {
+            Ok(()) => Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(BufferFull),
+            Err((error, record)) => {
+                // Not retryable (e.g. a message over message.max.bytes): count it as failed now.
+                let reason = error.rdkafka_error_code().map_or("other", error_label);
+                self.producer
+                    .context()
+                    .metrics
+                    .delivery_failed
+                    .with_label_values(&[reason])
+                    .inc();
+                self.producer.context().log_failure(&error);
+                drop(record);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(timeout) {
+            tracing::warn!(%error, in_flight = self.producer.in_flight_count(), "kafka flush did not finish");
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.producer.context().connected.load(Ordering::Relaxed)
+    }
+}
+
+/// A producer shared by the batchers and the readiness check.
+pub type SharedProducer = Arc<dyn HitProducer>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_through_properties_win() {
+        let mut k = KafkaConfig::default();
+        k.properties.insert("linger.ms".into(), "3".into());
+        k.properties
+            .insert("sasl.mechanisms".into(), "PLAIN".into());
+        let c = client_config(&k);
+        assert_eq!(c.get("linger.ms"), Some("3"));
+        assert_eq!(c.get("sasl.mechanisms"), Some("PLAIN"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("compression.type"), Some("lz4"));
+    }
+}

@@ -1,0 +1,229 @@
+//! pixelpipe's edge: answers every tracking pixel at once from static bytes and hands the hit,
+//! lock-free, to batcher threads that produce it to Kafka.
+//!
+//! ```text
+//! request ─► service (parse, build Hit) ─► queue (bounded channel, try_send) ─► batcher threads
+//!    ▲                                        │ full: counted, GIF still served      │ encode (wire)
+//!    └──────── 43-byte GIF, never waits ──────┘                                      ▼
+//!                                                               kafka (ThreadedProducer, delivery callback)
+//! ```
+//!
+//! [`run`] wires the parts together and owns the shutdown order; `main.rs` only parses the
+//! configuration, sets up logging and binds. Tests and benches drive [`run_with_producer`] or
+//! [`service::Edge`] directly.
+
+#![forbid(unsafe_code)]
+
+pub mod batcher;
+pub mod client_ip;
+pub mod config;
+pub mod error;
+pub mod hit;
+pub mod kafka;
+pub mod metrics;
+pub mod queue;
+pub mod server;
+pub mod service;
+pub mod wire;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use config::Config;
+pub use error::{Error, Result};
+
+use batcher::{BatcherSettings, Batchers};
+use kafka::{KafkaProducer, SharedProducer};
+use metrics::Metrics;
+use queue::HitQueue;
+use server::ServeSettings;
+use service::Edge;
+
+/// The two sockets the edge serves, bound by the caller (so tests can bind port 0).
+pub struct Listeners {
+    /// Pixels, beacons, health (`http.listen_addr`).
+    pub public: std::net::TcpListener,
+    /// Metrics (`admin.listen_addr`).
+    pub admin: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses from the configuration.
+    pub fn bind(config: &Config) -> Result<Listeners> {
+        Ok(Listeners {
+            public: server::bind(config.http.listen_addr, "http.listen_addr")?,
+            admin: server::bind(config.admin.listen_addr, "admin.listen_addr")?,
+        })
+    }
+}
+
+/// What became of the hits during the edge's life, as logged at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Hits handed to the queue.
+    pub accepted: u64,
+    /// Hits Kafka confirmed.
+    pub delivered: u64,
+    /// Hits Kafka did not take (timed out, purged at exit, rejected).
+    pub failed: u64,
+    /// Valid hits dropped before the producer (queue full, shutdown).
+    pub dropped: u64,
+    /// Hits not stored because they were invalid.
+    pub invalid: u64,
+}
+
+/// Runs the edge with a Kafka producer until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Report> {
+    let metrics = Metrics::new();
+    let producer = Arc::new(KafkaProducer::new(&config.kafka, metrics.clone())?);
+    run_with_producer(config, listeners, producer, metrics, shutdown).await
+}
+
+/// Runs the edge with any producer until `shutdown` completes, then stops in this order: readiness
+/// off, stop accepting, finish in-flight requests, produce every queued hit, flush the producer,
+/// drop it (librdkafka reports what it still held as failed), stop the admin listener.
+pub async fn run_with_producer(
+    config: Config,
+    listeners: Listeners,
+    producer: SharedProducer,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Report> {
+    config.validate()?;
+    let (queue, rx) = HitQueue::new(
+        config.queue.capacity_hits,
+        config.queue.high_water_percent,
+        metrics.clone(),
+    );
+    let batchers = Batchers::spawn(
+        rx,
+        producer.clone(),
+        BatcherSettings {
+            threads: config.queue.batcher_threads,
+            batch_max_hits: config.queue.batch_max_hits,
+            message_key: config.kafka.message_key,
+            drain_timeout: Duration::from_millis(config.kafka.flush_timeout_ms),
+        },
+        metrics.clone(),
+    )
+    .map_err(|source| Error::Io {
+        context: "starting batcher threads".into(),
+        source,
+    })?;
+    let edge = Arc::new(Edge::new(
+        &config,
+        queue,
+        producer.clone(),
+        metrics.clone(),
+    )?);
+
+    let (stop_public, public_stopped) = watch::channel(false);
+    let (stop_admin, admin_stopped) = watch::channel(false);
+    let public_addr = listeners.public.local_addr().ok();
+    let admin_addr = listeners.admin.local_addr().ok();
+    let public = {
+        let edge = edge.clone();
+        let handler = move |req, peer: std::net::SocketAddr| {
+            let edge = edge.clone();
+            async move { edge.handle(req, peer.ip()).await }
+        };
+        tokio::spawn(server::serve(
+            listeners.public,
+            handler,
+            ServeSettings::from_http(&config.http),
+            metrics.clone(),
+            public_stopped,
+        ))
+    };
+    let admin = {
+        let m = metrics.clone();
+        let handler = move |req: hyper::Request<hyper::body::Incoming>, _peer| {
+            let m = m.clone();
+            async move { admin_response(&m, req.method(), req.uri().path()) }
+        };
+        let settings = ServeSettings {
+            max_connections: 64,
+            ..ServeSettings::from_http(&config.http)
+        };
+        tokio::spawn(server::serve(
+            listeners.admin,
+            handler,
+            settings,
+            metrics.clone(),
+            admin_stopped,
+        ))
+    };
+    tracing::info!(public = ?public_addr, admin = ?admin_addr, topic = %config.kafka.topic, "edge serving");
+
+    shutdown.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    edge.begin_shutdown();
+    let _ = stop_public.send(true);
+    join(public).await?;
+    drop(edge);
+
+    tracing::info!("draining the queue into the producer");
+    let flush_timeout = Duration::from_millis(config.kafka.flush_timeout_ms);
+    tokio::task::spawn_blocking(move || {
+        batchers.stop_and_drain();
+        producer.flush(flush_timeout);
+        // The last reference: dropping it purges what librdkafka still holds, which its
+        // delivery callback counts as failed, so the report below is complete.
+        drop(producer);
+    })
+    .await
+    .map_err(|e| Error::Io {
+        context: "draining batchers".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+
+    let report = metrics.report();
+    tracing::info!(
+        accepted = report.accepted,
+        delivered = report.delivered,
+        failed = report.failed,
+        dropped = report.dropped,
+        invalid = report.invalid,
+        "edge stopped"
+    );
+    let _ = stop_admin.send(true);
+    join(admin).await?;
+    Ok(report)
+}
+
+async fn join(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    task.await.map_err(|e| Error::Io {
+        context: "server task".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
+fn admin_response(
+    metrics: &Metrics,
+    method: &hyper::Method,
+    path: &str,
+) -> hyper::Response<service::ResponseBody> {
+    use hyper::StatusCode;
+    match (method, path) {
+        (&hyper::Method::GET, "/metrics") => {
+            let mut r = service::text(StatusCode::OK, metrics.render().trim_end());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (_, "/metrics") => service::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed; allowed: GET",
+        ),
+        _ => service::text(StatusCode::NOT_FOUND, "not found"),
+    }
+}

@@ -1,0 +1,125 @@
+//! `pixelpipe-ingest`: parse the configuration, set up logging, bind, run the edge.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use pixelpipe_ingest::{run, Config, Listeners};
+
+/// The pixelpipe edge: serves tracking pixels and produces the hits to Kafka.
+///
+/// Settings come from a TOML file, then `PIXELPIPE_*` environment variables, then flags;
+/// see docs/configuration.md.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "PIXELPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective settings as TOML, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Set any setting by its dotted name, e.g. `--set kafka.linger_ms=5` or
+    /// `--set kafka.properties.security.protocol=SASL_SSL`. Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_setting)]
+    set: Vec<(String, String)>,
+    /// Shorthand for `--set http.listen_addr=ADDR`.
+    #[arg(long, value_name = "ADDR")]
+    listen_addr: Option<String>,
+    /// Shorthand for `--set admin.listen_addr=ADDR`.
+    #[arg(long, value_name = "ADDR")]
+    admin_addr: Option<String>,
+    /// Shorthand for `--set kafka.brokers=LIST`.
+    #[arg(long, value_name = "LIST")]
+    brokers: Option<String>,
+    /// Shorthand for `--set kafka.topic=NAME`.
+    #[arg(long, value_name = "NAME")]
+    topic: Option<String>,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIXELPIPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+
+    let mut overrides = Vec::new();
+    for (name, value) in [
+        ("http.listen_addr", &cli.listen_addr),
+        ("admin.listen_addr", &cli.admin_addr),
+        ("kafka.brokers", &cli.brokers),
+        ("kafka.topic", &cli.topic),
+    ] {
+        if let Some(v) = value {
+            overrides.push((name.to_owned(), v.clone()));
+        }
+    }
+    overrides.extend(cli.set);
+    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pixelpipe-ingest: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("pixelpipe-ingest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> pixelpipe_ingest::Result<()> {
+    let listeners = Listeners::bind(&config)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.http.worker_threads > 0 {
+        runtime.worker_threads(config.http.worker_threads);
+    }
+    let runtime = runtime
+        .enable_all()
+        .thread_name("http")
+        .build()
+        .map_err(|source| pixelpipe_ingest::Error::Io {
+            context: "starting the runtime".into(),
+            source,
+        })?;
+    runtime
+        .block_on(run(config, listeners, shutdown_signal()))
+        .map(|_| ())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the edge");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Sockets: binding, the accept loop, per-connection HTTP/1.1 settings and graceful shutdown.
+//!
+//! Owns the connection cap (a connection over `http.max_connections` is closed at once and
+//! counted), the header-read timeout that also bounds idle keep-alive connections, and the rule
+//! for stopping: stop accepting, let in-flight requests finish within `http.shutdown_grace_ms`,
+//! then cut what is left. It knows nothing of routes (see `service`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::HttpConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::service::ResponseBody;
+
+/// Binds a listening socket with a deep accept backlog (bursts of new connections are normal for
+/// a pixel server). `setting` names the config entry in the error.
+pub fn bind(addr: SocketAddr, setting: &str) -> Result<std::net::TcpListener> {
+    let io = |source| Error::Io {
+        context: format!("cannot listen on {addr} ({setting})"),
+        source,
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(io)?;
+    socket.set_reuse_address(true).map_err(io)?;
+    socket.bind(&addr.into()).map_err(io)?;
+    socket.listen(4096).map_err(io)?;
+    socket.set_nonblocking(true).map_err(io)?;
+    Ok(socket.into())
+}
+
+/// How a listener serves connections.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Request-head (and keep-alive idle) timeout.
+    pub header_read_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may finish after stop.
+    pub shutdown_grace: Duration,
+}
+
+impl ServeSettings {
+    /// The public listener's settings.
+    pub fn from_http(h: &HttpConfig) -> ServeSettings {
+        ServeSettings {
+            max_connections: h.max_connections,
+            header_read_timeout: Duration::from_millis(h.header_read_timeout_ms),
+            max_header_bytes: h.max_header_bytes,
+            shutdown_grace: Duration::from_millis(h.shutdown_grace_ms),
+        }
+    }
+}
+
+/// Serves `listener` with `handler` until `stop` turns true, then shuts down gracefully.
+/// Returns once every connection has finished or been cut.
+pub async fn serve<H, F>(
+    listener: std::net::TcpListener,
+    handler: H,
+    settings: ServeSettings,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let local = listener.local_addr().ok();
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| Error::Io {
+        context: format!("listener {local:?}"),
+        source,
+    })?;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes)
+        .keep_alive(true);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics.connections_rejected.inc();
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = service_fn(move |req| {
+                    let response = handler(req, peer);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let open = metrics.connections_open.clone();
+                open.inc();
+                connections.spawn(async move {
+                    // Client resets and timeouts end connections; they are not the server's errors.
+                    let _ = connection.await;
+                    open.dec();
+                    drop(slot);
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "shutdown grace elapsed; cutting remaining connections"
+        );
+        connections.abort_all();
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,641 @@
+//! The edge's HTTP routes, as a plain async function from request to response.
+//!
+//! Owns routing, the pixel and beacon handlers, health and readiness, and the response headers.
+//! It does not own sockets, connection limits or timeouts (see `server`), so tests call
+//! [`Edge::handle`] directly with an in-memory body. The pixel handler awaits nothing: it reads
+//! the request, offers the hit to the queue and returns static bytes.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{self, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::client_ip::TrustedProxies;
+use crate::config::{Config, HttpConfig, LimitsConfig};
+use crate::error::Error;
+use crate::hit::{apply_json_object, apply_query, Draft, InvalidReason, RequestMeta};
+use crate::kafka::SharedProducer;
+use crate::metrics::Metrics;
+use crate::queue::HitQueue;
+use crate::wire::Transport;
+
+/// The transparent 1x1 GIF every pixel request gets: GIF89a, a two-colour table, a graphic
+/// control extension marking colour 0 transparent, one pixel of colour 0.
+pub const PIXEL_GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\
+\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
+
+/// The response body type of every route.
+pub type ResponseBody = Full<Bytes>;
+
+/// Shared state of the public routes.
+pub struct Edge {
+    edge_id: String,
+    limits: LimitsConfig,
+    http: HttpConfig,
+    trusted: TrustedProxies,
+    queue: HitQueue,
+    producer: SharedProducer,
+    metrics: Metrics,
+    shutting_down: AtomicBool,
+}
+
+impl Edge {
+    /// Builds the routes' state from a validated config.
+    pub fn new(
+        config: &Config,
+        queue: HitQueue,
+        producer: SharedProducer,
+        metrics: Metrics,
+    ) -> Result<Edge, Error> {
+        let trusted = TrustedProxies::parse(&config.http.trusted_proxies)
+            .map_err(|reason| Error::config("http.trusted_proxies", reason))?;
+        Ok(Edge {
+            edge_id: config.edge_id.clone(),
+            limits: config.limits.clone(),
+            http: config.http.clone(),
+            trusted,
+            queue,
+            producer,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// From now on `/readyz` says not ready, so load balancers stop sending traffic.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers one request from `peer`.
+    pub async fn handle<B>(&self, req: Request<B>, peer: IpAddr) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = req.method().clone();
+        let (route, result) = match req.uri().path() {
+            "/p.gif" => ("pixel", self.pixel(&req, peer)),
+            "/collect" => ("collect", self.collect(req, peer).await),
+            "/healthz" => (
+                "healthz",
+                only_get(&method).map(|()| text(StatusCode::OK, "ok")),
+            ),
+            "/readyz" => ("readyz", only_get(&method).map(|()| self.readyz())),
+            _ => ("other", Err(Error::NotFound)),
+        };
+        let response = result.unwrap_or_else(error_response);
+        self.metrics.request(route, response.status());
+        response
+    }
+
+    fn pixel<B>(&self, req: &Request<B>, peer: IpAddr) -> Result<Response<ResponseBody>, Error> {
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return Err(Error::MethodNotAllowed { allow: "GET, HEAD" }),
+        };
+        let mut meta = self.meta(req, peer);
+        meta.head_request = head;
+        let mut draft = Draft::new(&meta, Transport::Pixel, &self.edge_id, &self.limits);
+        match apply_query(&mut draft, req.uri().query().unwrap_or("")) {
+            Ok(()) => self.finish(draft),
+            Err(reason) => self.metrics.invalid(reason),
+        }
+        Ok(gif_response())
+    }
+
+    async fn collect<B>(
+        &self,
+        req: Request<B>,
+        peer: IpAddr,
+    ) -> Result<Response<ResponseBody>, Error>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match *req.method() {
+            Method::POST => {}
+            // CORS preflight for `fetch` with a JSON content type; sendBeacon needs none.
+            Method::OPTIONS => return Ok(cors(empty(StatusCode::NO_CONTENT))),
+            _ => {
+                return Err(Error::MethodNotAllowed {
+                    allow: "POST, OPTIONS",
+                })
+            }
+        }
+        check_content_type(req.headers())?;
+        let limit_bytes = self.http.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit_bytes as u64) {
+            return Err(Error::BodyTooLarge { limit_bytes });
+        }
+        let meta = self.meta(&req, peer);
+        let timeout_ms = self.http.body_read_timeout_ms;
+        let read = Limited::new(req.into_body(), limit_bytes).collect();
+        let body = match tokio::time::timeout(Duration::from_millis(timeout_ms), read).await {
+            Err(_) => return Err(Error::BodyTimeout { timeout_ms }),
+            Ok(Err(e))
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return Err(Error::BodyTooLarge { limit_bytes })
+            }
+            Ok(Err(e)) => return Err(Error::BodyRead(e.to_string())),
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| Error::BadJson(e.to_string()))?;
+        let objects = match &value {
+            serde_json::Value::Object(_) => std::slice::from_ref(&value),
+            serde_json::Value::Array(items) => items.as_slice(),
+            _ => {
+                return Err(Error::BadJson(
+                    "expected an object or an array of objects".into(),
+                ))
+            }
+        };
+        for item in objects {
+            match item {
+                serde_json::Value::Object(object) => {
+                    let mut draft =
+                        Draft::new(&meta, Transport::Beacon, &self.edge_id, &self.limits);
+                    apply_json_object(&mut draft, object);
+                    self.finish(draft);
+                }
+                _ => self.metrics.invalid(InvalidReason::NotAnObject),
+            }
+        }
+        Ok(cors(empty(StatusCode::NO_CONTENT)))
+    }
+
+    fn meta<B>(&self, req: &Request<B>, peer: IpAddr) -> RequestMeta {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let client_ip = self.trusted.client_ip(peer, req.headers());
+        RequestMeta::new(
+            now_ms,
+            Some(client_ip),
+            req.uri().path(),
+            req.headers(),
+            &self.limits,
+        )
+    }
+
+    /// Validates a draft and offers the hit; every outcome is counted.
+    fn finish(&self, draft: Draft<'_>) {
+        let (result, cuts) = draft.finish();
+        match result {
+            Ok(hit) => {
+                self.metrics.cuts(&cuts);
+                // A dropped hit is counted by the queue; the client gets its answer regardless.
+                self.queue.offer(hit);
+            }
+            Err(reason) => self.metrics.invalid(reason),
+        }
+    }
+
+    fn readyz(&self) -> Response<ResponseBody> {
+        let problem = if self.shutting_down.load(Ordering::SeqCst) {
+            Some("shutting down")
+        } else if !self.producer.connected() {
+            Some("kafka not connected")
+        } else if self.queue.above_high_water() {
+            Some("queue above its high-water mark")
+        } else {
+            None
+        };
+        match problem {
+            None => text(StatusCode::OK, "ready"),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}"),
+            ),
+        }
+    }
+}
+
+fn only_get(method: &Method) -> Result<(), Error> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(Error::MethodNotAllowed { allow: "GET, HEAD" })
+    }
+}
+
+fn check_content_type(headers: &hyper::HeaderMap) -> Result<(), Error> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("");
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" | "text/plain" => Ok(()),
+        _ => Err(Error::UnsupportedMediaType(
+            text.chars().take(100).collect(),
+        )),
+    }
+}
+
+/// The pixel response: static bytes and headers that stop every cache from answering for us.
+pub fn gif_response() -> Response<ResponseBody> {
+    let mut r = Response::new(Full::new(Bytes::from_static(PIXEL_GIF)));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from_static("43"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+    r
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+fn cors(mut r: Response<ResponseBody>) -> Response<ResponseBody> {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("86400"),
+    );
+    r
+}
+
+/// A short `text/plain` answer ending in a newline.
+pub fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The one place a request error becomes a response.
+fn error_response(e: Error) -> Response<ResponseBody> {
+    let mut r = text(e.status(), &e.to_string());
+    if let Error::MethodNotAllowed { allow } = e {
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batcher::tests::RecordingProducer;
+    use crate::wire::Hit;
+    use crossbeam_channel::Receiver;
+    use std::sync::Arc;
+
+    struct Fixture {
+        edge: Edge,
+        rx: Receiver<Hit>,
+        metrics: Metrics,
+    }
+
+    fn fixture(config: Config, capacity: usize) -> Fixture {
+        let metrics = Metrics::new();
+        let (queue, rx) = HitQueue::new(capacity, config.queue.high_water_percent, metrics.clone());
+        let edge = Edge::new(
+            &config,
+            queue,
+            Arc::new(RecordingProducer::default()),
+            metrics.clone(),
+        )
+        .unwrap();
+        Fixture { edge, rx, metrics }
+    }
+
+    fn config() -> Config {
+        Config {
+            edge_id: "test-edge".into(),
+            ..Config::default()
+        }
+    }
+
+    fn req(method: &str, uri: &str, body: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    }
+
+    fn peer() -> IpAddr {
+        "198.51.100.7".parse().unwrap()
+    }
+
+    async fn call(f: &Fixture, r: Request<Full<Bytes>>) -> (StatusCode, hyper::HeaderMap, Bytes) {
+        let resp = f.edge.handle(r, peer()).await;
+        let (parts, body) = resp.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    fn counter(f: &Fixture, series: &str) -> u64 {
+        let text = f.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn pixel_answers_the_gif_and_queues_the_hit() {
+        let f = fixture(config(), 16);
+        let mut r = req("GET", "/p.gif?site=shop&e=open&campaign=spring&k=v", "");
+        r.headers_mut().insert(
+            header::USER_AGENT,
+            HeaderValue::from_static("Mozilla/5.0 test"),
+        );
+        let (status, headers, body) = call(&f, r).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body[..], &PIXEL_GIF[..]);
+        assert_eq!(headers[CONTENT_TYPE], "image/gif");
+        assert_eq!(headers[CONTENT_LENGTH], "43");
+        assert_eq!(
+            headers[header::CACHE_CONTROL],
+            "no-store, no-cache, must-revalidate, max-age=0"
+        );
+        assert_eq!(headers[header::PRAGMA], "no-cache");
+        assert_eq!(headers[header::EXPIRES], "0");
+        let hit = f.rx.try_recv().unwrap();
+        assert_eq!(
+            (
+                hit.site_id.as_str(),
+                hit.kind.as_str(),
+                hit.campaign.as_deref()
+            ),
+            ("shop", "open", Some("spring"))
+        );
+        assert_eq!(hit.client_ip, Some(peer()));
+        assert_eq!(hit.user_agent.as_deref(), Some("Mozilla/5.0 test"));
+        assert_eq!(hit.edge_id, "test-edge");
+        assert_eq!(hit.props, vec![("k".to_string(), "v".to_string())]);
+        assert!(!hit.head_request);
+        assert_eq!(
+            counter(
+                &f,
+                "pixelpipe_ingest_requests_total{route=\"pixel\",status=\"200\"}"
+            ),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn head_is_served_and_marked() {
+        let f = fixture(config(), 16);
+        let (status, headers, _) = call(&f, req("HEAD", "/p.gif?site=s", "")).await;
+        assert_eq!(
+            (status, &headers[CONTENT_LENGTH]),
+            (StatusCode::OK, &HeaderValue::from_static("43"))
+        );
+        assert!(f.rx.try_recv().unwrap().head_request);
+    }
+
+    #[tokio::test]
+    async fn invalid_hits_still_get_the_gif_and_are_counted() {
+        let f = fixture(config(), 16);
+        for uri in [
+            "/p.gif",
+            "/p.gif?e=open",
+            "/p.gif?site=bad%20site",
+            "/p.gif?site=s&e=two%20words",
+        ] {
+            let (status, _, body) = call(&f, req("GET", uri, "")).await;
+            assert_eq!((status, body.len()), (StatusCode::OK, 43), "{uri}");
+        }
+        assert!(f.rx.try_recv().is_err(), "nothing invalid is queued");
+        assert_eq!(
+            counter(
+                &f,
+                "pixelpipe_ingest_hits_invalid_total{reason=\"missing_site\"}"
+            ),
+            2
+        );
+        assert_eq!(
+            counter(
+                &f,
+                "pixelpipe_ingest_hits_invalid_total{reason=\"bad_site\"}"
+            ),
+            1
+        );
+        assert_eq!(
+            counter(
+                &f,
+                "pixelpipe_ingest_hits_invalid_total{reason=\"bad_kind\"}"
+            ),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_still_serves_and_turns_not_ready() {
+        let f = fixture(config(), 2);
+        for _ in 0..3 {
+            let (status, _, _) = call(&f, req("GET", "/p.gif?site=s", "")).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        assert_eq!(
+            counter(
+                &f,
+                "pixelpipe_ingest_hits_dropped_total{reason=\"queue_full\"}"
+            ),
+            1
+        );
+        let (status, _, body) = call(&f, req("GET", "/readyz", "")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(std::str::from_utf8(&body).unwrap().contains("high-water"));
+        f.rx.try_recv().unwrap();
+        f.rx.try_recv().unwrap();
+        let (status, _, _) = call(&f, req("GET", "/readyz", "")).await;
+        assert_eq!(status, StatusCode::OK);
+        f.edge.begin_shutdown();
+        let (status, _, _) = call(&f, req("GET", "/readyz", "")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn collect_takes_one_or_many_hits() {
+        let f = fixture(config(), 16);
+        let (status, headers, _) = call(
+            &f,
+            req(
+                "POST",
+                "/collect",
+                r#"{"site":"s","e":"conversion","value":5}"#,
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        let hit = f.rx.try_recv().unwrap();
+        assert_eq!(
+            (hit.kind.as_str(), hit.value, hit.transport),
+            ("conversion", Some(5.0), Transport::Beacon)
+        );
+        let mut r = req(
+            "POST",
+            "/collect",
+            r#"[{"site":"a"},{"site":"b"},7,{"e":"x"}]"#,
+        );
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain;charset=UTF-8"),
+        );
+        let (status, _, _) = call(&f, r).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(
+            f.rx.try_iter().map(|h| h.site_id).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            counter(
+                &f,
+                "pixelpipe_ingest_hits_invalid_total{reason=\"not_an_object\"}"
+            ),
+            1
+        );
+        assert_eq!(
+            counter(
+                &f,
+                "pixelpipe_ingest_hits_invalid_total{reason=\"missing_site\"}"
+            ),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn collect_rejects_bad_bodies_with_a_reason() {
+        let mut c = config();
+        c.http.max_body_bytes = 64;
+        let f = fixture(c, 16);
+        let (status, _, body) = call(&f, req("POST", "/collect", "{not json")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let line = std::str::from_utf8(&body).unwrap();
+        assert!(
+            line.starts_with("malformed JSON: ") && line.trim_end().lines().count() == 1,
+            "{line}"
+        );
+        let (status, _, body) = call(&f, req("POST", "/collect", "\"text\"")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body:?}");
+        let big = format!("{{\"site\":\"s\",\"x\":\"{}\"}}", "y".repeat(100));
+        let (status, _, _) = call(&f, req("POST", "/collect", &big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let mut r = req("POST", "/collect", &big);
+        r.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from_static("100"));
+        let (status, _, _) = call(&f, r).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let mut r = req("POST", "/collect", "{}");
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let (status, _, _) = call(&f, r).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(f.rx.try_recv().is_err());
+        assert_eq!(
+            counter(
+                &f,
+                "pixelpipe_ingest_requests_total{route=\"collect\",status=\"413\"}"
+            ),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn routes_methods_and_health() {
+        let f = fixture(config(), 16);
+        let cases = [
+            ("GET", "/healthz", StatusCode::OK),
+            ("GET", "/nope", StatusCode::NOT_FOUND),
+            ("GET", "/metrics", StatusCode::NOT_FOUND),
+            ("POST", "/p.gif", StatusCode::METHOD_NOT_ALLOWED),
+            ("DELETE", "/p.gif", StatusCode::METHOD_NOT_ALLOWED),
+            ("GET", "/collect", StatusCode::METHOD_NOT_ALLOWED),
+            ("OPTIONS", "/collect", StatusCode::NO_CONTENT),
+            ("POST", "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+            ("GET", "/readyz", StatusCode::OK),
+        ];
+        for (method, uri, want) in cases {
+            let (status, headers, _) = call(&f, req(method, uri, "")).await;
+            assert_eq!(status, want, "{method} {uri}");
+            if want == StatusCode::METHOD_NOT_ALLOWED {
+                assert!(headers.contains_key(header::ALLOW), "{method} {uri}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn forwarded_addresses_only_from_trusted_proxies() {
+        let mut c = config();
+        c.http.trusted_proxies = vec!["198.51.100.0/24".into()];
+        let f = fixture(c, 16);
+        let mut r = req("GET", "/p.gif?site=s", "");
+        r.headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_static("203.0.113.50"));
+        call(&f, r).await;
+        assert_eq!(
+            f.rx.try_recv().unwrap().client_ip,
+            Some("203.0.113.50".parse().unwrap())
+        );
+        let f = fixture(config(), 16);
+        let mut r = req("GET", "/p.gif?site=s", "");
+        r.headers_mut()
+            .insert("x-forwarded-for", HeaderValue::from_static("203.0.113.50"));
+        call(&f, r).await;
+        assert_eq!(f.rx.try_recv().unwrap().client_ip, Some(peer()));
+    }
+
+    #[test]
+    fn the_gif_is_a_transparent_1x1_gif() {
+        assert_eq!(&PIXEL_GIF[..6], b"GIF89a");
+        assert_eq!((PIXEL_GIF[6], PIXEL_GIF[8]), (1, 1), "1x1");
+        assert_eq!(
+            &PIXEL_GIF[19..22],
+            &[0x21, 0xf9, 0x04],
+            "graphic control extension"
+        );
+        assert_eq!(PIXEL_GIF[22] & 1, 1, "transparency flag");
+        assert_eq!(PIXEL_GIF[42], 0x3b, "trailer");
+    }
+}

@@ -1,0 +1,278 @@
+//! The hit as it travels through Kafka: its fields and its one encoding.
+//!
+//! This module is the only owner of the wire format. The edge encodes with [`encode`], the sink
+//! decodes with [`decode`]; nobody else serialises a [`Hit`]. It does not know where a hit comes
+//! from (see `hit`) nor where it goes (see `batcher` and the sink).
+//!
+//! The encoding is one JSON object per Kafka message, UTF-8, with a `schema_version` field. JSON is
+//! chosen over a binary format because any Kafka tool (`kcat`, a dead-letter replay, a second
+//! consumer) can read it without this crate, and because the encoding cost sits in the batcher
+//! threads, off the request path; lz4 on the producer takes most of the size overhead back.
+//! Absent optional fields are left out rather than written as `null`.
+//!
+//! Compatibility rule: adding an optional field keeps the version; removing or changing the meaning
+//! of a field bumps [`SCHEMA_VERSION`], and a decoder rejects versions it does not know.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version this build writes and the only one it reads.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// How the hit reached the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// `GET`/`HEAD /p.gif`: an image request from a page, email or ad.
+    Pixel,
+    /// `POST /collect`: a JSON body, typically from `navigator.sendBeacon`.
+    Beacon,
+}
+
+/// One recorded hit, as produced to Kafka.
+///
+/// Text fields are already bounded by the edge's limits; a field the edge had to drop or cut is
+/// counted in [`Hit::cut_fields`] so an analyst can tell a complete hit from a trimmed one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    /// Wire schema version, always [`SCHEMA_VERSION`] when written by this build.
+    pub schema_version: u16,
+    /// Identity of the hit: a UUIDv7 made at the edge, time-ordered to the millisecond.
+    pub event_id: Uuid,
+    /// When the edge received the request, milliseconds since the Unix epoch (UTC).
+    pub received_at_ms: u64,
+    /// Which edge process received it (`edge_id` setting).
+    pub edge_id: String,
+    /// Pixel or beacon.
+    pub transport: Transport,
+    /// Hit kind (`e=`): `pageview`, `open`, `impression`, `conversion`, `click` or a custom name.
+    pub kind: String,
+    /// Site, app or mail sender the hit belongs to (`site=`).
+    pub site_id: String,
+    /// Client IP: the socket peer, or the forwarded address when the peer is a trusted proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<IpAddr>,
+    /// `User-Agent` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// `Referer` header: the page that loaded the pixel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referer: Option<String>,
+    /// `Accept-Language` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_language: Option<String>,
+    /// `DNT` header value as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dnt: Option<String>,
+    /// `Sec-GPC` header value as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sec_gpc: Option<String>,
+    /// `Host` header (or the URI authority).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Request path, e.g. `/p.gif`.
+    pub path: String,
+    /// The pixel was fetched with `HEAD`: no browser renders a HEAD response, so it is a link
+    /// checker, scanner or prefetcher, kept so that analysts can tell.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub head_request: bool,
+    /// Page or document URL (`url=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The page's own referrer as seen by a script (`ref=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_referrer: Option<String>,
+    /// Page title (`title=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The site's own user id (`uid=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Campaign (`campaign=` or `utm_campaign=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// Traffic source (`source=` or `utm_source=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Medium (`medium=` or `utm_medium=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    /// Ad or link content (`content=` or `utm_content=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Search term (`term=` or `utm_term=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    /// A/B test variant (`variant=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// Email message or send id (`msg=`), for open tracking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Monetary or numeric value of a conversion (`value=`), finite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// ISO 4217 currency code of `value` (`currency=`), upper case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Every other parameter, in request order, as bounded key/value pairs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub props: Vec<(String, String)>,
+    /// How many fields the edge dropped or shortened for this hit (bad encoding, limits).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cut_fields: u16,
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+/// Why bytes from Kafka are not a hit this build can read.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The message carries a schema version this build does not read.
+    #[error("unsupported schema_version {found} (this build reads {SCHEMA_VERSION})")]
+    UnsupportedVersion {
+        /// The version found in the message.
+        found: u16,
+    },
+    /// The bytes are not a JSON hit object.
+    #[error("malformed hit: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Appends the encoding of `hit` to `buf`.
+pub fn encode(hit: &Hit, buf: &mut Vec<u8>) {
+    // Serialising plain structs and strings into a Vec cannot fail.
+    serde_json::to_writer(buf, hit).expect("a Hit always serialises");
+}
+
+/// Decodes one Kafka message payload.
+pub fn decode(bytes: &[u8]) -> Result<Hit, WireError> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        schema_version: u16,
+    }
+    match serde_json::from_slice::<Hit>(bytes) {
+        Ok(hit) if hit.schema_version == SCHEMA_VERSION => Ok(hit),
+        Ok(hit) => Err(WireError::UnsupportedVersion {
+            found: hit.schema_version,
+        }),
+        Err(err) => match serde_json::from_slice::<VersionOnly>(bytes) {
+            // A future version may change fields; name the version, not the first field error.
+            Ok(v) if v.schema_version != SCHEMA_VERSION => Err(WireError::UnsupportedVersion {
+                found: v.schema_version,
+            }),
+            _ => Err(WireError::Malformed(err)),
+        },
+    }
+}
+
+/// A complete hit for tests of other modules.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::tests::full_hit as sample_hit;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn full_hit() -> Hit {
+        Hit {
+            schema_version: SCHEMA_VERSION,
+            event_id: Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8057").unwrap(),
+            received_at_ms: 1_700_000_000_123,
+            edge_id: "edge-1".into(),
+            transport: Transport::Pixel,
+            kind: "open".into(),
+            site_id: "shop".into(),
+            client_ip: Some("2001:db8::1".parse().unwrap()),
+            user_agent: Some("Mozilla/5.0".into()),
+            referer: Some("https://shop.example/".into()),
+            accept_language: Some("de-DE,de;q=0.9".into()),
+            dnt: Some("1".into()),
+            sec_gpc: Some("1".into()),
+            host: Some("px.example".into()),
+            path: "/p.gif".into(),
+            head_request: true,
+            url: Some("https://shop.example/a?b=c".into()),
+            page_referrer: Some("https://search.example/".into()),
+            title: Some("Ünïcödé \"quoted\"".into()),
+            user_id: Some("u-42".into()),
+            campaign: Some("spring".into()),
+            source: Some("newsletter".into()),
+            medium: Some("email".into()),
+            content: Some("hero".into()),
+            term: Some("shoes".into()),
+            variant: Some("B".into()),
+            message_id: Some("m-1".into()),
+            value: Some(19.99),
+            currency: Some("EUR".into()),
+            props: vec![
+                ("color".into(), "red".into()),
+                ("color".into(), "blue".into()),
+            ],
+            cut_fields: 2,
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let hit = full_hit();
+        let mut buf = Vec::new();
+        encode(&hit, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), hit);
+    }
+
+    #[test]
+    fn absent_options_are_left_out_and_read_back_as_none() {
+        let mut hit = full_hit();
+        hit.client_ip = None;
+        hit.value = None;
+        hit.props.clear();
+        hit.cut_fields = 0;
+        let mut buf = Vec::new();
+        encode(&hit, &mut buf);
+        let text = std::str::from_utf8(&buf).unwrap();
+        assert!(!text.contains("client_ip") && !text.contains("null") && !text.contains("props"));
+        assert_eq!(decode(&buf).unwrap(), hit);
+    }
+
+    #[test]
+    fn other_versions_are_named_not_guessed() {
+        let mut hit = full_hit();
+        hit.schema_version = 2;
+        let mut buf = Vec::new();
+        encode(&hit, &mut buf);
+        let err = decode(&buf).unwrap_err();
+        assert!(
+            matches!(err, WireError::UnsupportedVersion { found: 2 }),
+            "{err}"
+        );
+        // A future version whose fields no longer fit is still reported by version.
+        let err = decode(br#"{"schema_version":9,"kind":7}"#).unwrap_err();
+        assert!(
+            matches!(err, WireError::UnsupportedVersion { found: 9 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"\xff\xfe",
+            br#"{"schema_version":1}"#,
+        ] {
+            assert!(
+                matches!(decode(bad), Err(WireError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Helpers shared by the integration tests: the real broker, a real HTTP client, the edge.
+//!
+//! The broker is the one `deploy/local/kafka.sh start` runs (`PIXELPIPE_TEST_BROKERS`, default
+//! 127.0.0.1:9092). Every test makes its own topic, so tests run in parallel.
+#![allow(dead_code)]
+// Test helpers: a failed step should panic with its location, like an assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pixelpipe_ingest::config::Config;
+use pixelpipe_ingest::kafka::KafkaProducer;
+use pixelpipe_ingest::metrics::Metrics;
+use pixelpipe_ingest::wire::{self, Hit};
+use pixelpipe_ingest::{run_with_producer, Listeners, Report};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message};
+use tokio::sync::oneshot;
+
+pub fn brokers() -> String {
+    std::env::var("PIXELPIPE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test.{test}.{}.{nanos}", std::process::id())
+}
+
+/// Creates `topic` with `partitions` on the test broker.
+pub async fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .expect("admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .expect("create_topics request (is the broker running? deploy/local/kafka.sh start)");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// Reads every hit on `topic` until `want` have arrived or `timeout` passed, then keeps reading
+/// for `settle` to catch any extra (duplicate) messages.
+pub fn read_hits(topic: &str, want: usize, timeout: Duration) -> Vec<Hit> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut hits = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline || settle_until.is_some_and(|s| now >= s) {
+            break;
+        }
+        if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
+            let msg = msg.expect("consume");
+            let hit = wire::decode(msg.payload().expect("payload")).expect("every message decodes");
+            hits.push(hit);
+            if hits.len() >= want && settle_until.is_none() {
+                settle_until = Some(Instant::now() + Duration::from_secs(2));
+            }
+        }
+    }
+    hits
+}
+
+/// An edge running on 127.0.0.1 ports of its own.
+pub struct RunningEdge {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<pixelpipe_ingest::Result<Report>>,
+}
+
+/// A config for tests: loopback ports, the test broker, the given topic, short timeouts.
+pub fn test_config(topic: &str) -> Config {
+    let mut c = Config {
+        edge_id: "it-edge".into(),
+        ..Config::default()
+    };
+    c.http.listen_addr = "127.0.0.1:0".parse().unwrap();
+    c.admin.listen_addr = "127.0.0.1:0".parse().unwrap();
+    c.kafka.brokers = brokers();
+    c.kafka.topic = topic.to_owned();
+    c.kafka.linger_ms = 5;
+    c.kafka.statistics_interval_ms = 200;
+    c
+}
+
+impl RunningEdge {
+    pub fn start(config: Config) -> RunningEdge {
+        let listeners = Listeners::bind(&config).expect("bind");
+        let public = listeners.public.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let producer =
+            Arc::new(KafkaProducer::new(&config.kafka, metrics.clone()).expect("producer"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(run_with_producer(
+            config,
+            listeners,
+            producer,
+            metrics,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        RunningEdge {
+            public,
+            admin,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Signals shutdown and waits for the report.
+    pub async fn shutdown(mut self) -> Report {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.expect("edge task").expect("edge run")
+    }
+
+    /// Polls `/readyz` until it answers `want` (true = 200).
+    pub async fn wait_ready(&self, want: bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let addr = self.public;
+            let r = tokio::task::spawn_blocking(move || http(addr, "GET", "/readyz", &[], b""))
+                .await
+                .unwrap();
+            if (r.status == 200) == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// One series' value from `/metrics`, e.g. `pixelpipe_ingest_kafka_delivered_total`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let addr = self.admin;
+        let r = tokio::task::spawn_blocking(move || http(addr, "GET", "/metrics", &[], b""))
+            .await
+            .unwrap();
+        let text = String::from_utf8(r.body).unwrap();
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+}
+
+/// A response as read off the socket.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// One HTTP/1.1 request on a fresh connection, written by hand so the test sees exactly what a
+/// client would.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: px.test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    HttpResponse {
+        status,
+        head,
+        body: raw[split + 4..].to_vec(),
+    }
+}

@@ -1,0 +1,277 @@
+//! The real edge on 127.0.0.1 against the real broker: what gets a 200/204 is on the topic.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use pixelpipe_ingest::wire::Transport;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pixels_and_beacons_arrive_on_the_topic_with_their_fields() {
+    let topic = unique_topic("fields");
+    create_topic(&topic, 3).await;
+    let edge = RunningEdge::start(test_config(&topic));
+    assert!(
+        edge.wait_ready(true, Duration::from_secs(20)).await,
+        "edge never became ready"
+    );
+
+    let addr = edge.public;
+    const PIXELS: usize = 40;
+    const BEACONS: usize = 10; // each carries two hits
+    let responses = tokio::task::spawn_blocking(move || {
+        let mut statuses = Vec::new();
+        for i in 0..PIXELS {
+            let target = format!(
+                "/p.gif?site=shop&e=open&campaign=spring&variant=B&uid=u{i}&msg=m{i}&value=1.5&currency=eur&seq={i}"
+            );
+            let r = http(addr, "GET", &target, &[
+                ("User-Agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"),
+                ("Referer", "https://mail.example/"),
+                ("Accept-Language", "de-DE"),
+                ("DNT", "1"),
+                ("Sec-GPC", "1"),
+            ], b"");
+            assert_eq!(r.body.len(), 43);
+            statuses.push(r.status);
+        }
+        for i in 0..BEACONS {
+            let body = format!(
+                r#"[{{"site":"blog","e":"pageview","url":"https://blog.example/{i}","props":{{"seq":"b{i}"}}}},
+                   {{"site":"blog","e":"conversion","value":9.99,"currency":"USD","props":{{"seq":"c{i}"}}}}]"#
+            );
+            let r = http(addr, "POST", "/collect", &[("Content-Type", "text/plain;charset=UTF-8")], body.as_bytes());
+            statuses.push(r.status);
+        }
+        statuses
+    })
+    .await
+    .unwrap();
+    assert!(responses[..PIXELS].iter().all(|s| *s == 200));
+    assert!(responses[PIXELS..].iter().all(|s| *s == 204));
+
+    let want = PIXELS + 2 * BEACONS;
+    let hits =
+        tokio::task::spawn_blocking(move || read_hits(&topic, want, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert_eq!(hits.len(), want, "exactly one message per hit");
+    let ids: HashSet<_> = hits.iter().map(|h| h.event_id).collect();
+    assert_eq!(ids.len(), want, "event ids are unique");
+
+    let seqs: HashSet<String> = hits
+        .iter()
+        .flat_map(|h| {
+            h.props
+                .iter()
+                .filter(|(k, _)| k == "seq")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    for i in 0..PIXELS {
+        assert!(seqs.contains(&i.to_string()), "pixel {i} missing");
+    }
+    for i in 0..BEACONS {
+        assert!(
+            seqs.contains(&format!("b{i}")) && seqs.contains(&format!("c{i}")),
+            "beacon {i} missing"
+        );
+    }
+    let pixel = hits
+        .iter()
+        .find(|h| h.props.contains(&("seq".into(), "7".into())))
+        .unwrap();
+    assert_eq!(pixel.transport, Transport::Pixel);
+    assert_eq!(
+        (pixel.site_id.as_str(), pixel.kind.as_str()),
+        ("shop", "open")
+    );
+    assert_eq!(
+        (pixel.campaign.as_deref(), pixel.variant.as_deref()),
+        (Some("spring"), Some("B"))
+    );
+    assert_eq!(
+        (pixel.user_id.as_deref(), pixel.message_id.as_deref()),
+        (Some("u7"), Some("m7"))
+    );
+    assert_eq!(
+        (pixel.value, pixel.currency.as_deref()),
+        (Some(1.5), Some("EUR"))
+    );
+    assert_eq!(pixel.client_ip, Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(
+        pixel.user_agent.as_deref(),
+        Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)")
+    );
+    assert_eq!(pixel.referer.as_deref(), Some("https://mail.example/"));
+    assert_eq!(pixel.accept_language.as_deref(), Some("de-DE"));
+    assert_eq!(
+        (pixel.dnt.as_deref(), pixel.sec_gpc.as_deref()),
+        (Some("1"), Some("1"))
+    );
+    assert_eq!(
+        (pixel.host.as_deref(), pixel.path.as_str()),
+        (Some("px.test"), "/p.gif")
+    );
+    assert_eq!(pixel.edge_id, "it-edge");
+    let conversion = hits
+        .iter()
+        .find(|h| h.props.contains(&("seq".into(), "c3".into())))
+        .unwrap();
+    assert_eq!(
+        (conversion.transport, conversion.kind.as_str()),
+        (Transport::Beacon, "conversion")
+    );
+    assert_eq!(
+        (conversion.value, conversion.currency.as_deref()),
+        (Some(9.99), Some("USD"))
+    );
+
+    assert_eq!(
+        edge.metric("pixelpipe_ingest_kafka_delivered_total").await,
+        Some(want as f64)
+    );
+    let report = edge.shutdown().await;
+    assert_eq!(
+        (
+            report.accepted,
+            report.delivered,
+            report.failed,
+            report.dropped
+        ),
+        (want as u64, want as u64, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answered_hit_survives_shutdown_in_flight() {
+    let topic = unique_topic("shutdown");
+    create_topic(&topic, 2).await;
+    let mut config = test_config(&topic);
+    // A long linger keeps hits inside librdkafka when shutdown starts, so the flush is exercised.
+    config.kafka.linger_ms = 2_000;
+    let edge = RunningEdge::start(config);
+    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+
+    let addr = edge.public;
+    // Four clients send as fast as they can while the edge is told to stop.
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            tokio::task::spawn_blocking(move || {
+                let mut answered = 0u64;
+                for i in 0..100_000 {
+                    let target = format!("/p.gif?site=s&seq={c}-{i}");
+                    match std::panic::catch_unwind(|| http(addr, "GET", &target, &[], b"")) {
+                        Ok(r) if r.status == 200 => answered += 1,
+                        _ => break, // the listener closed: shutdown has begun
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let report = edge.shutdown().await;
+    let mut answered = 0;
+    for c in clients {
+        answered += c.await.unwrap();
+    }
+    assert!(answered > 0);
+    assert_eq!(
+        report.accepted, answered,
+        "every answered pixel was accepted"
+    );
+    assert_eq!(
+        (report.delivered, report.failed, report.dropped),
+        (answered, 0, 0)
+    );
+    let hits = tokio::task::spawn_blocking(move || {
+        read_hits(&topic, answered as usize, Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        hits.len() as u64,
+        answered,
+        "every answered hit is on the topic, once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_broker_pixels_are_served_and_undelivered_hits_counted() {
+    let mut config = test_config("no-broker");
+    // Nothing listens on port 1; librdkafka keeps retrying until message_timeout_ms.
+    config.kafka.brokers = "127.0.0.1:1".into();
+    config.kafka.message_timeout_ms = 1_500;
+    config.kafka.flush_timeout_ms = 3_000;
+    let edge = RunningEdge::start(config);
+    let addr = edge.public;
+    let statuses = tokio::task::spawn_blocking(move || {
+        (0..25)
+            .map(|i| http(addr, "GET", &format!("/p.gif?site=s&n={i}"), &[], b""))
+            .map(|r| (r.status, r.body.len()))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(statuses.iter().all(|s| *s == (200, 43)), "{statuses:?}");
+    let r = tokio::task::spawn_blocking(move || http(addr, "GET", "/readyz", &[], b""))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert!(String::from_utf8_lossy(&r.body).contains("kafka not connected"));
+    let report = edge.shutdown().await;
+    assert_eq!(
+        (report.accepted, report.delivered, report.failed),
+        (25, 0, 25),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_enforces_its_limits() {
+    let mut config = test_config("limits");
+    config.kafka.brokers = "127.0.0.1:1".into();
+    config.kafka.message_timeout_ms = 500;
+    config.http.header_read_timeout_ms = 300;
+    config.http.max_connections = 2;
+    let edge = RunningEdge::start(config);
+    let addr = edge.public;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        // A client that starts a request and never finishes it is cut off (slowloris).
+        let mut slow = std::net::TcpStream::connect(addr).unwrap();
+        slow.write_all(b"GET /p.gif?site=s HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let n = slow
+            .read_to_end(&mut buf)
+            .expect("closed by the server, not by our read timeout");
+        let _ = n;
+        // Oversized heads are refused by hyper before any handler runs.
+        let huge = "a".repeat(20_000);
+        let r = http(addr, "GET", &format!("/p.gif?site=s&x={huge}"), &[], b"");
+        assert_eq!(r.status, 431, "{}", r.head);
+        // Over the connection cap: the extra connection is closed without an answer.
+        let _a = std::net::TcpStream::connect(addr).unwrap();
+        let _b = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        edge.metric("pixelpipe_ingest_connections_rejected_total")
+            .await,
+        Some(1.0)
+    );
+    edge.shutdown().await;
+}
