@@ -83,7 +83,7 @@ mod tests {
             .map(|i| {
                 sample_request(i)
                     .target
-                    .split("e=")
+                    .split("&e=")
                     .nth(1)
                     .map(|s| s.split('&').next().unwrap().to_owned())
             })

@@ -67,6 +67,19 @@ pub struct HttpConfig {
     pub trusted_proxies: Vec<String>,
     /// Threads serving HTTP; 0 means one per CPU core. Default 0.
     pub worker_threads: usize,
+    /// How those threads are arranged, see [`RuntimeLayout`]. Default `multi_thread`.
+    pub runtime_layout: RuntimeLayout,
+}
+
+/// How the HTTP threads are arranged; chosen by measurement (docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeLayout {
+    /// One work-stealing tokio runtime with `worker_threads` threads and one listening socket.
+    MultiThread,
+    /// `worker_threads` single-threaded runtimes, each with its own `SO_REUSEPORT` socket on the
+    /// same port; the kernel spreads connections, and no task ever moves between threads.
+    PerCore,
 }
 
 /// Bounds on what one hit may carry. What is cut is counted, never silently lost.
@@ -184,6 +197,7 @@ impl Default for HttpConfig {
             shutdown_grace_ms: 5_000,
             trusted_proxies: Vec::new(),
             worker_threads: 0,
+            runtime_layout: RuntimeLayout::MultiThread,
         }
     }
 }
@@ -425,6 +439,14 @@ impl Config {
             )?;
         }
         Ok(())
+    }
+
+    /// HTTP threads to run: `http.worker_threads`, or one per core when it is 0.
+    pub fn http_threads(&self) -> usize {
+        match self.http.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// The configuration as TOML, for `--check-config`.

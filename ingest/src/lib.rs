@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use config::Config;
+pub use config::{Config, RuntimeLayout};
 pub use error::{Error, Result};
 
 use batcher::{BatcherSettings, Batchers};
@@ -42,10 +42,11 @@ use queue::HitQueue;
 use server::ServeSettings;
 use service::Edge;
 
-/// The two sockets the edge serves, bound by the caller (so tests can bind port 0).
+/// The sockets the edge serves, bound by the caller (so tests can bind port 0).
 pub struct Listeners {
-    /// Pixels, beacons, health (`http.listen_addr`).
-    pub public: std::net::TcpListener,
+    /// Pixels, beacons, health (`http.listen_addr`): one socket, or one per thread in the
+    /// `per_core` layout.
+    pub public: Vec<std::net::TcpListener>,
     /// Metrics (`admin.listen_addr`).
     pub admin: std::net::TcpListener,
 }
@@ -53,10 +54,20 @@ pub struct Listeners {
 impl Listeners {
     /// Binds both addresses from the configuration.
     pub fn bind(config: &Config) -> Result<Listeners> {
+        let public_sockets = match config.http.runtime_layout {
+            RuntimeLayout::MultiThread => 1,
+            RuntimeLayout::PerCore => config.http_threads(),
+        };
+        let mut admin = server::bind(config.admin.listen_addr, 1, "admin.listen_addr")?;
         Ok(Listeners {
-            public: server::bind(config.http.listen_addr, "http.listen_addr")?,
-            admin: server::bind(config.admin.listen_addr, "admin.listen_addr")?,
+            public: server::bind(config.http.listen_addr, public_sockets, "http.listen_addr")?,
+            admin: admin.remove(0),
         })
+    }
+
+    /// The public address (with the port the kernel chose for port 0).
+    pub fn public_addr(&self) -> Option<std::net::SocketAddr> {
+        self.public.first()?.local_addr().ok()
     }
 }
 
@@ -126,7 +137,7 @@ pub async fn run_with_producer(
 
     let (stop_public, public_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
-    let public_addr = listeners.public.local_addr().ok();
+    let public_addr = listeners.public_addr();
     let admin_addr = listeners.admin.local_addr().ok();
     let public = {
         let edge = edge.clone();
@@ -134,13 +145,36 @@ pub async fn run_with_producer(
             let edge = edge.clone();
             async move { edge.handle(req, peer.ip()).await }
         };
-        tokio::spawn(server::serve(
-            listeners.public,
-            handler,
-            ServeSettings::from_http(&config.http),
-            metrics.clone(),
-            public_stopped,
-        ))
+        let settings = ServeSettings::from_http(&config.http);
+        match config.http.runtime_layout {
+            // The caller's runtime is the multi-thread one (main.rs sizes it).
+            RuntimeLayout::MultiThread => {
+                let tasks: Vec<_> = (listeners.public.into_iter())
+                    .map(|l| {
+                        tokio::spawn(server::serve(
+                            l,
+                            handler.clone(),
+                            settings.clone(),
+                            metrics.clone(),
+                            public_stopped.clone(),
+                        ))
+                    })
+                    .collect();
+                tokio::spawn(async move {
+                    for t in tasks {
+                        join(t).await?;
+                    }
+                    Ok(())
+                })
+            }
+            RuntimeLayout::PerCore => tokio::spawn(server::serve_per_core(
+                listeners.public,
+                handler,
+                settings,
+                metrics.clone(),
+                public_stopped,
+            )?),
+        }
     };
     let admin = {
         let m = metrics.clone();

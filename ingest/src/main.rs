@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pixelpipe_ingest::{run, Config, Listeners};
+use pixelpipe_ingest::{run, Config, Listeners, RuntimeLayout};
 
 /// The pixelpipe edge: serves tracking pixels and produces the hits to Kafka.
 ///
@@ -90,13 +90,18 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> pixelpipe_ingest::Result<()> {
     let listeners = Listeners::bind(&config)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.http.worker_threads > 0 {
-        runtime.worker_threads(config.http.worker_threads);
-    }
-    let runtime = runtime
+    // multi_thread: this runtime serves HTTP. per_core: the edge starts its own HTTP threads,
+    // and this runtime only runs the admin listener and the shutdown sequence.
+    let mut builder = match config.http.runtime_layout {
+        RuntimeLayout::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(config.http_threads()).thread_name("http");
+            b
+        }
+        RuntimeLayout::PerCore => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder
         .enable_all()
-        .thread_name("http")
         .build()
         .map_err(|source| pixelpipe_ingest::Error::Io {
             context: "starting the runtime".into(),

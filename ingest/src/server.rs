@@ -25,20 +25,35 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::service::ResponseBody;
 
-/// Binds a listening socket with a deep accept backlog (bursts of new connections are normal for
-/// a pixel server). `setting` names the config entry in the error.
-pub fn bind(addr: SocketAddr, setting: &str) -> Result<std::net::TcpListener> {
+/// Binds `count` listening sockets on `addr` with a deep accept backlog (bursts of new
+/// connections are normal for a pixel server). More than one socket share the port through
+/// `SO_REUSEPORT`, so the kernel spreads connections across them. `setting` names the config
+/// entry in errors.
+pub fn bind(addr: SocketAddr, count: usize, setting: &str) -> Result<Vec<std::net::TcpListener>> {
+    let first = bind_one(addr, count > 1, setting)?;
+    // With port 0 the kernel picked a port; the other sockets must join that one.
+    let actual = first.local_addr().map_err(|source| Error::Io {
+        context: format!("{setting} address"),
+        source,
+    })?;
+    let mut all = vec![first];
+    for _ in 1..count {
+        all.push(bind_one(actual, true, setting)?);
+    }
+    Ok(all)
+}
+
+fn bind_one(addr: SocketAddr, reuse_port: bool, setting: &str) -> Result<std::net::TcpListener> {
     let io = |source| Error::Io {
         context: format!("cannot listen on {addr} ({setting})"),
         source,
     };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )
-    .map_err(io)?;
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None).map_err(io)?;
     socket.set_reuse_address(true).map_err(io)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(io)?;
+    }
     socket.bind(&addr.into()).map_err(io)?;
     socket.listen(4096).map_err(io)?;
     socket.set_nonblocking(true).map_err(io)?;
@@ -68,6 +83,58 @@ impl ServeSettings {
             shutdown_grace: Duration::from_millis(h.shutdown_grace_ms),
         }
     }
+}
+
+/// Serves every listener with its own single-threaded runtime on its own OS thread (the
+/// `per_core` layout), until `stop` turns true. Completes when all have stopped.
+pub fn serve_per_core<H, F>(
+    listeners: Vec<std::net::TcpListener>,
+    handler: H,
+    settings: ServeSettings,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+) -> Result<impl Future<Output = Result<()>>>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
+    let mut done = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (handler, settings, metrics, stop) = (
+            handler.clone(),
+            settings.clone(),
+            metrics.clone(),
+            stop.clone(),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                context: "starting an HTTP runtime".into(),
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name(format!("http-{i}"))
+            .spawn(move || {
+                let _ =
+                    tx.send(runtime.block_on(serve(listener, handler, settings, metrics, stop)));
+            })
+            .map_err(|source| Error::Io {
+                context: "starting an HTTP thread".into(),
+                source,
+            })?;
+        done.push(rx);
+    }
+    Ok(async move {
+        for rx in done {
+            rx.await.map_err(|_| Error::Io {
+                context: "HTTP thread".into(),
+                source: std::io::Error::other("panicked"),
+            })??;
+        }
+        Ok(())
+    })
 }
 
 /// Serves `listener` with `handler` until `stop` turns true, then shuts down gracefully.

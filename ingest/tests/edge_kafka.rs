@@ -275,3 +275,30 @@ async fn the_server_enforces_its_limits() {
     );
     edge.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_core_layout_serves_every_connection() {
+    let topic = unique_topic("per-core");
+    create_topic(&topic, 2).await;
+    let mut config = test_config(&topic);
+    config.http.runtime_layout = pixelpipe_ingest::RuntimeLayout::PerCore;
+    config.http.worker_threads = 3;
+    let edge = RunningEdge::start(config);
+    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    let addr = edge.public;
+    // Fresh connections land on the three SO_REUSEPORT sockets as the kernel hashes them.
+    let statuses = tokio::task::spawn_blocking(move || {
+        (0..30)
+            .map(|i| http(addr, "GET", &format!("/p.gif?site=s&n={i}"), &[], b"").status)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(statuses.iter().all(|s| *s == 200));
+    let report = edge.shutdown().await;
+    assert_eq!((report.accepted, report.delivered), (30, 30));
+    let hits = tokio::task::spawn_blocking(move || read_hits(&topic, 30, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 30);
+}

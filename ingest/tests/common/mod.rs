@@ -109,7 +109,7 @@ pub fn test_config(topic: &str) -> Config {
 impl RunningEdge {
     pub fn start(config: Config) -> RunningEdge {
         let listeners = Listeners::bind(&config).expect("bind");
-        let public = listeners.public.local_addr().unwrap();
+        let public = listeners.public_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
         let metrics = Metrics::new();
         let producer =
