@@ -16,12 +16,14 @@ BIN="$ROOT/target/release/pixelpipe-ingest"
 
 PIXELPIPE_LOG=warn,pixelpipe_ingest=info "$BIN" --listen-addr "127.0.0.1:$PORT" --admin-addr "127.0.0.1:$ADMIN" \
   --brokers "$KAFKA_ADDR" --topic "$TOPIC" \
-  --set "http.runtime_layout=$LAYOUT" --set "http.worker_threads=$THREADS" \
+  --set "http.runtime_layout=$LAYOUT" --set "http.worker_threads=$THREADS" ${EXTRA_SETTINGS:-} \
   >"$STATE_DIR/wrk-edge.log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do [ "$(http_status $PORT /readyz)" = 200 ] && break; sleep 0.1; done
-[ "$(http_status $PORT /readyz)" = 200 ] || die "edge not ready; see $STATE_DIR/wrk-edge.log"
+for _ in $(seq 1 100); do [ "$(http_status $PORT /healthz)" = 200 ] && break; sleep 0.1; done
+[ "$(http_status $PORT /healthz)" = 200 ] || die "edge not serving; see $STATE_DIR/wrk-edge.log"
+# Ready means connected to the broker; a run against no broker (EXTRA_SETTINGS) never is.
+for _ in $(seq 1 50); do [ "$(http_status $PORT /readyz)" = 200 ] && break; sleep 0.2; done
 
 URL="http://127.0.0.1:$PORT/p.gif?site=bench.example&e=pageview&url=https%3A%2F%2Fbench.example%2Fa&campaign=spring&variant=B"
 out=$(wrk -t1 -c"$CONNS" -d"${SECONDS_}s" --latency "$URL")
