@@ -43,11 +43,12 @@ start() {
   step "starting tansu on $KAFKA_ADDR (data in $DATA_DIR)"
   # sqlite, not memory://: 0.6.0's memory engine returns nothing to a consumer that resumes
   # inside a batch, which breaks committed offsets; sqlite also survives restarts.
-  (cd "$DATA_DIR" && nohup "$TANSU_BIN" broker \
+  # `exec` makes the recorded pid the broker's own, so `stop` signals the broker itself.
+  (cd "$DATA_DIR" && exec nohup "$TANSU_BIN" broker \
       --listener-url "tcp://$KAFKA_ADDR" \
       --advertised-listener-url "tcp://$KAFKA_ADDR" \
-      --storage-engine "sqlite://tansu.db" >>"$LOG_FILE" 2>&1 &
-    echo $! >"$PID_FILE")
+      --storage-engine "sqlite://tansu.db" >>"$LOG_FILE" 2>&1) &
+  echo $! >"$PID_FILE"
   if ! wait_port "$KAFKA_HOST" "$KAFKA_PORT" 30; then
     tail -n 20 "$LOG_FILE" >&2 || true
     die "broker did not answer on $KAFKA_ADDR within 30 s; log: $LOG_FILE"
