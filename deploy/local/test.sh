@@ -6,7 +6,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need cargo "Install Rust first (https://rustup.rs)."
 "$ROOT/deploy/local/kafka.sh" start
+"$ROOT/deploy/local/clickhouse.sh" start
 export PIXELPIPE_TEST_BROKERS="$KAFKA_ADDR"
+export PIXELPIPE_TEST_CLICKHOUSE="http://127.0.0.1:8123"
 
 step "running cargo test --workspace"
 cd "$ROOT"

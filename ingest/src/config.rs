@@ -1,12 +1,8 @@
 //! The edge's one configuration struct, where its values come from, and its validation.
 //!
 //! Layers, later wins: built-in defaults, a TOML file, `PIXELPIPE_*` environment variables, then
-//! command-line overrides. Every layer names settings by the same dotted path (`kafka.linger_ms`),
-//! so there is one list of settings: the structs below. Environment variables spell the path with
-//! `__` between sections (`PIXELPIPE_KAFKA__LINGER_MS=5`). librdkafka properties pass through
-//! unchanged under `kafka.properties` (`PIXELPIPE_KAFKA__PROPERTIES__SASL_MECHANISMS=PLAIN` sets
-//! `sasl.mechanisms`: the name is lower-cased and `_` becomes `.`, as no librdkafka property name
-//! contains `_`).
+//! command-line overrides (the mechanism is `layers`, shared with the sink). The structs below are
+//! the one list of settings.
 //!
 //! This module does not open sockets or clients; it only says what they should be.
 
@@ -18,9 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::client_ip::TrustedProxies;
 use crate::error::{Error, Result};
-
-/// Prefix of the environment variables the edge reads.
-pub const ENV_PREFIX: &str = "PIXELPIPE_";
 
 /// Everything the edge can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -269,30 +262,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, String)],
     ) -> Result<Config> {
-        let defaults = toml::Table::try_from(Config::default()).expect("defaults serialise");
-        let mut table = defaults.clone();
-        if let Some(path) = file {
-            let file_err = |reason: String| Error::ConfigFile {
-                path: path.display().to_string(),
-                reason,
-            };
-            let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-            let from_file: toml::Table =
-                toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
-            merge(&mut table, from_file);
-        }
-        for (name, value) in env {
-            if let Some(path) = env_path(&name) {
-                set_path(&mut table, &defaults, &path, &value, &name)?;
-            }
-        }
-        for (dotted, value) in overrides {
-            let path = dotted_path(dotted);
-            set_path(&mut table, &defaults, &path, value, dotted)?;
-        }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::config("config", e.message().to_owned()))?;
+        let config: Config = crate::layers::load(file, env, overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -461,101 +431,6 @@ fn valid_topic(t: &str) -> bool {
         && t != ".."
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-/// Deep-merges `over` into `base`: tables merge, everything else replaces.
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (key, value) in over {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, value) => {
-                base.insert(key, value);
-            }
-        }
-    }
-}
-
-/// `PIXELPIPE_KAFKA__LINGER_MS` -> `["kafka", "linger_ms"]`; other variables -> `None`.
-fn env_path(name: &str) -> Option<Vec<String>> {
-    let rest = name.strip_prefix(ENV_PREFIX)?;
-    // PIXELPIPE_CONFIG names the file itself and PIXELPIPE_LOG the log filter; neither is a setting.
-    if rest.is_empty() || rest == "CONFIG" || rest == "LOG" {
-        return None;
-    }
-    let mut path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-    if path.len() == 3 && path[0] == "kafka" && path[1] == "properties" {
-        path[2] = path[2].replace('_', ".");
-    }
-    Some(path)
-}
-
-/// `kafka.linger_ms` -> `["kafka", "linger_ms"]`; `kafka.properties.sasl.mechanisms` keeps the
-/// property name whole.
-fn dotted_path(dotted: &str) -> Vec<String> {
-    match dotted.strip_prefix("kafka.properties.") {
-        Some(prop) => vec!["kafka".into(), "properties".into(), prop.into()],
-        None => dotted.split('.').map(str::to_owned).collect(),
-    }
-}
-
-/// Sets one setting from text, typed like its default so `PIXELPIPE_KAFKA__TOPIC=123` stays a
-/// string and `..._LINGER_MS=x` fails naming the variable.
-fn set_path(
-    table: &mut toml::Table,
-    defaults: &toml::Table,
-    path: &[String],
-    text: &str,
-    source: &str,
-) -> Result<()> {
-    let setting = path.join(".");
-    let Some((last, parents)) = path.split_last() else {
-        return Err(Error::config(source, "names no setting"));
-    };
-    let mut node = table;
-    let mut default_node = Some(defaults);
-    for part in parents {
-        let entry = node
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
-        let toml::Value::Table(next) = entry else {
-            return Err(Error::config(
-                setting,
-                format!("`{part}` is not a section (from {source})"),
-            ));
-        };
-        node = next;
-        default_node = default_node
-            .and_then(|d| d.get(part))
-            .and_then(toml::Value::as_table);
-    }
-    let bad =
-        |what: &str| Error::config(&setting, format!("{text:?} is not {what} (from {source})"));
-    let value = match default_node.and_then(|d| d.get(last)) {
-        Some(toml::Value::Integer(_)) => {
-            toml::Value::Integer(text.trim().parse().map_err(|_| bad("a whole number"))?)
-        }
-        Some(toml::Value::Boolean(_)) => {
-            toml::Value::Boolean(text.trim().parse().map_err(|_| bad("true or false"))?)
-        }
-        Some(toml::Value::Array(_)) => toml::Value::Array(
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.into()))
-                .collect(),
-        ),
-        Some(toml::Value::Table(_)) => {
-            return Err(Error::config(
-                setting,
-                format!("is a section, not a value (from {source})"),
-            ))
-        }
-        // Strings, and keys with no default (kafka.properties, or unknown names that the typed
-        // read below rejects by name).
-        _ => toml::Value::String(text.to_owned()),
-    };
-    node.insert(last.clone(), value);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -20,7 +20,9 @@ pub mod config;
 pub mod error;
 pub mod hit;
 pub mod kafka;
+pub mod layers;
 pub mod metrics;
+pub mod process;
 pub mod queue;
 pub mod server;
 pub mod service;
@@ -155,7 +157,7 @@ pub async fn run_with_producer(
                             l,
                             handler.clone(),
                             settings.clone(),
-                            metrics.clone(),
+                            metrics.connections(),
                             public_stopped.clone(),
                         ))
                     })
@@ -171,26 +173,18 @@ pub async fn run_with_producer(
                 listeners.public,
                 handler,
                 settings,
-                metrics.clone(),
+                metrics.connections(),
                 public_stopped,
             )?),
         }
     };
     let admin = {
         let m = metrics.clone();
-        let handler = move |req: hyper::Request<hyper::body::Incoming>, _peer| {
-            let m = m.clone();
-            async move { admin_response(&m, req.method(), req.uri().path()) }
-        };
-        let settings = ServeSettings {
-            max_connections: 64,
-            ..ServeSettings::from_http(&config.http)
-        };
-        tokio::spawn(server::serve(
+        let grace = std::time::Duration::from_millis(config.http.shutdown_grace_ms);
+        tokio::spawn(server::serve_metrics(
             listeners.admin,
-            handler,
-            settings,
-            metrics.clone(),
+            move || m.render(),
+            grace,
             admin_stopped,
         ))
     };
@@ -237,27 +231,4 @@ async fn join(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
         context: "server task".into(),
         source: std::io::Error::other(e.to_string()),
     })?
-}
-
-fn admin_response(
-    metrics: &Metrics,
-    method: &hyper::Method,
-    path: &str,
-) -> hyper::Response<service::ResponseBody> {
-    use hyper::StatusCode;
-    match (method, path) {
-        (&hyper::Method::GET, "/metrics") => {
-            let mut r = service::text(StatusCode::OK, metrics.render().trim_end());
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
-        (_, "/metrics") => service::text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed; allowed: GET",
-        ),
-        _ => service::text(StatusCode::NOT_FOUND, "not found"),
-    }
 }

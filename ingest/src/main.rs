@@ -21,7 +21,7 @@ struct Cli {
     check_config: bool,
     /// Set any setting by its dotted name, e.g. `--set kafka.linger_ms=5` or
     /// `--set kafka.properties.security.protocol=SASL_SSL`. Repeatable.
-    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_setting)]
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = pixelpipe_ingest::process::parse_setting)]
     set: Vec<(String, String)>,
     /// Shorthand for `--set http.listen_addr=ADDR`.
     #[arg(long, value_name = "ADDR")]
@@ -37,23 +37,9 @@ struct Cli {
     topic: Option<String>,
 }
 
-fn parse_setting(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PIXELPIPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+    pixelpipe_ingest::process::init_logging();
 
     let mut overrides = Vec::new();
     for (name, value) in [
@@ -108,23 +94,10 @@ fn serve(config: Config) -> pixelpipe_ingest::Result<()> {
             source,
         })?;
     runtime
-        .block_on(run(config, listeners, shutdown_signal()))
+        .block_on(run(
+            config,
+            listeners,
+            pixelpipe_ingest::process::shutdown_signal(),
+        ))
         .map(|_| ())
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the edge");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -226,6 +226,14 @@ impl Metrics {
         self.hot.queue_full.inc();
     }
 
+    /// The connection metrics of the public listener.
+    pub fn connections(&self) -> crate::server::ConnectionMetrics {
+        crate::server::ConnectionMetrics {
+            open: self.connections_open.clone(),
+            rejected: self.connections_rejected.clone(),
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -22,7 +22,6 @@ use tokio::task::JoinSet;
 
 use crate::config::HttpConfig;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use crate::service::ResponseBody;
 
 /// Binds `count` listening sockets on `addr` with a deep accept backlog (bursts of new
@@ -60,6 +59,16 @@ fn bind_one(addr: SocketAddr, reuse_port: bool, setting: &str) -> Result<std::ne
     Ok(socket.into())
 }
 
+/// The two connection metrics a listener keeps, so any service (the edge, the sink's admin
+/// listener) can hand in its own.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: prometheus::IntGauge,
+    /// Connections closed at once because the cap was reached.
+    pub rejected: prometheus::IntCounter,
+}
+
 /// How a listener serves connections.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -91,7 +100,7 @@ pub fn serve_per_core<H, F>(
     listeners: Vec<std::net::TcpListener>,
     handler: H,
     settings: ServeSettings,
-    metrics: Metrics,
+    metrics: ConnectionMetrics,
     stop: watch::Receiver<bool>,
 ) -> Result<impl Future<Output = Result<()>>>
 where
@@ -143,7 +152,7 @@ pub async fn serve<H, F>(
     listener: std::net::TcpListener,
     handler: H,
     settings: ServeSettings,
-    metrics: Metrics,
+    metrics: ConnectionMetrics,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()>
 where
@@ -179,7 +188,7 @@ where
                     }
                 };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    metrics.connections_rejected.inc();
+                    metrics.rejected.inc();
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -189,7 +198,7 @@ where
                     async move { Ok::<_, Infallible>(response.await) }
                 });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                let open = metrics.connections_open.clone();
+                let open = metrics.open.clone();
                 open.inc();
                 connections.spawn(async move {
                     // Client resets and timeouts end connections; they are not the server's errors.
@@ -213,4 +222,53 @@ where
     }
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Serves `GET /metrics` with the text `render` returns, until `stop` turns true: the admin
+/// listener of every pixelpipe service.
+pub async fn serve_metrics<R>(
+    listener: std::net::TcpListener,
+    render: R,
+    shutdown_grace: Duration,
+    stop: watch::Receiver<bool>,
+) -> Result<()>
+where
+    R: Fn() -> String + Clone + Send + Sync + 'static,
+{
+    use hyper::header::{HeaderValue, CONTENT_TYPE};
+    use hyper::{Method, StatusCode};
+    let handler = move |req: Request<Incoming>, _peer| {
+        let render = render.clone();
+        async move {
+            match (req.method(), req.uri().path()) {
+                (&Method::GET, "/metrics") => {
+                    let mut r = crate::service::text(StatusCode::OK, render().trim_end());
+                    r.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    r
+                }
+                (_, "/metrics") => crate::service::text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method not allowed; allowed: GET",
+                ),
+                _ => crate::service::text(StatusCode::NOT_FOUND, "not found"),
+            }
+        }
+    };
+    let settings = ServeSettings {
+        max_connections: 64,
+        header_read_timeout: Duration::from_secs(10),
+        max_header_bytes: 16 * 1024,
+        shutdown_grace,
+    };
+    // Scrapes of the admin listener are not the service's traffic: count them nowhere.
+    let connections = ConnectionMetrics {
+        open: prometheus::IntGauge::new("admin_connections_open", "unregistered")
+            .expect("valid metric"),
+        rejected: prometheus::IntCounter::new("admin_connections_rejected", "unregistered")
+            .expect("valid metric"),
+    };
+    serve(listener, handler, settings, connections, stop).await
 }

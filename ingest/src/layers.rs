@@ -1,0 +1,156 @@
+//! Layered configuration: defaults, a TOML file, `PIXELPIPE_*` environment variables, then
+//! `name=value` overrides from flags, later layers winning. Shared by every pixelpipe binary; each
+//! brings its own config struct, which stays the one list of its settings.
+//!
+//! Every layer names a setting by the same dotted path (`kafka.linger_ms`). Environment variables
+//! spell the path with `__` between sections (`PIXELPIPE_KAFKA__LINGER_MS=5`). Entries of a
+//! `properties` table (librdkafka pass-through) keep their dotted names:
+//! `PIXELPIPE_KAFKA__PROPERTIES__SASL_MECHANISMS=PLAIN` sets `sasl.mechanisms` (lower-cased, `_`
+//! becomes `.`, as no librdkafka property name contains `_`), and `--set
+//! kafka.properties.sasl.mechanisms=PLAIN` does the same. Text values are typed like the default at
+//! the same path, so a wrong one fails naming the setting and where it came from.
+//!
+//! This module reads and types values; validating them is each config struct's job.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Prefix of the environment variables pixelpipe reads.
+pub const ENV_PREFIX: &str = "PIXELPIPE_";
+
+/// Builds a `T` from its defaults, an optional TOML file, environment variables (only
+/// `PIXELPIPE_*` ones are read) and `path=value` overrides. Unknown names are errors.
+pub fn load<T>(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[(String, String)],
+) -> Result<T>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let defaults = toml::Table::try_from(T::default()).expect("defaults serialise");
+    let mut table = defaults.clone();
+    if let Some(path) = file {
+        let file_err = |reason: String| Error::ConfigFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        let from_file: toml::Table = toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+        merge(&mut table, from_file);
+    }
+    for (name, value) in env {
+        if let Some(path) = env_path(&name) {
+            set_path(&mut table, &defaults, &path, &value, &name)?;
+        }
+    }
+    for (dotted, value) in overrides {
+        let path = dotted_path(dotted);
+        set_path(&mut table, &defaults, &path, value, dotted)?;
+    }
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::config("config", e.message().to_owned()))
+}
+
+/// Deep-merges `over` into `base`: tables merge, everything else replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// `PIXELPIPE_KAFKA__LINGER_MS` -> `["kafka", "linger_ms"]`; other variables -> `None`.
+fn env_path(name: &str) -> Option<Vec<String>> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    // PIXELPIPE_CONFIG names the file itself and PIXELPIPE_LOG the log filter; neither is a setting.
+    if rest.is_empty() || rest == "CONFIG" || rest == "LOG" {
+        return None;
+    }
+    let mut path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    if path.len() == 3 && path[1] == "properties" {
+        path[2] = path[2].replace('_', ".");
+    }
+    Some(path)
+}
+
+/// `kafka.linger_ms` -> `["kafka", "linger_ms"]`; `kafka.properties.sasl.mechanisms` keeps the
+/// property name whole.
+fn dotted_path(dotted: &str) -> Vec<String> {
+    let mut parts = dotted.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(section), Some("properties"), Some(prop)) => {
+            vec![section.into(), "properties".into(), prop.into()]
+        }
+        _ => dotted.split('.').map(str::to_owned).collect(),
+    }
+}
+
+/// Sets one setting from text, typed like its default so `PIXELPIPE_KAFKA__TOPIC=123` stays a
+/// string and `..._LINGER_MS=x` fails naming the variable.
+fn set_path(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    path: &[String],
+    text: &str,
+    source: &str,
+) -> Result<()> {
+    let setting = path.join(".");
+    let Some((last, parents)) = path.split_last() else {
+        return Err(Error::config(source, "names no setting"));
+    };
+    let mut node = table;
+    let mut default_node = Some(defaults);
+    for part in parents {
+        let entry = node
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let toml::Value::Table(next) = entry else {
+            return Err(Error::config(
+                setting,
+                format!("`{part}` is not a section (from {source})"),
+            ));
+        };
+        node = next;
+        default_node = default_node
+            .and_then(|d| d.get(part))
+            .and_then(toml::Value::as_table);
+    }
+    let bad =
+        |what: &str| Error::config(&setting, format!("{text:?} is not {what} (from {source})"));
+    let value = match default_node.and_then(|d| d.get(last)) {
+        Some(toml::Value::Integer(_)) => {
+            toml::Value::Integer(text.trim().parse().map_err(|_| bad("a whole number"))?)
+        }
+        Some(toml::Value::Boolean(_)) => {
+            toml::Value::Boolean(text.trim().parse().map_err(|_| bad("true or false"))?)
+        }
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
+        ),
+        Some(toml::Value::Table(_)) => {
+            return Err(Error::config(
+                setting,
+                format!("is a section, not a value (from {source})"),
+            ))
+        }
+        // Strings, and keys with no default (kafka.properties, or unknown names that the typed
+        // read below rejects by name).
+        _ => toml::Value::String(text.to_owned()),
+    };
+    node.insert(last.clone(), value);
+    Ok(())
+}

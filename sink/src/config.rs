@@ -1,0 +1,331 @@
+//! The sink's one configuration struct and its validation. Values come in layers exactly like the
+//! edge's (defaults, TOML file, `PIXELPIPE_*` environment, `--set` flags; see
+//! `pixelpipe_ingest::layers`). This module opens no connection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Everything the sink can be told.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    /// The Kafka consumer group.
+    pub kafka: KafkaConfig,
+    /// Where rows go.
+    pub clickhouse: ClickHouseConfig,
+    /// When a batch is written.
+    pub batch: BatchConfig,
+    /// How a failed write is retried.
+    pub retry: RetryConfig,
+    /// The admin listener (metrics).
+    pub admin: AdminConfig,
+}
+
+/// The Kafka consumer group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Topic the edge produces to. Default `pixelpipe.hits`.
+    pub topic: String,
+    /// Consumer group; sinks in one group split the partitions. Default `pixelpipe-sink`.
+    pub group_id: String,
+    /// Where undecodable or out-of-range messages go. Default empty, meaning `<topic>.dlq`.
+    pub dead_letter_topic: String,
+    /// `statistics.interval.ms`, for the consumer-lag metric. Default 5000.
+    pub statistics_interval_ms: u64,
+    /// Any other librdkafka consumer property, passed through unchanged (SASL, TLS, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Where rows go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP interface. Default `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database, created by the migrations. Default `pixelpipe`.
+    pub database: String,
+    /// Prefix of every table name (`<prefix>hits`, `<prefix>bad_hits`,
+    /// `<prefix>schema_migrations`), so several pipelines or tests share a database. Default empty.
+    pub table_prefix: String,
+    /// User. Default `default`.
+    pub user: String,
+    /// Password. Default empty.
+    pub password: String,
+    /// Apply pending migrations when the sink starts (they are idempotent). Default true.
+    pub migrate_on_start: bool,
+    /// Rows older than this many days are deleted by a table TTL, on servers that have TTL
+    /// (not 18.16; see docs/operations-sink.md for the cleanup there). 0 keeps rows forever.
+    /// Applies when the table is created. Default 400.
+    pub retention_days: u32,
+    /// One insert may take this long before it counts as failed and is retried. Default 30000.
+    pub insert_timeout_ms: u64,
+}
+
+/// A batch is written when any limit is reached, whichever comes first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Rows per batch at most. Default 50000.
+    pub max_rows: usize,
+    /// Kafka payload bytes per batch at most. Default 67108864 (64 MiB).
+    pub max_bytes: usize,
+    /// Age of a batch's first message before it is written anyway. Default 1000.
+    pub max_age_ms: u64,
+}
+
+/// Capped exponential backoff with jitter for a batch that could not be written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// First wait. Default 200.
+    pub initial_backoff_ms: u64,
+    /// Longest wait. Default 30000.
+    pub max_backoff_ms: u64,
+    /// On shutdown, how long a failing batch keeps being retried before it is abandoned (not
+    /// committed, so it is read again by the next owner). Default 5000.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address serving `GET /metrics`. Default `127.0.0.1:9091`.
+    pub listen_addr: SocketAddr,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "pixelpipe.hits".into(),
+            group_id: "pixelpipe-sink".into(),
+            dead_letter_topic: String::new(),
+            statistics_interval_ms: 5_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "pixelpipe".into(),
+            table_prefix: String::new(),
+            user: "default".into(),
+            password: String::new(),
+            migrate_on_start: true,
+            retention_days: 400,
+            insert_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: 50_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_age_ms: 1_000,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial_backoff_ms: 200,
+            max_backoff_ms: 30_000,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 9091)),
+        }
+    }
+}
+
+fn identifier(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+impl SinkConfig {
+    /// Builds and validates the effective configuration.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<SinkConfig> {
+        let config: SinkConfig = pixelpipe_ingest::layers::load(file, env, overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting once; the error names the wrong one.
+    pub fn validate(&self) -> Result<()> {
+        fn check(ok: bool, setting: &str, reason: &str) -> Result<()> {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::config(setting, reason))
+            }
+        }
+        let k = &self.kafka;
+        check(
+            !k.brokers.trim().is_empty(),
+            "kafka.brokers",
+            "must name at least one broker",
+        )?;
+        check(!k.topic.is_empty(), "kafka.topic", "must not be empty")?;
+        check(
+            !k.group_id.is_empty(),
+            "kafka.group_id",
+            "must not be empty",
+        )?;
+        check(
+            self.dead_letter_topic() != k.topic,
+            "kafka.dead_letter_topic",
+            "must differ from kafka.topic",
+        )?;
+        check(
+            k.statistics_interval_ms > 0,
+            "kafka.statistics_interval_ms",
+            "must be at least 1",
+        )?;
+        let c = &self.clickhouse;
+        check(
+            c.url.starts_with("http://") || c.url.starts_with("https://"),
+            "clickhouse.url",
+            "must start with http:// or https://",
+        )?;
+        check(
+            !c.database.is_empty() && identifier(&c.database),
+            "clickhouse.database",
+            "must be letters, digits or '_'",
+        )?;
+        check(
+            identifier(&c.table_prefix),
+            "clickhouse.table_prefix",
+            "must be letters, digits or '_'",
+        )?;
+        check(
+            c.insert_timeout_ms > 0,
+            "clickhouse.insert_timeout_ms",
+            "must be at least 1",
+        )?;
+        let b = &self.batch;
+        check(b.max_rows > 0, "batch.max_rows", "must be at least 1")?;
+        check(b.max_bytes > 0, "batch.max_bytes", "must be at least 1")?;
+        check(b.max_age_ms > 0, "batch.max_age_ms", "must be at least 1")?;
+        let r = &self.retry;
+        check(
+            r.initial_backoff_ms > 0,
+            "retry.initial_backoff_ms",
+            "must be at least 1",
+        )?;
+        check(
+            r.max_backoff_ms >= r.initial_backoff_ms,
+            "retry.max_backoff_ms",
+            "must be at least retry.initial_backoff_ms",
+        )?;
+        Ok(())
+    }
+
+    /// The dead-letter topic: `kafka.dead_letter_topic`, or `<topic>.dlq`.
+    pub fn dead_letter_topic(&self) -> String {
+        if self.kafka.dead_letter_topic.is_empty() {
+            format!("{}.dlq", self.kafka.topic)
+        } else {
+            self.kafka.dead_letter_topic.clone()
+        }
+    }
+
+    /// The configuration as TOML, for `--check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(sets: &[(&str, &str)]) -> Result<SinkConfig> {
+        let sets: Vec<_> = sets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        SinkConfig::load(None, Vec::new(), &sets)
+    }
+
+    #[test]
+    fn defaults_and_layers() {
+        let c = load(&[]).unwrap();
+        assert_eq!((c.batch.max_rows, c.batch.max_age_ms), (50_000, 1_000));
+        assert_eq!(c.dead_letter_topic(), "pixelpipe.hits.dlq");
+        let env = vec![(
+            "PIXELPIPE_KAFKA__PROPERTIES__SESSION_TIMEOUT_MS".to_string(),
+            "9000".to_string(),
+        )];
+        let c = SinkConfig::load(
+            None,
+            env,
+            &[("clickhouse.table_prefix".into(), "t1_".into())],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.properties["session.timeout.ms"], "9000");
+        assert_eq!(c.clickhouse.table_prefix, "t1_");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        for (setting, value) in [
+            ("clickhouse.table_prefix", "bad-prefix"),
+            ("clickhouse.database", "a;drop"),
+            ("clickhouse.url", "127.0.0.1:8123"),
+            ("batch.max_rows", "0"),
+            ("retry.max_backoff_ms", "1"),
+            ("kafka.dead_letter_topic", "pixelpipe.hits"),
+        ] {
+            let e = load(&[(setting, value)]).unwrap_err().to_string();
+            assert!(e.contains(setting), "{setting}: {e}");
+        }
+        let e = load(&[("batch.max_age_ms", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch.max_age_ms"), "{e}");
+    }
+
+    #[test]
+    fn every_setting_is_in_the_configuration_reference() {
+        let doc = include_str!("../../docs/configuration-sink.md");
+        let table = toml::Table::try_from(SinkConfig::default()).unwrap();
+        let missing: Vec<String> = table
+            .iter()
+            .flat_map(|(section, v)| {
+                v.as_table()
+                    .unwrap()
+                    .keys()
+                    .map(move |f| format!("{section}.{f}"))
+            })
+            .filter(|name| !doc.contains(&format!("`{name}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/configuration-sink.md lacks {missing:?}"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! The dead-letter topic: [`DeadLetters`], the I/O seam, and its Kafka implementation.
+//!
+//! A message the sink cannot store goes to `<topic>.dlq` with its original bytes and key, and
+//! headers saying why and where it came from, so it can be inspected and replayed (see
+//! docs/operations-sink.md). Its offset is committed only after the dead-letter topic confirmed it.
+
+use std::future::Future;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+use crate::config::SinkConfig;
+use crate::error::Result;
+use crate::row::BadMessage;
+
+/// Sends bad messages somewhere they are kept.
+pub trait DeadLetters: Send + Sync {
+    /// Sends every message and waits until each is confirmed; any failure fails the whole call
+    /// (the batch is then retried, and a message may be dead-lettered twice, never zero times).
+    fn send(&self, bad: &[BadMessage]) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The dead-letter topic on the same Kafka cluster.
+pub struct KafkaDeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl KafkaDeadLetters {
+    /// A producer for the configured dead-letter topic.
+    pub fn new(config: &SinkConfig) -> Result<KafkaDeadLetters> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &config.kafka.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000");
+        for (k, v) in &config.kafka.properties {
+            // Consumer-only properties would make the producer refuse to start.
+            if !k.starts_with("group.") && !k.starts_with("session.") && !k.starts_with("auto.") {
+                c.set(k, v);
+            }
+        }
+        Ok(KafkaDeadLetters {
+            producer: c.create()?,
+            topic: config.dead_letter_topic(),
+        })
+    }
+}
+
+impl DeadLetters for KafkaDeadLetters {
+    async fn send(&self, bad: &[BadMessage]) -> Result<()> {
+        let mut pending = Vec::with_capacity(bad.len());
+        for b in bad {
+            let partition = b.kafka_partition.to_string();
+            let offset = b.kafka_offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "pixelpipe.reason",
+                    value: Some(b.reason.as_str()),
+                })
+                .insert(Header {
+                    key: "pixelpipe.error",
+                    value: Some(b.error.as_str()),
+                })
+                .insert(Header {
+                    key: "pixelpipe.source.topic",
+                    value: Some(b.kafka_topic.as_str()),
+                })
+                .insert(Header {
+                    key: "pixelpipe.source.partition",
+                    value: Some(partition.as_str()),
+                })
+                .insert(Header {
+                    key: "pixelpipe.source.offset",
+                    value: Some(offset.as_str()),
+                });
+            let record = FutureRecord::<(), [u8]>::to(&self.topic)
+                .payload(&b.raw)
+                .headers(headers);
+            // Enqueue all first, then wait: one round trip for the lot, not one per message.
+            pending.push(self.producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for delivery in pending {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(e.into()),
+                Err(_canceled) => return Err(rdkafka::error::KafkaError::Canceled.into()),
+            }
+        }
+        Ok(())
+    }
+}

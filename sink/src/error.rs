@@ -1,0 +1,47 @@
+//! The sink's one error type, and the one place it becomes a retry decision ([`Error::retryable`]).
+
+/// Everything that can go wrong in the sink.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Configuration, binding and other start-up failures shared with the edge's machinery.
+    #[error(transparent)]
+    Setup(#[from] pixelpipe_ingest::Error),
+    /// A setting has a value the sink cannot run with.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Config {
+        /// Dotted name of the setting.
+        setting: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// ClickHouse refused or did not answer. Carries the server's own error text.
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    /// The ClickHouse server is a version whose column encodings pixelpipe has not checked.
+    #[error(
+        "unsupported ClickHouse server version {0}: pixelpipe supports 18.16 and 22.x or later"
+    )]
+    UnsupportedServer(String),
+    /// The Kafka client failed (creating it, committing, producing to the dead-letter topic).
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+impl Error {
+    /// Whether the batch that hit this error should be retried (after a backoff) rather than the
+    /// sink stopping. ClickHouse and Kafka outages pass; configuration mistakes do not.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Error::ClickHouse(_) | Error::Kafka(_))
+    }
+
+    /// Shorthand for [`Error::Config`].
+    pub fn config(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The sink's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

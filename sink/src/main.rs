@@ -1,0 +1,90 @@
+//! `pixelpipe-sink`: parse the configuration, set up logging, then run the sink or the migrations.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pixelpipe_sink::SinkConfig;
+
+/// The pixelpipe sink: hits from Kafka into ClickHouse.
+///
+/// Settings come from a TOML file, then `PIXELPIPE_*` environment variables, then flags; see
+/// docs/configuration-sink.md.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "PIXELPIPE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the configuration, print the effective settings as TOML, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Set any setting by its dotted name, e.g. `--set batch.max_rows=10000`. Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = pixelpipe_ingest::process::parse_setting)]
+    set: Vec<(String, String)>,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume hits and store them (the default).
+    Run,
+    /// Apply pending schema migrations and exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    pixelpipe_ingest::process::init_logging();
+
+    let config = match SinkConfig::load(cli.config.as_deref(), std::env::vars(), &cli.set) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pixelpipe-sink: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pixelpipe-sink: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Migrate => pixelpipe_sink::migrate(&config).await.map(|applied| {
+                println!("applied migrations: {applied:?}");
+            }),
+            Command::Run => {
+                let admin = pixelpipe_ingest::server::bind(
+                    config.admin.listen_addr,
+                    1,
+                    "admin.listen_addr",
+                )
+                .map_err(pixelpipe_sink::Error::from)?
+                .remove(0);
+                pixelpipe_sink::run(config, admin, pixelpipe_ingest::process::shutdown_signal())
+                    .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("pixelpipe-sink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! From a Kafka message to the rows the sink writes: a decoded, checked [`HitRow`], or a
+//! [`BadMessage`] that says why not.
+//!
+//! Decoding is `pixelpipe_ingest::wire`'s alone; this module only maps a decoded hit onto columns
+//! and checks the values a column cannot hold. Pure: no I/O.
+
+use std::net::IpAddr;
+
+use clickhouse::Row;
+use pixelpipe_ingest::wire::{self, Hit, Transport, WireError};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// One row of `<prefix>hits`. Field order and names are the insert's column list; the types are
+/// chosen to encode identically on 18.16 and modern servers (see `schema`).
+#[derive(Debug, Clone, PartialEq, Row, Serialize)]
+pub struct HitRow {
+    /// UUIDv7 from the edge; the row's identity for deduplication.
+    #[serde(with = "clickhouse::serde::uuid")]
+    pub event_id: Uuid,
+    /// Seconds since the epoch (sub-second order is in `event_id`).
+    pub received_at: u32,
+    /// Wire schema version the hit was written with.
+    pub schema_version: u16,
+    /// Edge that received it.
+    pub edge_id: String,
+    /// `pixel` or `beacon`.
+    pub transport: String,
+    /// Hit kind.
+    pub kind: String,
+    /// Site id.
+    pub site_id: String,
+    /// IPv6 bytes in network order; IPv4 as `::ffff:a.b.c.d`; `::` when the edge had none.
+    pub client_ip: [u8; 16],
+    /// `User-Agent`.
+    pub user_agent: String,
+    /// `Referer`.
+    pub referer: String,
+    /// `Accept-Language`.
+    pub accept_language: String,
+    /// `DNT` header.
+    pub dnt: String,
+    /// `Sec-GPC` header.
+    pub sec_gpc: String,
+    /// `Host`.
+    pub host: String,
+    /// Request path.
+    pub path: String,
+    /// 1 when the pixel was fetched with HEAD.
+    pub head_request: u8,
+    /// Page URL.
+    pub url: String,
+    /// Page referrer.
+    pub page_referrer: String,
+    /// Page title.
+    pub title: String,
+    /// Site's user id.
+    pub user_id: String,
+    /// Campaign.
+    pub campaign: String,
+    /// Source.
+    pub source: String,
+    /// Medium.
+    pub medium: String,
+    /// Content.
+    pub content: String,
+    /// Term.
+    pub term: String,
+    /// A/B variant.
+    pub variant: String,
+    /// Email message id.
+    pub message_id: String,
+    /// Conversion value.
+    pub value: Option<f64>,
+    /// Currency of `value`.
+    pub currency: String,
+    /// Custom property names, parallel to `prop_values`.
+    pub prop_keys: Vec<String>,
+    /// Custom property values.
+    pub prop_values: Vec<String>,
+    /// Fields the edge cut.
+    pub cut_fields: u16,
+    /// Lineage: Kafka partition.
+    pub kafka_partition: i32,
+    /// Lineage: Kafka offset.
+    pub kafka_offset: i64,
+}
+
+/// One row of `<prefix>bad_hits`, and a dead-letter message.
+#[derive(Debug, Clone, PartialEq, Row, Serialize)]
+pub struct BadMessage {
+    /// Source topic.
+    pub kafka_topic: String,
+    /// Source partition.
+    pub kafka_partition: i32,
+    /// Source offset.
+    pub kafka_offset: i64,
+    /// Why it is bad, one of [`BAD_REASONS`].
+    pub reason: String,
+    /// The decoder's or checker's message.
+    pub error: String,
+    /// The payload as received (lossy UTF-8 for the table; the dead-letter topic keeps the bytes).
+    pub payload: String,
+    /// The payload's raw bytes.
+    #[serde(skip)]
+    pub raw: Vec<u8>,
+}
+
+/// Reasons a message is dead-lettered.
+pub const BAD_REASONS: [&str; 3] = ["undecodable", "unsupported_version", "out_of_range"];
+
+/// What one Kafka message became.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A hit to store.
+    Hit(Box<HitRow>),
+    /// A message to dead-letter.
+    Bad(BadMessage),
+}
+
+/// Decodes and checks one message.
+pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Decoded {
+    let bad = |reason: &str, error: String| {
+        Decoded::Bad(BadMessage {
+            kafka_topic: topic.to_owned(),
+            kafka_partition: partition,
+            kafka_offset: offset,
+            reason: reason.to_owned(),
+            error,
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            raw: payload.to_vec(),
+        })
+    };
+    match wire::decode(payload) {
+        Err(e @ WireError::UnsupportedVersion { .. }) => bad("unsupported_version", e.to_string()),
+        Err(e) => bad("undecodable", e.to_string()),
+        Ok(hit) => match HitRow::from_hit(hit, partition, offset) {
+            Ok(row) => Decoded::Hit(Box::new(row)),
+            Err(why) => bad("out_of_range", why),
+        },
+    }
+}
+
+impl HitRow {
+    /// Maps a decoded hit onto columns; `Err` names a value no column can hold.
+    pub fn from_hit(hit: Hit, kafka_partition: i32, kafka_offset: i64) -> Result<HitRow, String> {
+        let secs = hit.received_at_ms / 1000;
+        let received_at = u32::try_from(secs).ok().filter(|s| *s > 0).ok_or_else(|| {
+            format!(
+                "received_at_ms {} is outside DateTime's range",
+                hit.received_at_ms
+            )
+        })?;
+        if hit.site_id.is_empty() || hit.kind.is_empty() {
+            return Err("site_id and kind must not be empty".into());
+        }
+        if hit.value.is_some_and(|v| !v.is_finite()) {
+            return Err("value is not finite".into());
+        }
+        let client_ip = match hit.client_ip {
+            Some(IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
+            Some(IpAddr::V6(v6)) => v6.octets(),
+            None => [0; 16],
+        };
+        let (prop_keys, prop_values) = hit.props.into_iter().unzip();
+        let text = Option::unwrap_or_default;
+        Ok(HitRow {
+            event_id: hit.event_id,
+            received_at,
+            schema_version: hit.schema_version,
+            edge_id: hit.edge_id,
+            transport: match hit.transport {
+                Transport::Pixel => "pixel".into(),
+                Transport::Beacon => "beacon".into(),
+            },
+            kind: hit.kind,
+            site_id: hit.site_id,
+            client_ip,
+            user_agent: text(hit.user_agent),
+            referer: text(hit.referer),
+            accept_language: text(hit.accept_language),
+            dnt: text(hit.dnt),
+            sec_gpc: text(hit.sec_gpc),
+            host: text(hit.host),
+            path: hit.path,
+            head_request: u8::from(hit.head_request),
+            url: text(hit.url),
+            page_referrer: text(hit.page_referrer),
+            title: text(hit.title),
+            user_id: text(hit.user_id),
+            campaign: text(hit.campaign),
+            source: text(hit.source),
+            medium: text(hit.medium),
+            content: text(hit.content),
+            term: text(hit.term),
+            variant: text(hit.variant),
+            message_id: text(hit.message_id),
+            value: hit.value,
+            currency: text(hit.currency),
+            prop_keys,
+            prop_values,
+            cut_fields: hit.cut_fields,
+            kafka_partition,
+            kafka_offset,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit() -> Hit {
+        let json = r#"{"schema_version":1,"event_id":"01890a5d-ac96-774b-bcce-b302099a8057","received_at_ms":1700000000123,
+            "edge_id":"e","transport":"beacon","kind":"conversion","site_id":"s","client_ip":"192.0.2.1","path":"/collect",
+            "value":9.5,"currency":"EUR","props":[["a","1"],["b","2"]],"cut_fields":1}"#;
+        wire::decode(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_hit_maps_onto_columns() {
+        let row = HitRow::from_hit(hit(), 3, 42).unwrap();
+        assert_eq!(row.received_at, 1_700_000_000);
+        assert_eq!(row.transport, "beacon");
+        assert_eq!(
+            &row.client_ip[..12],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+        );
+        assert_eq!(&row.client_ip[12..], &[192, 0, 2, 1]);
+        assert_eq!(
+            (row.prop_keys.clone(), row.prop_values.clone()),
+            (vec!["a".into(), "b".into()], vec!["1".into(), "2".into()])
+        );
+        assert_eq!(
+            (row.value, row.currency.as_str(), row.cut_fields),
+            (Some(9.5), "EUR", 1)
+        );
+        assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
+        assert_eq!(row.user_agent, "", "absent text is empty");
+    }
+
+    #[test]
+    fn bad_messages_say_why() {
+        let reason = |payload: &[u8]| match decode("t", 0, 7, payload) {
+            Decoded::Bad(b) => {
+                assert_eq!(
+                    (b.kafka_topic.as_str(), b.kafka_offset, b.raw.as_slice()),
+                    ("t", 7, payload)
+                );
+                b.reason
+            }
+            Decoded::Hit(_) => "hit".into(),
+        };
+        assert_eq!(reason(b"\xff not json"), "undecodable");
+        assert_eq!(reason(br#"{"schema_version":99}"#), "unsupported_version");
+        let mut h = hit();
+        h.received_at_ms = 5_000_000_000_000_000;
+        let mut buf = Vec::new();
+        wire::encode(&h, &mut buf);
+        assert_eq!(reason(&buf), "out_of_range");
+        let mut h = hit();
+        h.site_id.clear();
+        buf.clear();
+        wire::encode(&h, &mut buf);
+        assert_eq!(reason(&buf), "out_of_range");
+        buf.clear();
+        wire::encode(&hit(), &mut buf);
+        assert_eq!(reason(&buf), "hit");
+    }
+}

@@ -1,0 +1,278 @@
+//! The ClickHouse schema, owned by the sink: versioned migrations, and the one place where the DDL
+//! differs between server generations.
+//!
+//! Two servers must work: 18.16 (what Debian ships, used by the tests) and modern ClickHouse (22+,
+//! 23.8+ in production). The column set is chosen so that the RowBinary bytes the sink writes are
+//! the same on both; only the DDL differs, and only where the encoding is identical:
+//! `IPv6` vs `FixedString(16)` (the same 16 bytes, network order), `LowCardinality(String)` vs
+//! `String` (the same bytes), and `TTL`/`CODEC` clauses only where the server has them.
+//!
+//! Migrations are recorded in `<prefix>schema_migrations`; applying them again is a no-op, and
+//! every statement is `IF NOT EXISTS`, so two sinks starting at once cannot break each other.
+
+use clickhouse::Client;
+
+use crate::config::ClickHouseConfig;
+use crate::error::{Error, Result};
+
+/// Which DDL a server gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// ClickHouse 18.x: no IPv6 type, LowCardinality experimental, no TTL, no codecs, no
+    /// `insert_deduplication_token`.
+    Legacy,
+    /// ClickHouse 22 and later.
+    Modern,
+}
+
+impl Flavour {
+    /// The flavour for a `version()` string such as `18.16.1` or `23.8.2.7`.
+    pub fn from_version(version: &str) -> Result<Flavour> {
+        let major: u32 = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        match major {
+            18 => Ok(Flavour::Legacy),
+            22.. => Ok(Flavour::Modern),
+            _ => Err(Error::UnsupportedServer(version.to_owned())),
+        }
+    }
+
+    /// Asks the server.
+    pub async fn detect(client: &Client) -> Result<Flavour> {
+        let version: String = client.query("SELECT version()").fetch_one().await?;
+        Flavour::from_version(&version)
+    }
+
+    fn low_cardinality(self) -> &'static str {
+        match self {
+            Flavour::Legacy => "String",
+            Flavour::Modern => "LowCardinality(String)",
+        }
+    }
+
+    fn ip(self) -> &'static str {
+        match self {
+            Flavour::Legacy => "FixedString(16)",
+            Flavour::Modern => "IPv6",
+        }
+    }
+
+    fn codec(self, codec: &str) -> String {
+        match self {
+            Flavour::Legacy => String::new(),
+            Flavour::Modern => format!(" CODEC({codec})"),
+        }
+    }
+}
+
+/// Names of the sink's tables for one configuration.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    /// `database.prefix`, the start of every table name.
+    qualified_prefix: String,
+}
+
+impl Tables {
+    /// From the configured database and prefix (both validated as identifiers).
+    pub fn new(c: &ClickHouseConfig) -> Tables {
+        Tables {
+            qualified_prefix: format!("{}.{}", c.database, c.table_prefix),
+        }
+    }
+
+    /// `db.<prefix>hits`.
+    pub fn hits(&self) -> String {
+        format!("{}hits", self.qualified_prefix)
+    }
+
+    /// `db.<prefix>bad_hits`.
+    pub fn bad_hits(&self) -> String {
+        format!("{}bad_hits", self.qualified_prefix)
+    }
+
+    /// `db.<prefix>schema_migrations`.
+    pub fn migrations(&self) -> String {
+        format!("{}schema_migrations", self.qualified_prefix)
+    }
+}
+
+/// One schema change.
+pub struct Migration {
+    /// Applied in ascending order; never reused.
+    pub version: u32,
+    /// What it does.
+    pub name: &'static str,
+    /// Its statements for a server flavour.
+    pub statements: fn(&Tables, Flavour, u32) -> Vec<String>,
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "hits and bad_hits",
+    statements: v1,
+}];
+
+fn v1(t: &Tables, f: Flavour, retention_days: u32) -> Vec<String> {
+    let lc = f.low_cardinality();
+    let ttl = match (f, retention_days) {
+        (Flavour::Modern, days) if days > 0 => format!("\nTTL received_at + toIntervalDay({days})"),
+        _ => String::new(),
+    };
+    let dedup = match f {
+        // Lets `insert_deduplication_token` drop a retried batch the server already has.
+        Flavour::Modern => "\nSETTINGS non_replicated_deduplication_window = 1000",
+        Flavour::Legacy => "",
+    };
+    let hits = format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+    event_id UUID,
+    received_at DateTime('UTC'){delta},
+    schema_version UInt16,
+    edge_id {lc},
+    transport {lc},
+    kind {lc},
+    site_id {lc},
+    client_ip {ip},
+    user_agent String{zstd},
+    referer String{zstd},
+    accept_language {lc},
+    dnt {lc},
+    sec_gpc {lc},
+    host {lc},
+    path {lc},
+    head_request UInt8,
+    url String{zstd},
+    page_referrer String{zstd},
+    title String{zstd},
+    user_id String,
+    campaign {lc},
+    source {lc},
+    medium {lc},
+    content String,
+    term String,
+    variant {lc},
+    message_id String,
+    value Nullable(Float64),
+    currency {lc},
+    prop_keys Array(String),
+    prop_values Array(String),
+    cut_fields UInt16,
+    kafka_partition Int32,
+    kafka_offset Int64,
+    inserted_at DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(received_at)
+ORDER BY (site_id, kind, toDate(received_at), event_id){ttl}{dedup}",
+        table = t.hits(),
+        ip = f.ip(),
+        delta = f.codec("Delta, ZSTD(1)"),
+        zstd = f.codec("ZSTD(1)"),
+    );
+    let bad_hits = format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+    kafka_topic String,
+    kafka_partition Int32,
+    kafka_offset Int64,
+    reason {lc},
+    error String,
+    payload String,
+    seen_at DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplacingMergeTree()
+ORDER BY (kafka_topic, kafka_partition, kafka_offset){dedup}",
+        table = t.bad_hits(),
+    );
+    vec![hits, bad_hits]
+}
+
+/// Creates the database and migrations table if needed, then applies every migration not yet
+/// recorded. Returns the versions it applied (empty when the schema was current).
+pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) -> Result<Vec<u32>> {
+    let tables = Tables::new(c);
+    client
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", c.database))
+        .execute()
+        .await?;
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (version UInt32, name String, applied_at DateTime('UTC') DEFAULT now())
+             ENGINE = ReplacingMergeTree() ORDER BY version",
+            tables.migrations()
+        ))
+        .execute()
+        .await?;
+    let applied: Vec<u32> = client
+        .query(&format!(
+            "SELECT DISTINCT version FROM {} ORDER BY version",
+            tables.migrations()
+        ))
+        .fetch_all()
+        .await?;
+    let mut done = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+        for sql in (m.statements)(&tables, flavour, c.retention_days) {
+            client.query(&sql).execute().await?;
+        }
+        // The name goes in as a literal: the `?` bind syntax is the client's, and names are ours.
+        client
+            .query(&format!(
+                "INSERT INTO {} (version, name) VALUES ({}, '{}')",
+                tables.migrations(),
+                m.version,
+                m.name.replace('\'', "")
+            ))
+            .execute()
+            .await?;
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+        done.push(m.version);
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_pick_a_flavour() {
+        assert_eq!(Flavour::from_version("18.16.1").unwrap(), Flavour::Legacy);
+        assert_eq!(Flavour::from_version("23.8.2.7").unwrap(), Flavour::Modern);
+        assert_eq!(Flavour::from_version("26.9.1").unwrap(), Flavour::Modern);
+        assert!(Flavour::from_version("20.3.1").is_err());
+        assert!(Flavour::from_version("nonsense").is_err());
+    }
+
+    #[test]
+    fn ddl_differs_only_where_the_encoding_is_the_same() {
+        let t = Tables::new(&ClickHouseConfig {
+            table_prefix: "p_".into(),
+            ..ClickHouseConfig::default()
+        });
+        let legacy = v1(&t, Flavour::Legacy, 30).join("\n");
+        let modern = v1(&t, Flavour::Modern, 30).join("\n");
+        assert!(legacy.contains("CREATE TABLE IF NOT EXISTS pixelpipe.p_hits"));
+        assert!(legacy.contains("client_ip FixedString(16)") && modern.contains("client_ip IPv6"));
+        assert!(
+            !legacy.contains("LowCardinality") && modern.contains("kind LowCardinality(String)")
+        );
+        assert!(!legacy.contains("TTL") && modern.contains("TTL received_at + toIntervalDay(30)"));
+        assert!(!legacy.contains("CODEC") && modern.contains("CODEC(ZSTD(1))"));
+        assert!(
+            !v1(&t, Flavour::Modern, 0).join("\n").contains("TTL"),
+            "0 days keeps rows forever"
+        );
+        // Stripped of the flavour-specific parts, both declare the same columns in the same order.
+        let columns = |ddl: &str| -> Vec<String> {
+            ddl.lines()
+                .filter(|l| l.starts_with("    "))
+                .map(|l| l.split_whitespace().next().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(columns(&legacy), columns(&modern));
+    }
+}

@@ -1,0 +1,170 @@
+//! Helpers for the sink's integration tests: the real broker (shared with the edge's tests), the
+//! real ClickHouse server (`deploy/local/clickhouse.sh start`, `PIXELPIPE_TEST_CLICKHOUSE`,
+//! default http://127.0.0.1:8123), and an in-process sink. Every test uses its own topic, group
+//! and table prefix, so tests run in parallel.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use pixelpipe_ingest::wire;
+use pixelpipe_sink::SinkConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+use tokio::sync::oneshot;
+
+#[path = "../../../ingest/tests/common/mod.rs"]
+pub mod edge;
+
+pub fn clickhouse_url() -> String {
+    std::env::var("PIXELPIPE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// A name fragment no other test uses.
+pub fn unique(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{test}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A sink config for a test: its own topic, group and table prefix; small batches written fast.
+pub fn sink_config(topic: &str, prefix: &str) -> SinkConfig {
+    let mut c = SinkConfig::default();
+    c.kafka.brokers = edge::brokers();
+    c.kafka.topic = topic.to_owned();
+    c.kafka.group_id = format!("sink-{prefix}");
+    c.kafka.statistics_interval_ms = 500;
+    c.kafka
+        .properties
+        .insert("session.timeout.ms".into(), "6000".into());
+    c.kafka
+        .properties
+        .insert("heartbeat.interval.ms".into(), "500".into());
+    c.clickhouse.url = clickhouse_url();
+    c.clickhouse.table_prefix = prefix.to_owned();
+    c.batch.max_age_ms = 200;
+    c.retry.initial_backoff_ms = 100;
+    c.retry.max_backoff_ms = 1_000;
+    c
+}
+
+/// A ClickHouse client for assertions.
+pub fn ch(url: &str) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(url)
+        .with_validation(false)
+}
+
+/// One number from a query.
+pub async fn number(url: &str, sql: &str) -> u64 {
+    ch(url)
+        .query(sql)
+        .fetch_one::<u64>()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Polls `sql` until it returns `want` or `timeout` passes; returns the last value.
+pub async fn wait_for(url: &str, sql: &str, want: u64, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = ch(url)
+            .query(sql)
+            .fetch_one::<u64>()
+            .await
+            .unwrap_or(u64::MAX);
+        if got == want || Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// An in-process sink.
+pub struct RunningSink {
+    pub admin: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<pixelpipe_sink::Result<()>>,
+}
+
+impl RunningSink {
+    pub fn start(config: SinkConfig) -> RunningSink {
+        let admin = pixelpipe_ingest::server::bind("127.0.0.1:0".parse().unwrap(), 1, "admin")
+            .unwrap()
+            .remove(0);
+        let addr = admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(pixelpipe_sink::run(config, admin, async {
+            let _ = stopped.await;
+        }));
+        RunningSink {
+            admin: addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// One series' value from the sink's `/metrics`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let addr = self.admin;
+        let r = tokio::task::spawn_blocking(move || edge::http(addr, "GET", "/metrics", &[], b""))
+            .await
+            .unwrap();
+        let text = String::from_utf8(r.body).unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{series} not in metrics"))
+    }
+}
+
+/// A valid hit for `site`, numbered `i`, encoded by the edge's own encoder.
+pub fn encoded_hit(site: &str, i: u64) -> Vec<u8> {
+    let json = format!(
+        r#"{{"schema_version":1,"event_id":"{}","received_at_ms":{},"edge_id":"test","transport":"pixel",
+            "kind":"open","site_id":"{site}","client_ip":"203.0.113.{}","path":"/p.gif","campaign":"c{}","props":[["n","{i}"]]}}"#,
+        uuid::Uuid::now_v7(),
+        1_790_000_000_000 + i,
+        i % 250,
+        i % 3
+    );
+    let hit = wire::decode(json.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    wire::encode(&hit, &mut buf);
+    buf
+}
+
+/// Produces raw payloads to `topic` and waits until Kafka has them all.
+pub fn produce(topic: &str, payloads: &[Vec<u8>]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", edge::brokers())
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (i, p) in payloads.iter().enumerate() {
+        let key = (i % 97).to_string();
+        loop {
+            match producer.send(BaseRecord::to(topic).payload(p).key(&key)) {
+                Ok(()) => break,
+                Err((e, _)) => {
+                    producer.poll(Duration::from_millis(50));
+                    assert!(format!("{e}").contains("Queue full"), "{e}");
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}

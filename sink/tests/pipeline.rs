@@ -1,0 +1,283 @@
+//! The sink against the real broker and the real ClickHouse server over loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::edge::{create_topic, http, test_config, unique_topic, RunningEdge};
+use common::*;
+use pixelpipe_sink::SinkConfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_once() {
+    let prefix = unique("mig");
+    let config = sink_config("unused", &format!("{prefix}_"));
+    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![1]);
+    assert_eq!(
+        pixelpipe_sink::migrate(&config).await.unwrap(),
+        Vec::<u32>::new(),
+        "already migrated: a no-op"
+    );
+    let url = clickhouse_url();
+    let tables = number(&url, &format!(
+        "SELECT count() FROM system.tables WHERE database = 'pixelpipe' AND name LIKE '{prefix}\\_%'")).await;
+    assert_eq!(tables, 3, "hits, bad_hits, schema_migrations");
+    let recorded = number(
+        &url,
+        &format!("SELECT count() FROM pixelpipe.{prefix}_schema_migrations"),
+    )
+    .await;
+    assert_eq!(recorded, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_flow_from_the_edge_into_clickhouse_with_every_field() {
+    let topic = unique_topic("e2e");
+    create_topic(&topic, 3).await;
+    let prefix = format!("{}_", unique("e2e"));
+    let url = clickhouse_url();
+    let edge = RunningEdge::start(test_config(&topic));
+    let sink = RunningSink::start(sink_config(&topic, &prefix));
+    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+
+    let addr = edge.public;
+    tokio::task::spawn_blocking(move || {
+        for i in 0..30 {
+            let target = format!("/p.gif?site=shop&e=open&campaign=spring&variant=B&msg=m{i}&uid=u{i}&seq={i}");
+            let r = http(addr, "GET", &target, &[("User-Agent", "Mozilla/5.0 test"), ("DNT", "1")], b"");
+            assert_eq!(r.status, 200);
+        }
+        for i in 0..5 {
+            let body = format!(r#"[{{"site":"shop","e":"conversion","value":12.5,"currency":"eur","campaign":"spring","props":{{"order":"o{i}"}}}},{{"site":"blog","url":"https://blog.example/{i}"}}]"#);
+            assert_eq!(http(addr, "POST", "/collect", &[], body.as_bytes()).status, 204);
+        }
+    })
+    .await
+    .unwrap();
+
+    let table = format!("pixelpipe.{prefix}hits");
+    let n = wait_for(
+        &url,
+        &format!("SELECT uniqExact(event_id) FROM {table}"),
+        40,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(n, 40, "every hit arrives");
+    assert_eq!(
+        number(&url, &format!("SELECT count() FROM {table} FINAL")).await,
+        40,
+        "and once"
+    );
+
+    #[derive(clickhouse::Row, serde::Deserialize, Debug)]
+    struct Checked {
+        kind: String,
+        site_id: String,
+        campaign: String,
+        variant: String,
+        message_id: String,
+        user_id: String,
+        ip: String,
+        user_agent: String,
+        dnt: String,
+        edge_id: String,
+        transport: String,
+        prop: String,
+        partition_ok: u8,
+    }
+    let row: Checked = ch(&url)
+        .query(&format!(
+            "SELECT kind, site_id, campaign, variant, message_id, user_id, IPv6NumToString(client_ip) AS ip, user_agent, dnt,
+                    edge_id, transport, prop_values[indexOf(prop_keys, 'seq')] AS prop, toUInt8(kafka_partition >= 0) AS partition_ok
+             FROM {table} WHERE message_id = 'm7'"
+        ))
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.kind.as_str(),
+            row.site_id.as_str(),
+            row.campaign.as_str(),
+            row.variant.as_str()
+        ),
+        ("open", "shop", "spring", "B")
+    );
+    assert_eq!(
+        (
+            row.message_id.as_str(),
+            row.user_id.as_str(),
+            row.prop.as_str()
+        ),
+        ("m7", "u7", "7")
+    );
+    assert_eq!(row.ip, "::ffff:127.0.0.1");
+    assert_eq!(
+        (row.user_agent.as_str(), row.dnt.as_str()),
+        ("Mozilla/5.0 test", "1")
+    );
+    assert_eq!(
+        (
+            row.edge_id.as_str(),
+            row.transport.as_str(),
+            row.partition_ok
+        ),
+        ("it-edge", "pixel", 1)
+    );
+    let conversions = number(&url, &format!(
+        "SELECT toUInt64(ifNull(sum(value), 0) * 10) FROM {table} WHERE kind = 'conversion' AND currency = 'EUR' AND transport = 'beacon'")).await;
+    assert_eq!(conversions, 625, "5 conversions of 12.5");
+    let received_ok = number(
+        &url,
+        &format!(
+        "SELECT count() FROM {table} WHERE received_at > now() - 600 AND received_at <= now() + 5"),
+    )
+    .await;
+    assert_eq!(received_ok, 40, "received_at is the edge's receive time");
+
+    edge.shutdown().await;
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_is_dead_lettered_and_the_partition_keeps_flowing() {
+    let topic = unique_topic("poison");
+    create_topic(&topic, 1).await;
+    create_topic(&format!("{topic}.dlq"), 1).await;
+    let prefix = format!("{}_", unique("poison"));
+    let url = clickhouse_url();
+    let mut payloads: Vec<Vec<u8>> = (0..10).map(|i| encoded_hit("s", i)).collect();
+    payloads.insert(4, b"\xff\xfe not a hit".to_vec());
+    payloads.insert(8, br#"{"schema_version":7,"whatever":true}"#.to_vec());
+    payloads.extend((10..20).map(|i| encoded_hit("s", i)));
+    produce(&topic, &payloads);
+    let sink = RunningSink::start(sink_config(&topic, &prefix));
+
+    let hits = wait_for(
+        &url,
+        &format!("SELECT count() FROM pixelpipe.{prefix}hits"),
+        20,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        hits, 20,
+        "the good messages after the poison ones are stored"
+    );
+    let bad = number(
+        &url,
+        &format!("SELECT count() FROM pixelpipe.{prefix}bad_hits FINAL"),
+    )
+    .await;
+    assert_eq!(bad, 2);
+    let reasons: Vec<(String, i64)> = ch(&url)
+        .query(&format!("SELECT reason, kafka_offset FROM pixelpipe.{prefix}bad_hits FINAL ORDER BY kafka_offset"))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        reasons,
+        vec![
+            ("undecodable".to_string(), 4),
+            ("unsupported_version".to_string(), 8)
+        ]
+    );
+    assert_eq!(
+        sink.metric("pixelpipe_sink_dead_lettered_total{reason=\"undecodable\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        sink.metric("pixelpipe_sink_dead_lettered_total{reason=\"unsupported_version\"}")
+            .await,
+        1.0
+    );
+
+    // The dead-letter topic has the original bytes and says where they came from.
+    let dlq = format!("{topic}.dlq");
+    let messages = tokio::task::spawn_blocking(move || read_raw(&dlq, 2))
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0].0, b"\xff\xfe not a hit".to_vec());
+    let headers = &messages[0].1;
+    assert!(
+        headers.contains(&("pixelpipe.reason".into(), "undecodable".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("pixelpipe.source.offset".into(), "4".into())),
+        "{headers:?}"
+    );
+    sink.stop().await;
+}
+
+/// Reads `want` messages from the start of `topic` with their headers.
+fn read_raw(topic: &str, want: usize) -> Vec<(Vec<u8>, Vec<(String, String)>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::edge::brokers())
+        .set("group.id", format!("raw-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < want && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_owned(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_in_one_group_store_every_row_once() {
+    let topic = unique_topic("group");
+    create_topic(&topic, 4).await;
+    let prefix = format!("{}_", unique("group"));
+    let url = clickhouse_url();
+    let config: SinkConfig = sink_config(&topic, &prefix);
+    pixelpipe_sink::migrate(&config).await.unwrap();
+    let a = RunningSink::start(config.clone());
+    let b = RunningSink::start(config);
+    let payloads: Vec<Vec<u8>> = (0..400).map(|i| encoded_hit("g", i)).collect();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || produce(&t, &payloads))
+        .await
+        .unwrap();
+    let table = format!("pixelpipe.{prefix}hits");
+    let n = wait_for(
+        &url,
+        &format!("SELECT uniqExact(event_id) FROM {table}"),
+        400,
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(n, 400);
+    assert_eq!(
+        number(&url, &format!("SELECT count() FROM {table} FINAL")).await,
+        400
+    );
+    let consumed = a.metric("pixelpipe_sink_messages_consumed_total").await
+        + b.metric("pixelpipe_sink_messages_consumed_total").await;
+    assert!(consumed >= 400.0, "{consumed}");
+    a.stop().await;
+    b.stop().await;
+}
