@@ -50,6 +50,18 @@ pub fn sink_config(topic: &str, prefix: &str) -> SinkConfig {
     c
 }
 
+/// Points a config at another ClickHouse server.
+pub trait WithClickHouse {
+    fn with_clickhouse(self, url: &str) -> Self;
+}
+
+impl WithClickHouse for SinkConfig {
+    fn with_clickhouse(mut self, url: &str) -> Self {
+        self.clickhouse.url = url.to_owned();
+        self
+    }
+}
+
 /// A ClickHouse client for assertions.
 pub fn ch(url: &str) -> clickhouse::Client {
     clickhouse::Client::default()
@@ -167,4 +179,41 @@ pub fn produce(topic: &str, payloads: &[Vec<u8>]) {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// A message as read: payload and headers.
+pub type RawMessage = (Vec<u8>, Vec<(String, String)>);
+
+/// Reads `want` messages from the start of `topic` with their headers.
+pub fn read_raw(topic: &str, want: usize) -> Vec<RawMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", edge::brokers())
+        .set("group.id", format!("raw-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < want && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_owned(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    out
 }
