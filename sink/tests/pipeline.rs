@@ -1,4 +1,6 @@
 //! The sink against the real broker and the real ClickHouse server over loopback.
+// Test code: a failed step should panic where it happened.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

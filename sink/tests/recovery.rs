@@ -1,4 +1,6 @@
 //! The sink survives what production does to it: being killed, and ClickHouse going away.
+// Test code: a failed step should panic where it happened.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
