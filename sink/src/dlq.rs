@@ -6,12 +6,14 @@
 
 use std::future::Future;
 
+use std::time::Duration;
+
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
 use crate::config::SinkConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::row::BadMessage;
 
 /// Sends bad messages somewhere they are kept.
@@ -35,9 +37,18 @@ impl KafkaDeadLetters {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", "30000");
+        // Only the connection and security properties apply to this producer; the rest of
+        // `kafka.properties` is the consumer's.
+        const SHARED: [&str; 6] = [
+            "security.",
+            "sasl.",
+            "ssl.",
+            "socket.",
+            "client.",
+            "broker.",
+        ];
         for (k, v) in &config.kafka.properties {
-            // Consumer-only properties would make the producer refuse to start.
-            if !k.starts_with("group.") && !k.starts_with("session.") && !k.starts_with("auto.") {
+            if SHARED.iter().any(|p| k.starts_with(p)) {
                 c.set(k, v);
             }
         }
@@ -45,6 +56,35 @@ impl KafkaDeadLetters {
             producer: c.create()?,
             topic: config.dead_letter_topic(),
         })
+    }
+
+    /// Fails unless the dead-letter topic exists: a missing one would stall every batch holding a
+    /// bad message, so it is a start-up error naming the setting rather than a retry loop.
+    pub async fn check_topic(&self) -> Result<()> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|_| rdkafka::error::KafkaError::Canceled)??;
+        let missing = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .is_none_or(|t| t.error().is_some() || t.partitions().is_empty());
+        if missing {
+            return Err(Error::config(
+                "kafka.dead_letter_topic",
+                format!(
+                    "topic `{}` does not exist on the brokers; create it",
+                    self.topic
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -79,6 +79,7 @@ pub async fn run(
     }
     let writer = ClickHouse::new(&config.clickhouse, flavour);
     let dead_letters = KafkaDeadLetters::new(&config)?;
+    dead_letters.check_topic().await?;
     let consumer = consumer::create(&config, metrics.clone())?;
     tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, ?flavour, "sink consuming");
     let result = Sink::new(consumer, writer, dead_letters, config, metrics, stop)

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::edge::{create_topic, http, test_config, unique_topic, RunningEdge};
+use common::edge::{http, test_config, unique_topic, RunningEdge};
 use common::*;
 use pixelpipe_sink::SinkConfig;
 
@@ -35,7 +35,7 @@ async fn migrations_apply_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_flow_from_the_edge_into_clickhouse_with_every_field() {
     let topic = unique_topic("e2e");
-    create_topic(&topic, 3).await;
+    create_topics(&topic, 3).await;
     let prefix = format!("{}_", unique("e2e"));
     let url = clickhouse_url();
     let edge = RunningEdge::start(test_config(&topic));
@@ -145,8 +145,7 @@ async fn hits_flow_from_the_edge_into_clickhouse_with_every_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_dead_lettered_and_the_partition_keeps_flowing() {
     let topic = unique_topic("poison");
-    create_topic(&topic, 1).await;
-    create_topic(&format!("{topic}.dlq"), 1).await;
+    create_topics(&topic, 1).await;
     let prefix = format!("{}_", unique("poison"));
     let url = clickhouse_url();
     let mut payloads: Vec<Vec<u8>> = (0..10).map(|i| encoded_hit("s", i)).collect();
@@ -218,7 +217,7 @@ async fn a_poison_message_is_dead_lettered_and_the_partition_keeps_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sinks_in_one_group_store_every_row_once() {
     let topic = unique_topic("group");
-    create_topic(&topic, 4).await;
+    create_topics(&topic, 4).await;
     let prefix = format!("{}_", unique("group"));
     let url = clickhouse_url();
     let config: SinkConfig = sink_config(&topic, &prefix);
@@ -248,4 +247,22 @@ async fn two_sinks_in_one_group_store_every_row_once() {
     assert!(consumed >= 400.0, "{consumed}");
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dead_letter_topic_stops_the_sink_at_start_naming_the_setting() {
+    let topic = unique_topic("nodlq");
+    common::edge::create_topic(&topic, 1).await;
+    let prefix = format!("{}_", unique("nodlq"));
+    let admin = pixelpipe_ingest::server::bind("127.0.0.1:0".parse().unwrap(), 1, "admin")
+        .unwrap()
+        .remove(0);
+    let err = pixelpipe_sink::run(sink_config(&topic, &prefix), admin, std::future::pending())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("kafka.dead_letter_topic") && text.contains(&format!("{topic}.dlq")),
+        "{text}"
+    );
 }

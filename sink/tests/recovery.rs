@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::edge::{create_topic, unique_topic};
+use common::edge::unique_topic;
 use common::*;
 
 fn repo_root() -> PathBuf {
@@ -46,7 +46,7 @@ fn spawn_sink(topic: &str, prefix: &str, clickhouse: &str) -> Child {
 async fn a_sink_killed_mid_stream_loses_nothing_after_restart() {
     const N: u64 = 3000;
     let topic = unique_topic("sigkill");
-    create_topic(&topic, 2).await;
+    create_topics(&topic, 2).await;
     let prefix = format!("{}_", unique("sigkill"));
     let url = clickhouse_url();
     let table = format!("pixelpipe.{prefix}hits");
@@ -145,6 +145,11 @@ impl Drop for OwnClickHouse {
             .arg("stop")
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .status();
+        let _ = std::fs::remove_dir_all(
+            repo_root()
+                .join(".local")
+                .join(format!("clickhouse-{}", self.env[0].1)),
+        );
     }
 }
 
@@ -154,7 +159,7 @@ async fn clickhouse_stopped_mid_stream_is_waited_out() {
     let server = OwnClickHouse::new(&name);
     server.script("start");
     let topic = unique_topic("outage");
-    create_topic(&topic, 2).await;
+    create_topics(&topic, 2).await;
     let prefix = format!("{name}_");
     let table = format!("pixelpipe.{prefix}hits");
     let sink = RunningSink::start(sink_config(&topic, &prefix).with_clickhouse(&server.url));

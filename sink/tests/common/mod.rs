@@ -62,6 +62,12 @@ impl WithClickHouse for SinkConfig {
     }
 }
 
+/// Creates a test's topic and its dead-letter topic.
+pub async fn create_topics(topic: &str, partitions: i32) {
+    edge::create_topic(topic, partitions).await;
+    edge::create_topic(&format!("{topic}.dlq"), 1).await;
+}
+
 /// A ClickHouse client for assertions.
 pub fn ch(url: &str) -> clickhouse::Client {
     clickhouse::Client::default()

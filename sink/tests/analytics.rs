@@ -1,0 +1,180 @@
+//! Every query in docs/analytics.md runs against the real server on hits that went through the
+//! real pipeline (Kafka, the sink), and the ones with a known answer are checked.
+
+// Test code: a failed step should panic where it happened.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::edge::unique_topic;
+use common::*;
+use pixelpipe_ingest::wire;
+
+/// 40 emails of campaign `spring` (variant A/B), 20 opened (4 of them twice), 6 conversions of
+/// 10.0 EUR with plan=pro/basic; 50 of `summer`, 10 opened, 2 conversions of 5.5 EUR; 5 page views.
+fn fixture() -> Vec<Vec<u8>> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut hits = Vec::new();
+    let mut push = |kind: &str, campaign: &str, variant: &str, msg: &str, extra: &str| {
+        let json = format!(
+            r#"{{"schema_version":1,"event_id":"{}","received_at_ms":{now_ms},"edge_id":"a","transport":"pixel",
+                "kind":"{kind}","site_id":"mail","path":"/p.gif","campaign":"{campaign}","variant":"{variant}",
+                "message_id":"{msg}"{extra}}}"#,
+            uuid::Uuid::now_v7()
+        );
+        let mut buf = Vec::new();
+        wire::encode(&wire::decode(json.as_bytes()).unwrap(), &mut buf);
+        hits.push(buf);
+    };
+    for i in 0..20 {
+        let variant = if i % 2 == 0 { "A" } else { "B" };
+        push("open", "spring", variant, &format!("s{i}"), "");
+        if i < 4 {
+            push("open", "spring", variant, &format!("s{i}"), "");
+        }
+        if i < 6 {
+            let plan = if i < 4 { "pro" } else { "basic" };
+            push(
+                "conversion",
+                "spring",
+                variant,
+                &format!("s{i}"),
+                &format!(r#","value":10.0,"currency":"EUR","props":[["plan","{plan}"]]"#),
+            );
+        }
+    }
+    for i in 0..10 {
+        push("open", "summer", "", &format!("m{i}"), "");
+    }
+    for i in 0..2 {
+        push(
+            "conversion",
+            "summer",
+            "",
+            &format!("m{i}"),
+            r#","value":5.5,"currency":"EUR""#,
+        );
+    }
+    for _ in 0..5 {
+        push("pageview", "", "", "", "");
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_query_runs_and_answers_right() {
+    let topic = unique_topic("analytics");
+    create_topics(&topic, 2).await;
+    let prefix = format!("{}_", unique("analytics"));
+    let url = clickhouse_url();
+    let mut payloads = fixture();
+    let total = payloads.len() as u64;
+    payloads.push(b"not a hit".to_vec());
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || produce(&t, &payloads))
+        .await
+        .unwrap();
+    let sink = RunningSink::start(sink_config(&topic, &prefix));
+    let table = format!("pixelpipe.{prefix}hits");
+    assert_eq!(
+        wait_for(
+            &url,
+            &format!("SELECT uniqExact(event_id) FROM {table}"),
+            total,
+            Duration::from_secs(60)
+        )
+        .await,
+        total
+    );
+    assert_eq!(
+        wait_for(
+            &url,
+            &format!("SELECT count() FROM pixelpipe.{prefix}bad_hits"),
+            1,
+            Duration::from_secs(30)
+        )
+        .await,
+        1
+    );
+    sink.stop().await;
+
+    let doc = include_str!("../../docs/analytics.md");
+    let queries: Vec<String> = doc
+        .split("```sql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .map(|q| {
+            q.replace("pixelpipe.hits", &table)
+                .replace("pixelpipe.bad_hits", &format!("pixelpipe.{prefix}bad_hits"))
+        })
+        .collect();
+    assert_eq!(queries.len(), 7, "every query block is found");
+    let mut answers = Vec::new();
+    for q in &queries {
+        answers.push(tsv(&url, q).await);
+    }
+    let expect = [
+        format!("{total}\t{total}\n"),
+        String::new(), // per day: checked below, the date is today's
+        "spring\t40\t20\t0.5\nsummer\t50\t10\t0.2\n".to_string(),
+        "spring\tEUR\t6\t60\nsummer\tEUR\t2\t11\n".to_string(),
+        "spring\tA\t10\t3\t0.3\nspring\tB\t10\t3\t0.3\n".to_string(),
+        "basic\t2\npro\t4\n".to_string(),
+        "undecodable\t1\n".to_string(),
+    ];
+    for (i, (got, want)) in answers.iter().zip(&expect).enumerate() {
+        if !want.is_empty() {
+            assert_eq!(
+                got,
+                want,
+                "query {} of docs/analytics.md:\n{}",
+                i + 1,
+                queries[i]
+            );
+        }
+    }
+    let per_day: Vec<&str> = answers[1]
+        .lines()
+        .map(|l| l.split_once('\t').unwrap().1)
+        .collect();
+    assert_eq!(
+        per_day,
+        vec!["conversion\t8", "open\t34", "pageview\t5"],
+        "{}",
+        answers[1]
+    );
+}
+
+/// Runs one query over HTTP and returns its TSV answer; panics with the server's error.
+async fn tsv(url: &str, sql: &str) -> String {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let body = format!("{} FORMAT TabSeparated", sql.trim().trim_end_matches(';'));
+    let r = tokio::task::spawn_blocking(move || {
+        common::edge::http(addr, "POST", "/", &[], body.as_bytes())
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8(r.body).unwrap();
+    assert_eq!(r.status, 200, "{sql}\n{text}");
+    // The server answers with chunked encoding; the test client reads the raw bytes.
+    dechunk(&text)
+}
+
+fn dechunk(raw: &str) -> String {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
