@@ -7,8 +7,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need cargo "Install Rust first (https://rustup.rs)."
 "$ROOT/deploy/local/kafka.sh" start
 "$ROOT/deploy/local/clickhouse.sh" start
+"$ROOT/deploy/local/chdb.sh" install
 export PIXELPIPE_TEST_BROKERS="$KAFKA_ADDR"
 export PIXELPIPE_TEST_CLICKHOUSE="http://127.0.0.1:8123"
+PIXELPIPE_TEST_CHDB_PYTHON="$("$ROOT/deploy/local/chdb.sh" python)"
+export PIXELPIPE_TEST_CHDB_PYTHON
 
 step "running cargo test --workspace"
 cd "$ROOT"

@@ -299,6 +299,7 @@ mod tests {
             ("batch.max_rows", "0"),
             ("retry.max_backoff_ms", "1"),
             ("kafka.dead_letter_topic", "pixelpipe.hits"),
+            ("kafka.properties.enable.auto.commit", "true"),
         ] {
             let e = load(&[(setting, value)]).unwrap_err().to_string();
             assert!(e.contains(setting), "{setting}: {e}");

@@ -1,0 +1,255 @@
+//! The modern-server path, proved on a current ClickHouse engine: the sink's modern DDL, and a
+//! RowBinary batch written by the sink's own writer, load into ClickHouse 26.9 as shipped in the
+//! `chdb-core` PyPI package (in-process), and every value reads back equal.
+//!
+//! The batch is captured on the wire: the sink's `ClickHouse` writer talks to a one-shot HTTP
+//! listener here, which keeps the INSERT body (LZ4 blocks in ClickHouse's framing) and answers 200.
+
+// Test code: a failed step should panic where it happened.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::Command;
+
+use pixelpipe_ingest::wire;
+use pixelpipe_sink::batch::Batch;
+use pixelpipe_sink::config::ClickHouseConfig;
+use pixelpipe_sink::row::{decode, Decoded, HitRow};
+use pixelpipe_sink::schema::{Flavour, Tables, MIGRATIONS};
+use pixelpipe_sink::store::{ClickHouse, RowWriter};
+
+fn chdb_python() -> String {
+    std::env::var("PIXELPIPE_TEST_CHDB_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap();
+        format!("{home}/.cache/pixelpipe/chdb-26.9.0/bin/python")
+    })
+}
+
+fn rows() -> Vec<HitRow> {
+    // Recent: the modern table's TTL (30 days here) would drop older rows on insert.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let samples = [
+        r#""client_ip":"203.0.113.9","user_agent":"Mozilla/5.0 (iPhone)","campaign":"spring","variant":"B","value":19.99,"currency":"EUR","props":[["plan","pro"],["seats","3"]],"head_request":true"#,
+        r#""client_ip":"2001:db8::7","title":"Ünïcödé \"quoted\" \\ back\\slash","message_id":"m-1","cut_fields":2"#,
+        r#""url":"https://shop.example/a?b=c&d=e","dnt":"1","sec_gpc":"1""#,
+    ];
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, extra)| {
+            let json = format!(
+                r#"{{"schema_version":1,"event_id":"{}","received_at_ms":{},"edge_id":"edge-{i}","transport":"{}",
+                    "kind":"open","site_id":"site-{i}","path":"/p.gif",{extra}}}"#,
+                uuid::Uuid::now_v7(),
+                now_ms - i as u64 * 1_000,
+                if i == 1 { "beacon" } else { "pixel" }
+            );
+            let mut buf = Vec::new();
+            wire::encode(&wire::decode(json.as_bytes()).unwrap(), &mut buf);
+            match decode("t", i as i32, 100 + i as i64, &buf) {
+                Decoded::Hit(h) => *h,
+                Decoded::Bad(b) => panic!("{b:?}"),
+            }
+        })
+        .collect()
+}
+
+/// Accepts one HTTP request, answers 200, returns the decompressed body.
+fn capture_one(listener: std::net::TcpListener) -> Vec<u8> {
+    let (stream, _) = listener.accept().unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (mut chunked, mut length) = (false, 0usize);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let lower = line.to_ascii_lowercase();
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        body.resize(length, 0);
+        reader.read_exact(&mut body).unwrap();
+    }
+    let mut stream = stream;
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // ClickHouse framing: 16-byte checksum, 0x82, compressed size (with the 9 header bytes),
+    // uncompressed size, then one LZ4 block.
+    let mut out = Vec::new();
+    let mut rest = &body[..];
+    while !rest.is_empty() {
+        assert_eq!(rest[16], 0x82, "LZ4 block");
+        let compressed = u32::from_le_bytes(rest[17..21].try_into().unwrap()) as usize;
+        let plain = u32::from_le_bytes(rest[21..25].try_into().unwrap()) as usize;
+        out.extend(lz4_flex::block::decompress(&rest[25..16 + compressed], plain).unwrap());
+        rest = &rest[16 + compressed..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
+    let rows = rows();
+    let mut batch = Batch::default();
+    for r in rows.clone() {
+        batch.push_hit(r, 100);
+    }
+    // The sink's own writer, for a modern server, against the capturing listener.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = ClickHouseConfig {
+        url: format!("http://{}", listener.local_addr().unwrap()),
+        ..ClickHouseConfig::default()
+    };
+    let capture = std::thread::spawn(move || capture_one(listener));
+    ClickHouse::new(&config, Flavour::Modern)
+        .write(&batch, "token")
+        .await
+        .unwrap();
+    let rowbinary = capture.join().unwrap();
+
+    // The modern DDL, and the insert's structure derived from it (every column the sink sends).
+    let tables = Tables::new(&config);
+    let ddl: Vec<String> = MIGRATIONS
+        .iter()
+        .flat_map(|m| (m.statements)(&tables, Flavour::Modern, 30))
+        .collect();
+    let hits_ddl = ddl.iter().find(|s| s.contains(&tables.hits())).unwrap();
+    let structure: Vec<String> = hits_ddl
+        .lines()
+        .filter(|l| l.starts_with("    ") && !l.contains("inserted_at"))
+        .map(|l| {
+            l.trim()
+                .trim_end_matches(',')
+                .split(" CODEC(")
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+
+    let dir = std::env::temp_dir().join(format!("pp-chdb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rows.bin"), &rowbinary).unwrap();
+    std::fs::write(dir.join("ddl.sql"), ddl.join(";\n")).unwrap();
+    std::fs::write(dir.join("structure.txt"), structure.join(", ")).unwrap();
+    let columns: Vec<&str> = structure
+        .iter()
+        .map(|c| c.split(' ').next().unwrap())
+        .collect();
+    let script = format!(
+        r#"
+import json
+from chdb import session
+s = session.Session("db")
+s.query("CREATE DATABASE IF NOT EXISTS pixelpipe")
+for stmt in open("ddl.sql").read().split(";\n"):
+    s.query(stmt)
+structure = open("structure.txt").read().replace("'", "\\'")
+s.query("INSERT INTO {table} ({columns}) SELECT * FROM file('rows.bin', RowBinary, '" + structure + "')")
+print(s.query("SELECT version() AS v", "JSONEachRow"), end="")
+print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
+"#,
+        table = tables.hits(),
+        columns = columns.join(", ")
+    );
+    let out = Command::new(chdb_python())
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "chDB python {}: {e} (run deploy/local/chdb.sh install)",
+                chdb_python()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chDB failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let version = lines[0]["v"].as_str().unwrap();
+    assert!(version.starts_with("26."), "a modern engine: {version}");
+    let back = &lines[1..];
+    assert_eq!(back.len(), rows.len());
+    for (got, want) in back.iter().zip(&rows) {
+        assert_eq!(got["event_id"], want.event_id.to_string());
+        assert_eq!(
+            got["received_at"].as_u64().unwrap(),
+            u64::from(want.received_at)
+        );
+        for (col, value) in [
+            ("edge_id", &want.edge_id),
+            ("transport", &want.transport),
+            ("kind", &want.kind),
+            ("site_id", &want.site_id),
+            ("user_agent", &want.user_agent),
+            ("title", &want.title),
+            ("url", &want.url),
+            ("dnt", &want.dnt),
+            ("sec_gpc", &want.sec_gpc),
+            ("campaign", &want.campaign),
+            ("variant", &want.variant),
+            ("message_id", &want.message_id),
+            ("currency", &want.currency),
+        ] {
+            assert_eq!(got[col].as_str().unwrap(), value, "{col}");
+        }
+        let ip = std::net::Ipv6Addr::from(want.client_ip);
+        let want_ip = match ip.to_ipv4_mapped() {
+            Some(v4) => format!("::ffff:{v4}"),
+            None => ip.to_string(),
+        };
+        assert_eq!(got["ip"].as_str().unwrap(), want_ip);
+        assert_eq!(
+            got["head_request"].as_u64().unwrap(),
+            u64::from(want.head_request)
+        );
+        assert_eq!(got["value"].as_f64(), want.value);
+        assert_eq!(got["prop_keys"], serde_json::json!(want.prop_keys));
+        assert_eq!(got["prop_values"], serde_json::json!(want.prop_values));
+        assert_eq!(
+            got["cut_fields"].as_u64().unwrap(),
+            u64::from(want.cut_fields)
+        );
+        assert_eq!(
+            got["kafka_partition"].as_i64().unwrap(),
+            i64::from(want.kafka_partition)
+        );
+        assert_eq!(got["kafka_offset"].as_i64().unwrap(), want.kafka_offset);
+        assert_eq!(got["ip_type"], "IPv6");
+        assert_eq!(got["kind_type"], "LowCardinality(String)");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
