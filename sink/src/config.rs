@@ -205,6 +205,19 @@ impl SinkConfig {
             "kafka.statistics_interval_ms",
             "must be at least 1",
         )?;
+        for name in [
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "group.id",
+            "bootstrap.servers",
+        ] {
+            // Committing after storing is the sink's guarantee; the others have named settings.
+            check(
+                !k.properties.contains_key(name),
+                &format!("kafka.properties.{name}"),
+                "is set by the sink itself and cannot be passed through",
+            )?;
+        }
         let c = &self.clickhouse;
         check(
             c.url.starts_with("http://") || c.url.starts_with("https://"),
