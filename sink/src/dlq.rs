@@ -16,6 +16,16 @@ use crate::config::SinkConfig;
 use crate::error::{Error, Result};
 use crate::row::BadMessage;
 
+/// Prefixes of the `kafka.properties` that also apply to producers: connection and security.
+pub const SHARED_PROPERTIES: [&str; 6] = [
+    "security.",
+    "sasl.",
+    "ssl.",
+    "socket.",
+    "client.",
+    "broker.",
+];
+
 /// Sends bad messages somewhere they are kept.
 pub trait DeadLetters: Send + Sync {
     /// Sends every message and waits until each is confirmed; any failure fails the whole call

@@ -18,6 +18,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod error;
 pub mod metrics;
+pub mod replay;
 pub mod row;
 pub mod schema;
 pub mod store;

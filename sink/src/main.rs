@@ -33,6 +33,8 @@ enum Command {
     Run,
     /// Apply pending schema migrations and exit.
     Migrate,
+    /// Copy every message now on the dead-letter topic back onto the hits topic, and exit.
+    ReplayDeadLetters,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +68,15 @@ fn main() -> ExitCode {
             Command::Migrate => pixelpipe_sink::migrate(&config).await.map(|applied| {
                 println!("applied migrations: {applied:?}");
             }),
+            Command::ReplayDeadLetters => pixelpipe_sink::replay::replay_dead_letters(&config)
+                .await
+                .map(|n| {
+                    println!(
+                        "replayed {n} messages from {} onto {}",
+                        config.dead_letter_topic(),
+                        config.kafka.topic
+                    );
+                }),
             Command::Run => {
                 let admin = pixelpipe_ingest::server::bind(
                     config.admin.listen_addr,
