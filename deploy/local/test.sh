@@ -8,10 +8,11 @@ need cargo "Install Rust first (https://rustup.rs)."
 "$ROOT/deploy/local/kafka.sh" start
 "$ROOT/deploy/local/clickhouse.sh" start
 "$ROOT/deploy/local/chdb.sh" install
-export PIXELPIPE_TEST_BROKERS="$KAFKA_ADDR"
-export PIXELPIPE_TEST_CLICKHOUSE="http://127.0.0.1:8123"
-PIXELPIPE_TEST_CHDB_PYTHON="$("$ROOT/deploy/local/chdb.sh" python)"
-export PIXELPIPE_TEST_CHDB_PYTHON
+# Not PIXELPIPE_*: the binaries the tests start read those as settings and reject unknown ones.
+export TEST_KAFKA_BROKERS="$KAFKA_ADDR"
+export TEST_CLICKHOUSE_URL="http://127.0.0.1:8123"
+TEST_CHDB_PYTHON="$("$ROOT/deploy/local/chdb.sh" python)"
+export TEST_CHDB_PYTHON
 
 step "running cargo test --workspace"
 cd "$ROOT"

@@ -21,7 +21,7 @@ use pixelpipe_sink::schema::{Flavour, Tables, MIGRATIONS};
 use pixelpipe_sink::store::{ClickHouse, RowWriter};
 
 fn chdb_python() -> String {
-    std::env::var("PIXELPIPE_TEST_CHDB_PYTHON").unwrap_or_else(|_| {
+    std::env::var("TEST_CHDB_PYTHON").unwrap_or_else(|_| {
         let home = std::env::var("HOME").unwrap();
         format!("{home}/.cache/pixelpipe/chdb-26.9.0/bin/python")
     })

@@ -70,6 +70,9 @@ async fn a_sink_killed_mid_stream_loses_nothing_after_restart() {
         Duration::from_secs(60),
     )
     .await;
+    if let Some(status) = first.try_wait().unwrap() {
+        panic!("the first sink exited early: {status}");
+    }
     assert_eq!(stored, 1, "the first sink stored some rows");
     first.kill().unwrap(); // SIGKILL: no flush, no commit, no goodbye to the group
     first.wait().unwrap();

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: the real broker, a real HTTP client, the edge.
 //!
-//! The broker is the one `deploy/local/kafka.sh start` runs (`PIXELPIPE_TEST_BROKERS`, default
+//! The broker is the one `deploy/local/kafka.sh start` runs (`TEST_KAFKA_BROKERS`, default
 //! 127.0.0.1:9092). Every test makes its own topic, so tests run in parallel.
 #![allow(dead_code)]
 // Test helpers: a failed step should panic with its location, like an assertion.
@@ -23,7 +23,7 @@ use rdkafka::{ClientConfig, Message};
 use tokio::sync::oneshot;
 
 pub fn brokers() -> String {
-    std::env::var("PIXELPIPE_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+    std::env::var("TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
 /// A topic name no other test uses.

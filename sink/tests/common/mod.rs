@@ -1,5 +1,5 @@
 //! Helpers for the sink's integration tests: the real broker (shared with the edge's tests), the
-//! real ClickHouse server (`deploy/local/clickhouse.sh start`, `PIXELPIPE_TEST_CLICKHOUSE`,
+//! real ClickHouse server (`deploy/local/clickhouse.sh start`, `TEST_CLICKHOUSE_URL`,
 //! default http://127.0.0.1:8123), and an in-process sink. Every test uses its own topic, group
 //! and table prefix, so tests run in parallel.
 #![allow(dead_code)]
@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub mod edge;
 
 pub fn clickhouse_url() -> String {
-    std::env::var("PIXELPIPE_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+    std::env::var("TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
 }
 
 /// A name fragment no other test uses.
