@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client_ip::TrustedProxies;
 use crate::error::{Error, Result};
+use crate::layers::check;
 
 /// Everything the edge can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,20 +263,26 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, String)],
     ) -> Result<Config> {
-        let config: Config = crate::layers::load(file, env, overrides)?;
-        config.validate()?;
-        Ok(config)
+        crate::layers::load_validated(file, env, overrides)
     }
 
-    /// Checks every setting once, so a wrong one fails at start and says which it is.
-    pub fn validate(&self) -> Result<()> {
-        fn check(ok: bool, setting: &str, reason: &str) -> Result<()> {
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::config(setting, reason))
-            }
+    /// HTTP threads to run: `http.worker_threads`, or one per core when it is 0.
+    pub fn http_threads(&self) -> usize {
+        match self.http.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
+    }
+
+    /// The configuration as TOML, for `--check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+impl crate::layers::Validate for Config {
+    /// Checks every setting once, so a wrong one fails at start and says which it is.
+    fn validate(&self) -> Result<()> {
         check(
             !self.edge_id.trim().is_empty(),
             "edge_id",
@@ -409,19 +416,6 @@ impl Config {
             )?;
         }
         Ok(())
-    }
-
-    /// HTTP threads to run: `http.worker_threads`, or one per core when it is 0.
-    pub fn http_threads(&self) -> usize {
-        match self.http.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
-    }
-
-    /// The configuration as TOML, for `--check-config`.
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
     }
 }
 

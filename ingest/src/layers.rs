@@ -22,6 +22,35 @@ use crate::error::{Error, Result};
 /// Prefix of the environment variables pixelpipe reads.
 pub const ENV_PREFIX: &str = "PIXELPIPE_";
 
+/// A configuration struct that can check itself once loaded.
+pub trait Validate {
+    /// Checks every setting; the error names the wrong one (see [`check`]).
+    fn validate(&self) -> Result<()>;
+}
+
+/// [`load`], then [`Validate::validate`]: what every binary does at start.
+pub fn load_validated<T>(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[(String, String)],
+) -> Result<T>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let config: T = load(file, env, overrides)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// `Ok` when `ok`, else an error naming `setting` and saying `reason`.
+pub fn check(ok: bool, setting: &str, reason: &str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(setting, reason))
+    }
+}
+
 /// Builds a `T` from its defaults, an optional TOML file, environment variables (only
 /// `PIXELPIPE_*` ones are read) and `path=value` overrides. Unknown names are errors.
 pub fn load<T>(

@@ -109,7 +109,7 @@ pub async fn run_with_producer(
     metrics: Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Report> {
-    config.validate()?;
+    layers::Validate::validate(&config)?;
     let (queue, rx) = HitQueue::new(
         config.queue.capacity_hits,
         config.queue.high_water_percent,

@@ -1,6 +1,5 @@
 //! `pixelpipe-ingest`: parse the configuration, set up logging, bind, run the edge.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,16 +12,8 @@ use pixelpipe_ingest::{run, Config, Listeners, RuntimeLayout};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// TOML configuration file.
-    #[arg(long, env = "PIXELPIPE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Validate the configuration, print the effective settings as TOML, and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Set any setting by its dotted name, e.g. `--set kafka.linger_ms=5` or
-    /// `--set kafka.properties.security.protocol=SASL_SSL`. Repeatable.
-    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = pixelpipe_ingest::process::parse_setting)]
-    set: Vec<(String, String)>,
+    #[command(flatten)]
+    settings: pixelpipe_ingest::process::ConfigArgs,
     /// Shorthand for `--set http.listen_addr=ADDR`.
     #[arg(long, value_name = "ADDR")]
     listen_addr: Option<String>,
@@ -52,15 +43,15 @@ fn main() -> ExitCode {
             overrides.push((name.to_owned(), v.clone()));
         }
     }
-    overrides.extend(cli.set);
-    let config = match Config::load(cli.config.as_deref(), std::env::vars(), &overrides) {
+    overrides.extend(cli.settings.set);
+    let config = match Config::load(cli.settings.config.as_deref(), std::env::vars(), &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pixelpipe-ingest: {e}");
             return ExitCode::from(2);
         }
     };
-    if cli.check_config {
+    if cli.settings.check_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }

@@ -236,11 +236,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("exposition is UTF-8")
+        render(&self.registry)
     }
 
     /// Counts the cut fields of one hit by reason.
@@ -255,6 +251,15 @@ impl Metrics {
             }
         }
     }
+}
+
+/// The Prometheus text exposition of a registry (every pixelpipe service's `/metrics`).
+pub fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding");
+    String::from_utf8(out).expect("exposition is UTF-8")
 }
 
 impl Metrics {

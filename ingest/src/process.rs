@@ -31,6 +31,21 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The flags every pixelpipe binary takes for its configuration.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PIXELPIPE_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Validate the configuration, print the effective settings as TOML, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Set any setting by its dotted name, e.g. `--set kafka.linger_ms=5` or
+    /// `--set kafka.properties.security.protocol=SASL_SSL`. Repeatable.
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_setting)]
+    pub set: Vec<(String, String)>,
+}
+
 /// Parses one `--set NAME=VALUE`.
 pub fn parse_setting(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

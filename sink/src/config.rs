@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use pixelpipe_ingest::layers::check;
 
 /// Everything the sink can be told.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -169,20 +170,29 @@ impl SinkConfig {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, String)],
     ) -> Result<SinkConfig> {
-        let config: SinkConfig = pixelpipe_ingest::layers::load(file, env, overrides)?;
-        config.validate()?;
-        Ok(config)
+        Ok(pixelpipe_ingest::layers::load_validated(
+            file, env, overrides,
+        )?)
     }
 
-    /// Checks every setting once; the error names the wrong one.
-    pub fn validate(&self) -> Result<()> {
-        fn check(ok: bool, setting: &str, reason: &str) -> Result<()> {
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::config(setting, reason))
-            }
+    /// The dead-letter topic: `kafka.dead_letter_topic`, or `<topic>.dlq`.
+    pub fn dead_letter_topic(&self) -> String {
+        if self.kafka.dead_letter_topic.is_empty() {
+            format!("{}.dlq", self.kafka.topic)
+        } else {
+            self.kafka.dead_letter_topic.clone()
         }
+    }
+
+    /// The configuration as TOML, for `--check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+impl pixelpipe_ingest::layers::Validate for SinkConfig {
+    /// Checks every setting once; the error names the wrong one.
+    fn validate(&self) -> pixelpipe_ingest::Result<()> {
         let k = &self.kafka;
         check(
             !k.brokers.trim().is_empty(),
@@ -255,20 +265,6 @@ impl SinkConfig {
             "must be at least retry.initial_backoff_ms",
         )?;
         Ok(())
-    }
-
-    /// The dead-letter topic: `kafka.dead_letter_topic`, or `<topic>.dlq`.
-    pub fn dead_letter_topic(&self) -> String {
-        if self.kafka.dead_letter_topic.is_empty() {
-            format!("{}.dlq", self.kafka.topic)
-        } else {
-            self.kafka.dead_letter_topic.clone()
-        }
-    }
-
-    /// The configuration as TOML, for `--check-config`.
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
     }
 }
 

@@ -1,6 +1,5 @@
 //! `pixelpipe-sink`: parse the configuration, set up logging, then run the sink or the migrations.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -13,15 +12,8 @@ use pixelpipe_sink::SinkConfig;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// TOML configuration file.
-    #[arg(long, env = "PIXELPIPE_CONFIG")]
-    config: Option<PathBuf>,
-    /// Validate the configuration, print the effective settings as TOML, and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Set any setting by its dotted name, e.g. `--set batch.max_rows=10000`. Repeatable.
-    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = pixelpipe_ingest::process::parse_setting)]
-    set: Vec<(String, String)>,
+    #[command(flatten)]
+    settings: pixelpipe_ingest::process::ConfigArgs,
     /// What to do (default: run).
     #[command(subcommand)]
     command: Option<Command>,
@@ -41,14 +33,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     pixelpipe_ingest::process::init_logging();
 
-    let config = match SinkConfig::load(cli.config.as_deref(), std::env::vars(), &cli.set) {
+    let config = match SinkConfig::load(
+        cli.settings.config.as_deref(),
+        std::env::vars(),
+        &cli.settings.set,
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pixelpipe-sink: {e}");
             return ExitCode::from(2);
         }
     };
-    if cli.check_config {
+    if cli.settings.check_config {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }

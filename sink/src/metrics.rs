@@ -2,8 +2,7 @@
 //! bounded labels (reasons, partition numbers), one registry per [`Metrics`].
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 use crate::row::BAD_REASONS;
@@ -125,11 +124,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
-        String::from_utf8(out).expect("exposition is UTF-8")
+        pixelpipe_ingest::metrics::render(&self.registry)
     }
 }
 
