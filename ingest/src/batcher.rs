@@ -32,6 +32,9 @@ pub trait HitProducer: Send + Sync + 'static {
     fn connected(&self) -> bool;
 }
 
+/// A producer shared by the batchers and the readiness check.
+pub type SharedProducer = Arc<dyn HitProducer>;
+
 /// How the batcher threads run.
 #[derive(Debug, Clone)]
 pub struct BatcherSettings {

@@ -6,7 +6,6 @@
 //! callback, not a `FutureProducer` future per hit, which costs about twice as much per message.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -193,9 +192,6 @@ impl HitProducer for KafkaProducer {
         self.producer.context().connected.load(Ordering::Relaxed)
     }
 }
-
-/// A producer shared by the batchers and the readiness check.
-pub type SharedProducer = Arc<dyn HitProducer>;
 
 #[cfg(test)]
 mod tests {

@@ -37,8 +37,9 @@ use tokio::sync::watch;
 pub use config::{Config, RuntimeLayout};
 pub use error::{Error, Result};
 
+use batcher::SharedProducer;
 use batcher::{BatcherSettings, Batchers};
-use kafka::{KafkaProducer, SharedProducer};
+use kafka::KafkaProducer;
 use metrics::Metrics;
 use queue::HitQueue;
 use server::ServeSettings;

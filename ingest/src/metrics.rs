@@ -227,8 +227,8 @@ impl Metrics {
     }
 
     /// The connection metrics of the public listener.
-    pub fn connections(&self) -> crate::server::ConnectionMetrics {
-        crate::server::ConnectionMetrics {
+    pub fn connections(&self) -> ConnectionMetrics {
+        ConnectionMetrics {
             open: self.connections_open.clone(),
             rejected: self.connections_rejected.clone(),
         }
@@ -251,6 +251,16 @@ impl Metrics {
             }
         }
     }
+}
+
+/// The two connection metrics a listener keeps, so any service (the edge, the sink's admin
+/// listener) can hand in its own.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// Connections open now.
+    pub open: prometheus::IntGauge,
+    /// Connections closed at once because the cap was reached.
+    pub rejected: prometheus::IntCounter,
 }
 
 /// The Prometheus text exposition of a registry (every pixelpipe service's `/metrics`).

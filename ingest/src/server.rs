@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::config::HttpConfig;
 use crate::error::{Error, Result};
+use crate::metrics::ConnectionMetrics;
 use crate::service::ResponseBody;
 
 /// Binds `count` listening sockets on `addr` with a deep accept backlog (bursts of new
@@ -57,16 +58,6 @@ fn bind_one(addr: SocketAddr, reuse_port: bool, setting: &str) -> Result<std::ne
     socket.listen(4096).map_err(io)?;
     socket.set_nonblocking(true).map_err(io)?;
     Ok(socket.into())
-}
-
-/// The two connection metrics a listener keeps, so any service (the edge, the sink's admin
-/// listener) can hand in its own.
-#[derive(Clone)]
-pub struct ConnectionMetrics {
-    /// Connections open now.
-    pub open: prometheus::IntGauge,
-    /// Connections closed at once because the cap was reached.
-    pub rejected: prometheus::IntCounter,
 }
 
 /// How a listener serves connections.

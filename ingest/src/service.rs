@@ -15,11 +15,11 @@ use hyper::body::Body;
 use hyper::header::{self, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::batcher::SharedProducer;
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpConfig, LimitsConfig};
 use crate::error::Error;
 use crate::hit::{apply_json_object, apply_query, Draft, InvalidReason, RequestMeta};
-use crate::kafka::SharedProducer;
 use crate::metrics::Metrics;
 use crate::queue::HitQueue;
 use crate::wire::Transport;
