@@ -1,5 +1,5 @@
 //! The hot path of one pixel request, without sockets: parse the request, build the hit, enqueue
-//! it. And, separately, the batcher's per-hit cost: encoding the hit for Kafka.
+//! it. And, separately, the batcher's per-hit costs: the privacy policy, and encoding for Kafka.
 //!
 //! `cargo bench -p pixelpipe-bench --bench request_path`
 
@@ -16,6 +16,7 @@ use hyper::Request;
 use pixelpipe_bench::sample_request;
 use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
 use pixelpipe_ingest::metrics::Metrics;
+use pixelpipe_ingest::privacy::{IpMode, Privacy, PrivacyConfig};
 use pixelpipe_ingest::queue::HitQueue;
 use pixelpipe_ingest::service::Edge;
 use pixelpipe_ingest::{wire, Config};
@@ -91,6 +92,28 @@ fn request_path(c: &mut Criterion) {
             buf.len()
         })
     });
+
+    // The batcher's privacy step per hit: default truncation, and the daily-salted hash.
+    for (name, mode) in [
+        ("privacy_truncate_ip", IpMode::Truncate),
+        ("privacy_hash_ip", IpMode::Hash),
+    ] {
+        let privacy = Privacy::new(PrivacyConfig {
+            ip_mode: mode,
+            hash_secret: "bench-secret-0123456789".into(),
+            ..PrivacyConfig::default()
+        });
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || hit.clone(),
+                |mut h| {
+                    privacy.apply(&mut h);
+                    h
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
     group.finish();
 }
 

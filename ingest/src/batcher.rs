@@ -16,6 +16,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::config::MessageKey;
 use crate::metrics::Metrics;
+use crate::privacy::{Privacy, Verdict};
 use crate::wire::{self, Hit};
 
 /// The producer's buffer is full; the hit was not taken.
@@ -46,6 +47,8 @@ pub struct BatcherSettings {
     pub message_key: MessageKey,
     /// After stop, how long to keep trying to hand the remaining hits to the producer.
     pub drain_timeout: Duration,
+    /// The privacy policy, applied to every hit before it is keyed and encoded.
+    pub privacy: Privacy,
 }
 
 /// Running batcher threads.
@@ -120,7 +123,7 @@ impl Worker {
             batch.extend(self.rx.try_iter().take(self.settings.batch_max_hits - 1));
             self.metrics.batch_size.observe(batch.len() as f64);
             self.metrics.queue_depth.set(self.rx.len() as i64);
-            let given_up = batch.iter().position(|hit| !self.produce(hit, None));
+            let given_up = batch.iter_mut().position(|hit| !self.produce(hit, None));
             match given_up {
                 // Stop arrived while the producer was full: the rest goes through the drain.
                 Some(i) => {
@@ -145,8 +148,8 @@ impl Worker {
         self.metrics.queue_depth.set(self.rx.len() as i64);
     }
 
-    fn produce_or_drop(&mut self, hit: Hit, deadline: Instant) {
-        if !self.produce(&hit, Some(deadline)) {
+    fn produce_or_drop(&mut self, mut hit: Hit, deadline: Instant) {
+        if !self.produce(&mut hit, Some(deadline)) {
             self.metrics
                 .hits_dropped
                 .with_label_values(&["shutdown"])
@@ -154,9 +157,15 @@ impl Worker {
         }
     }
 
-    /// Hands one hit to the producer, retrying while its buffer is full. Returns false when it
-    /// gave up: without a deadline, because stop was requested; with one, because it passed.
-    fn produce(&mut self, hit: &Hit, deadline: Option<Instant>) -> bool {
+    /// Applies the privacy policy, then hands the hit to the producer, retrying while its buffer
+    /// is full. Returns false when it gave up: without a deadline, because stop was requested;
+    /// with one, because it passed. A hit the policy drops is counted and counts as handled.
+    fn produce(&mut self, hit: &mut Hit, deadline: Option<Instant>) -> bool {
+        if let Verdict::Drop(reason) = self.settings.privacy.apply(hit) {
+            self.metrics.hits_dropped.with_label_values(&[reason]).inc();
+            return true;
+        }
+        let hit: &Hit = hit;
         self.buf.clear();
         wire::encode(hit, &mut self.buf);
         let ip_key;
@@ -197,6 +206,7 @@ impl Worker {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::privacy::{IpMode, PrivacyConfig, SignalPolicy};
     use crate::queue::HitQueue;
     use crate::wire::tests_support::sample_hit;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -237,6 +247,13 @@ pub(crate) mod tests {
             batch_max_hits: 8,
             message_key: key,
             drain_timeout: Duration::from_millis(200),
+            // Full IPs and ignored signals: these tests are about keys and delivery.
+            privacy: Privacy::new(PrivacyConfig {
+                ip_mode: IpMode::Full,
+                gpc: SignalPolicy::Ignore,
+                dnt: SignalPolicy::Ignore,
+                ..PrivacyConfig::default()
+            }),
         }
     }
 

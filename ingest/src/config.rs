@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::client_ip::TrustedProxies;
 use crate::error::{Error, Result};
 use crate::layers::check;
+use crate::privacy::PrivacyConfig;
 
 /// Everything the edge can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +33,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// The admin listener (metrics).
     pub admin: AdminConfig,
+    /// What is kept of a visitor's identity (docs/privacy.md).
+    pub privacy: PrivacyConfig,
 }
 
 /// The public HTTP listener.
@@ -175,6 +178,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             kafka: KafkaConfig::default(),
             admin: AdminConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 }
@@ -283,6 +287,9 @@ impl Config {
 impl crate::layers::Validate for Config {
     /// Checks every setting once, so a wrong one fails at start and says which it is.
     fn validate(&self) -> Result<()> {
+        self.privacy
+            .check()
+            .map_err(|(setting, reason)| Error::config(setting, reason))?;
         check(
             !self.edge_id.trim().is_empty(),
             "edge_id",

@@ -257,6 +257,8 @@ impl<'a> Draft<'a> {
             value: None,
             currency: None,
             props: Vec::new(),
+            ip_hash: None,
+            anonymized: false,
             cut_fields: 0,
         };
         Draft {

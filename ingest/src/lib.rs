@@ -22,6 +22,7 @@ pub mod hit;
 pub mod kafka;
 pub mod layers;
 pub mod metrics;
+pub mod privacy;
 pub mod process;
 pub mod queue;
 pub mod server;
@@ -124,6 +125,7 @@ pub async fn run_with_producer(
             batch_max_hits: config.queue.batch_max_hits,
             message_key: config.kafka.message_key,
             drain_timeout: Duration::from_millis(config.kafka.flush_timeout_ms),
+            privacy: privacy::Privacy::new(config.privacy.clone()),
         },
         metrics.clone(),
     )

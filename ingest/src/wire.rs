@@ -120,6 +120,14 @@ pub struct Hit {
     /// Every other parameter, in request order, as bounded key/value pairs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub props: Vec<(String, String)>,
+    /// Keyed daily hash of the client IP, when the site's privacy policy is `hash` (the address
+    /// itself is then absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_hash: Option<String>,
+    /// The visitor sent a privacy signal (GPC/DNT) answered with `anonymous`: IP, user id and
+    /// user agent were removed at the edge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anonymized: bool,
     /// How many fields the edge dropped or shortened for this hit (bad encoding, limits).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cut_fields: u16,
@@ -215,6 +223,8 @@ mod tests {
                 ("color".into(), "red".into()),
                 ("color".into(), "blue".into()),
             ],
+            ip_hash: Some("00112233445566778899aabbccddeeff".into()),
+            anonymized: true,
             cut_fields: 2,
         }
     }

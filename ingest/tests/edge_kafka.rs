@@ -311,3 +311,88 @@ async fn the_per_core_layout_serves_every_connection() {
         .unwrap();
     assert_eq!(hits.len(), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privacy_policies_decide_what_reaches_kafka() {
+    let topic = unique_topic("privacy");
+    create_topic(&topic, 2).await;
+    let edge = RunningEdge::start(privacy_config(&topic));
+    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    let addr = edge.public;
+    let stored = tokio::task::spawn_blocking(move || send_privacy_hits(addr))
+        .await
+        .unwrap();
+    let report = edge.shutdown().await;
+    assert_eq!(
+        (report.accepted, report.delivered, report.dropped),
+        (7, 6, 1),
+        "{report:?}"
+    );
+
+    let hits = tokio::task::spawn_blocking(move || {
+        read_hits(&topic, stored.len(), Duration::from_secs(60))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        hits.len(),
+        6,
+        "the GPC hit of a dropping site never reaches Kafka"
+    );
+    let by_case = |case: &str| {
+        hits.iter()
+            .find(|h| h.props.contains(&("case".to_string(), case.to_string())))
+            .unwrap_or_else(|| panic!("{case} missing"))
+            .clone()
+    };
+    let raw: std::net::IpAddr = PRIVACY_CLIENT_IP.parse().unwrap();
+    let trunc = by_case("trunc");
+    assert_eq!(
+        (trunc.client_ip, trunc.ip_hash.as_deref()),
+        (Some("203.0.113.0".parse().unwrap()), None)
+    );
+    assert_eq!(
+        (
+            trunc.user_id.as_deref(),
+            trunc.user_agent.as_deref(),
+            trunc.anonymized
+        ),
+        (Some("u-1"), Some("UA-test"), false)
+    );
+    assert_eq!(by_case("full").client_ip, Some(raw));
+    let hash = by_case("hash");
+    let want =
+        pixelpipe_ingest::privacy::hash_ip(HASH_SECRET, hash.received_at_ms / 86_400_000, raw);
+    assert_eq!(
+        (hash.client_ip, hash.ip_hash.as_deref()),
+        (None, Some(want.as_str()))
+    );
+    let dropped = by_case("drop");
+    assert_eq!(
+        (dropped.client_ip, dropped.ip_hash.as_deref()),
+        (None, None)
+    );
+    for case in ["gpc", "dnt"] {
+        let h = by_case(case);
+        assert!(h.anonymized, "{case}");
+        assert_eq!(
+            (
+                h.client_ip,
+                h.ip_hash.as_deref(),
+                h.user_id.as_deref(),
+                h.user_agent.as_deref()
+            ),
+            (None, None, None, None),
+            "{case}"
+        );
+    }
+    let serialized = hits
+        .iter()
+        .map(|h| serde_json::to_string(h).unwrap())
+        .collect::<String>();
+    assert_eq!(
+        serialized.matches(PRIVACY_CLIENT_IP).count(),
+        1,
+        "the raw IP appears only in the `full` site's hit"
+    );
+}

@@ -80,6 +80,10 @@ pub struct HitRow {
     pub prop_values: Vec<String>,
     /// Fields the edge cut.
     pub cut_fields: u16,
+    /// Keyed daily hash of the client IP (privacy `hash` mode), else empty.
+    pub ip_hash: String,
+    /// 1 when the edge anonymised the hit for a GPC/DNT signal.
+    pub anonymized: u8,
     /// Lineage: Kafka partition.
     pub kafka_partition: i32,
     /// Lineage: Kafka offset.
@@ -200,6 +204,8 @@ impl HitRow {
             prop_keys,
             prop_values,
             cut_fields: hit.cut_fields,
+            ip_hash: text(hit.ip_hash),
+            anonymized: u8::from(hit.anonymized),
             kafka_partition,
             kafka_offset,
         })

@@ -99,22 +99,61 @@ impl Tables {
     }
 }
 
+/// One step of a migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A statement that is idempotent by itself (`CREATE ... IF NOT EXISTS`).
+    Sql(String),
+    /// `ALTER TABLE table ADD COLUMN column definition`, skipped when the column exists: 18.16
+    /// has no `ADD COLUMN IF NOT EXISTS`, and two sinks may migrate at once.
+    AddColumn {
+        /// `database.table`.
+        table: String,
+        /// Column name.
+        column: &'static str,
+        /// Type and default.
+        definition: String,
+    },
+}
+
 /// One schema change.
 pub struct Migration {
     /// Applied in ascending order; never reused.
     pub version: u32,
     /// What it does.
     pub name: &'static str,
-    /// Its statements for a server flavour.
-    pub statements: fn(&Tables, Flavour, u32) -> Vec<String>,
+    /// Its steps for a server flavour and retention.
+    pub steps: fn(&Tables, Flavour, u32) -> Vec<Step>,
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "hits and bad_hits",
-    statements: v1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "hits and bad_hits",
+        steps: |t, f, r| v1(t, f, r).into_iter().map(Step::Sql).collect(),
+    },
+    Migration {
+        version: 2,
+        name: "privacy columns",
+        steps: v2,
+    },
+];
+
+fn v2(t: &Tables, _f: Flavour, _retention_days: u32) -> Vec<Step> {
+    vec![
+        Step::AddColumn {
+            table: t.hits(),
+            column: "ip_hash",
+            definition: "String DEFAULT ''".into(),
+        },
+        Step::AddColumn {
+            table: t.hits(),
+            column: "anonymized",
+            definition: "UInt8 DEFAULT 0".into(),
+        },
+    ]
+}
 
 fn v1(t: &Tables, f: Flavour, retention_days: u32) -> Vec<String> {
     let lc = f.low_cardinality();
@@ -215,8 +254,31 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
         .await?;
     let mut done = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-        for sql in (m.statements)(&tables, flavour, c.retention_days) {
-            client.query(&sql).execute().await?;
+        for step in (m.steps)(&tables, flavour, c.retention_days) {
+            match step {
+                Step::Sql(sql) => client.query(&sql).execute().await?,
+                Step::AddColumn {
+                    table,
+                    column,
+                    definition,
+                } => {
+                    let (db, name) = table.split_once('.').expect("tables are database.name");
+                    let exists: u64 = client
+                        .query(&format!(
+                            "SELECT count() FROM system.columns WHERE database = '{db}' AND table = '{name}' AND name = '{column}'"
+                        ))
+                        .fetch_one()
+                        .await?;
+                    if exists == 0 {
+                        client
+                            .query(&format!(
+                                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                            ))
+                            .execute()
+                            .await?;
+                    }
+                }
+            }
         }
         // The name goes in as a literal: the `?` bind syntax is the client's, and names are ours.
         client

@@ -17,7 +17,7 @@ use pixelpipe_ingest::wire;
 use pixelpipe_sink::batch::Batch;
 use pixelpipe_sink::config::ClickHouseConfig;
 use pixelpipe_sink::row::{decode, Decoded, HitRow};
-use pixelpipe_sink::schema::{Flavour, Tables, MIGRATIONS};
+use pixelpipe_sink::schema::{Flavour, Step, Tables, MIGRATIONS};
 use pixelpipe_sink::store::{ClickHouse, RowWriter};
 
 fn chdb_python() -> String {
@@ -36,7 +36,7 @@ fn rows() -> Vec<HitRow> {
     let samples = [
         r#""client_ip":"203.0.113.9","user_agent":"Mozilla/5.0 (iPhone)","campaign":"spring","variant":"B","value":19.99,"currency":"EUR","props":[["plan","pro"],["seats","3"]],"head_request":true"#,
         r#""client_ip":"2001:db8::7","title":"Ünïcödé \"quoted\" \\ back\\slash","message_id":"m-1","cut_fields":2"#,
-        r#""url":"https://shop.example/a?b=c&d=e","dnt":"1","sec_gpc":"1""#,
+        r#""url":"https://shop.example/a?b=c&d=e","dnt":"1","sec_gpc":"1","ip_hash":"0123456789abcdef0123456789abcdef","anonymized":true"#,
     ];
     samples
         .iter()
@@ -59,11 +59,13 @@ fn rows() -> Vec<HitRow> {
         .collect()
 }
 
-/// Accepts one HTTP request, answers 200, returns the decompressed body.
-fn capture_one(listener: std::net::TcpListener) -> Vec<u8> {
+/// Accepts one HTTP request, answers 200, returns its request line and decompressed body.
+fn capture_one(listener: std::net::TcpListener) -> (String, Vec<u8>) {
     let (stream, _) = listener.accept().unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let (mut chunked, mut length) = (false, 0usize);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
     loop {
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
@@ -110,7 +112,24 @@ fn capture_one(listener: std::net::TcpListener) -> Vec<u8> {
         out.extend(lz4_flex::block::decompress(&rest[25..16 + compressed], plain).unwrap());
         rest = &rest[16 + compressed..];
     }
-    out
+    (request_line, out)
+}
+
+/// The column list of `INSERT INTO t(a,b,c) FORMAT RowBinary` in a percent-encoded request line.
+fn insert_columns(request_line: &str) -> Vec<String> {
+    let decoded = pixelpipe_ingest::hit::percent_decode(request_line)
+        .unwrap()
+        .into_owned();
+    let list = decoded
+        .split_once('(')
+        .unwrap()
+        .1
+        .split_once(')')
+        .unwrap()
+        .0;
+    list.split(',')
+        .map(|c| c.trim().trim_matches('`').to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,25 +150,28 @@ async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
         .write(&batch, "token")
         .await
         .unwrap();
-    let rowbinary = capture.join().unwrap();
+    let (request_line, rowbinary) = capture.join().unwrap();
+    // The columns exactly as the sink's insert names them, in the order of its RowBinary.
+    let columns = insert_columns(&request_line);
+    assert!(
+        columns.len() > 30 && columns.contains(&"ip_hash".to_string()),
+        "{columns:?}"
+    );
 
-    // The modern DDL, and the insert's structure derived from it (every column the sink sends).
+    // The modern DDL: every migration's steps for a modern server.
     let tables = Tables::new(&config);
     let ddl: Vec<String> = MIGRATIONS
         .iter()
-        .flat_map(|m| (m.statements)(&tables, Flavour::Modern, 30))
-        .collect();
-    let hits_ddl = ddl.iter().find(|s| s.contains(&tables.hits())).unwrap();
-    let structure: Vec<String> = hits_ddl
-        .lines()
-        .filter(|l| l.starts_with("    ") && !l.contains("inserted_at"))
-        .map(|l| {
-            l.trim()
-                .trim_end_matches(',')
-                .split(" CODEC(")
-                .next()
-                .unwrap()
-                .to_owned()
+        .flat_map(|m| (m.steps)(&tables, Flavour::Modern, 30))
+        .map(|step| match step {
+            Step::Sql(sql) => sql,
+            Step::AddColumn {
+                table,
+                column,
+                definition,
+            } => {
+                format!("ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            }
         })
         .collect();
 
@@ -157,11 +179,7 @@ async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("rows.bin"), &rowbinary).unwrap();
     std::fs::write(dir.join("ddl.sql"), ddl.join(";\n")).unwrap();
-    std::fs::write(dir.join("structure.txt"), structure.join(", ")).unwrap();
-    let columns: Vec<&str> = structure
-        .iter()
-        .map(|c| c.split(' ').next().unwrap())
-        .collect();
+    std::fs::write(dir.join("columns.txt"), columns.join(",")).unwrap();
     let script = format!(
         r#"
 import json
@@ -170,13 +188,15 @@ s = session.Session("db")
 s.query("CREATE DATABASE IF NOT EXISTS pixelpipe")
 for stmt in open("ddl.sql").read().split(";\n"):
     s.query(stmt)
-structure = open("structure.txt").read().replace("'", "\\'")
-s.query("INSERT INTO {table} ({columns}) SELECT * FROM file('rows.bin', RowBinary, '" + structure + "')")
+columns = open("columns.txt").read().split(",")
+types = dict((r["name"], r["type"]) for r in map(json.loads, str(s.query("SELECT name, type FROM system.columns WHERE database = 'pixelpipe' AND table = '{name}'", "JSONEachRow")).splitlines()))
+structure = ", ".join(c + " " + types[c] for c in columns).replace("'", "\\'")
+s.query("INSERT INTO {table} (" + ", ".join(columns) + ") SELECT * FROM file('rows.bin', RowBinary, '" + structure + "')")
 print(s.query("SELECT version() AS v", "JSONEachRow"), end="")
-print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
+print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, ip_hash, anonymized, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
 "#,
         table = tables.hits(),
-        columns = columns.join(", ")
+        name = tables.hits().split_once('.').unwrap().1,
     );
     let out = Command::new(chdb_python())
         .arg("-c")

@@ -14,7 +14,7 @@ use pixelpipe_sink::SinkConfig;
 async fn migrations_apply_once() {
     let prefix = unique("mig");
     let config = sink_config("unused", &format!("{prefix}_"));
-    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![1]);
+    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![1, 2]);
     assert_eq!(
         pixelpipe_sink::migrate(&config).await.unwrap(),
         Vec::<u32>::new(),
@@ -29,7 +29,54 @@ async fn migrations_apply_once() {
         &format!("SELECT count() FROM pixelpipe.{prefix}_schema_migrations"),
     )
     .await;
-    assert_eq!(recorded, 1);
+    assert_eq!(recorded, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_at_version_1_is_upgraded_in_place() {
+    use pixelpipe_sink::schema::{Flavour, Step, Tables, MIGRATIONS};
+    let prefix = format!("{}_", unique("upgrade"));
+    let config = sink_config("unused", &prefix);
+    let client = pixelpipe_sink::store::client(&config.clickhouse);
+    let tables = Tables::new(&config.clickhouse);
+    // What a sink of the first release left behind: version 1 applied and recorded.
+    client
+        .query("CREATE DATABASE IF NOT EXISTS pixelpipe")
+        .execute()
+        .await
+        .unwrap();
+    for step in (MIGRATIONS[0].steps)(&tables, Flavour::Legacy, 0) {
+        let Step::Sql(sql) = step else {
+            panic!("version 1 is plain SQL")
+        };
+        client.query(&sql).execute().await.unwrap();
+    }
+    client
+        .query(&format!(
+            "CREATE TABLE {} (version UInt32, name String, applied_at DateTime('UTC') DEFAULT now()) ENGINE = ReplacingMergeTree() ORDER BY version",
+            tables.migrations()
+        ))
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query(&format!(
+            "INSERT INTO {} (version, name) VALUES (1, 'v1')",
+            tables.migrations()
+        ))
+        .execute()
+        .await
+        .unwrap();
+
+    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![2]);
+    let url = clickhouse_url();
+    let added = number(&url, &format!(
+        "SELECT count() FROM system.columns WHERE database = 'pixelpipe' AND table = '{prefix}hits' AND name IN ('ip_hash', 'anonymized')")).await;
+    assert_eq!(added, 2);
+    assert_eq!(
+        pixelpipe_sink::migrate(&config).await.unwrap(),
+        Vec::<u32>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,4 +312,94 @@ async fn a_missing_dead_letter_topic_stops_the_sink_at_start_naming_the_setting(
         text.contains("kafka.dead_letter_topic") && text.contains(&format!("{topic}.dlq")),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privacy_policies_decide_what_reaches_clickhouse() {
+    use common::edge::{privacy_config, send_privacy_hits, HASH_SECRET, PRIVACY_CLIENT_IP};
+    let topic = unique_topic("privacy-ch");
+    create_topics(&topic, 2).await;
+    let prefix = format!("{}_", unique("privacy"));
+    let url = clickhouse_url();
+    let edge = RunningEdge::start(privacy_config(&topic));
+    let sink = RunningSink::start(sink_config(&topic, &prefix));
+    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    let addr = edge.public;
+    let stored = tokio::task::spawn_blocking(move || send_privacy_hits(addr))
+        .await
+        .unwrap();
+    let table = format!("pixelpipe.{prefix}hits");
+    let n = wait_for(
+        &url,
+        &format!("SELECT count() FROM {table}"),
+        stored.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(n, 6, "every case but the dropped one");
+
+    #[derive(clickhouse::Row, serde::Deserialize, Debug)]
+    struct Seen {
+        case: String,
+        ip: String,
+        ip_hash: String,
+        anonymized: u8,
+        user_id: String,
+        user_agent: String,
+        day: u32,
+    }
+    let rows: Vec<Seen> = ch(&url)
+        .query(&format!(
+            "SELECT prop_values[indexOf(prop_keys, 'case')] AS case, IPv6NumToString(client_ip) AS ip, ip_hash, anonymized,
+                    user_id, user_agent, toUInt32(intDiv(toUInt32(received_at), 86400)) AS day
+             FROM {table} ORDER BY case"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let get = |c: &str| {
+        rows.iter()
+            .find(|r| r.case == c)
+            .unwrap_or_else(|| panic!("{c} missing: {rows:?}"))
+    };
+    let raw: std::net::IpAddr = PRIVACY_CLIENT_IP.parse().unwrap();
+    assert_eq!(get("trunc").ip, "::ffff:203.0.113.0");
+    assert_eq!(
+        (
+            get("trunc").user_id.as_str(),
+            get("trunc").user_agent.as_str()
+        ),
+        ("u-1", "UA-test")
+    );
+    assert_eq!(get("full").ip, format!("::ffff:{PRIVACY_CLIENT_IP}"));
+    let hash = get("hash");
+    assert_eq!(
+        (hash.ip.as_str(), hash.ip_hash.as_str()),
+        (
+            "::",
+            pixelpipe_ingest::privacy::hash_ip(HASH_SECRET, u64::from(hash.day), raw).as_str()
+        )
+    );
+    assert_eq!(
+        (get("drop").ip.as_str(), get("drop").ip_hash.as_str()),
+        ("::", "")
+    );
+    for case in ["gpc", "dnt"] {
+        let r = get(case);
+        assert_eq!(
+            (
+                r.anonymized,
+                r.ip.as_str(),
+                r.ip_hash.as_str(),
+                r.user_id.as_str(),
+                r.user_agent.as_str()
+            ),
+            (1, "::", "", "", ""),
+            "{case}"
+        );
+    }
+    assert!(rows.iter().all(|r| r.case != "gpcdrop"));
+    let report = edge.shutdown().await;
+    assert_eq!(report.dropped, 1);
+    sink.stop().await;
 }

@@ -103,7 +103,86 @@ pub fn test_config(topic: &str) -> Config {
     c.kafka.topic = topic.to_owned();
     c.kafka.linger_ms = 5;
     c.kafka.statistics_interval_ms = 200;
+    // Tests of what a hit carries see raw values; privacy tests set their own policy.
+    c.privacy.ip_mode = pixelpipe_ingest::privacy::IpMode::Full;
+    c.privacy.gpc = pixelpipe_ingest::privacy::SignalPolicy::Ignore;
+    c.privacy.dnt = pixelpipe_ingest::privacy::SignalPolicy::Ignore;
     c
+}
+
+/// The secret of [`privacy_config`].
+pub const HASH_SECRET: &str = "test-secret-0123456789";
+
+/// An edge with the default privacy policy (truncate; GPC and DNT anonymous) and per-site
+/// overrides: `p-full` keeps the IP, `p-hash` hashes it, `p-drop` drops it, `p-gpcdrop` drops
+/// hits with `Sec-GPC: 1`. 127.0.0.1 is a trusted proxy so tests can choose the client IP.
+pub fn privacy_config(topic: &str) -> Config {
+    use pixelpipe_ingest::privacy::{IpMode, PrivacyConfig, SignalPolicy, SitePrivacy};
+    let mut c = test_config(topic);
+    c.http.trusted_proxies = vec!["127.0.0.1".into()];
+    c.privacy = PrivacyConfig {
+        hash_secret: HASH_SECRET.into(),
+        ..PrivacyConfig::default()
+    };
+    let site = |ip_mode, gpc| SitePrivacy {
+        ip_mode,
+        gpc,
+        dnt: None,
+    };
+    c.privacy
+        .sites
+        .insert("p-full".into(), site(Some(IpMode::Full), None));
+    c.privacy
+        .sites
+        .insert("p-hash".into(), site(Some(IpMode::Hash), None));
+    c.privacy
+        .sites
+        .insert("p-drop".into(), site(Some(IpMode::Drop), None));
+    c.privacy
+        .sites
+        .insert("p-gpcdrop".into(), site(None, Some(SignalPolicy::Drop)));
+    c
+}
+
+/// A privacy case: name, site, extra headers.
+type PrivacyCase = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The client IP [`send_privacy_hits`] claims through the trusted proxy.
+pub const PRIVACY_CLIENT_IP: &str = "203.0.113.77";
+
+/// One pixel per case, tagged `case=<name>`: `trunc`, `full`, `hash`, `drop`, `gpc` (GPC, default
+/// anonymous), `dnt` (DNT, default anonymous) and `gpcdrop` (GPC on a site that drops it; never
+/// stored). Returns the cases that must be stored.
+pub fn send_privacy_hits(addr: SocketAddr) -> Vec<&'static str> {
+    let cases: [PrivacyCase; 7] = [
+        ("trunc", "p-trunc", &[]),
+        ("full", "p-full", &[]),
+        ("hash", "p-hash", &[]),
+        ("drop", "p-drop", &[]),
+        ("gpc", "p-trunc", &[("Sec-GPC", "1")]),
+        ("dnt", "p-full", &[("DNT", "1")]),
+        ("gpcdrop", "p-gpcdrop", &[("Sec-GPC", "1")]),
+    ];
+    for (case, site, extra) in cases {
+        let mut headers = vec![
+            ("X-Forwarded-For", PRIVACY_CLIENT_IP),
+            ("User-Agent", "UA-test"),
+        ];
+        headers.extend_from_slice(extra);
+        let r = http(
+            addr,
+            "GET",
+            &format!("/p.gif?site={site}&uid=u-1&case={case}"),
+            &headers,
+            b"",
+        );
+        assert_eq!(r.status, 200, "{case}");
+    }
+    vec!["trunc", "full", "hash", "drop", "gpc", "dnt"]
 }
 
 impl RunningEdge {

@@ -1,0 +1,440 @@
+//! What is kept of a visitor's identity before a hit leaves the edge: IP minimisation, and the
+//! server-side answer to `Sec-GPC: 1` and `DNT: 1`, per site with a global default.
+//!
+//! Runs in the batcher threads, never on the request path, and before the hit is encoded or keyed,
+//! so a raw IP the policy does not keep never reaches Kafka. This module owns the policy and its
+//! arithmetic (prefix masks, keyed hashes with a daily salt); it does not count or produce (see
+//! `batcher`). Every choice is explained in docs/privacy.md.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::wire::Hit;
+
+/// What is kept of the client IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpMode {
+    /// The address as received.
+    Full,
+    /// The network only: the host bits past `ipv4_prefix_bits` / `ipv6_prefix_bits` are zeroed.
+    Truncate,
+    /// No address; `ip_hash` carries a keyed hash of it, whose salt changes every UTC day, so
+    /// the same visitor matches within a day and cannot be followed across days.
+    Hash,
+    /// No address at all.
+    Drop,
+}
+
+/// The answer to a privacy signal (`Sec-GPC: 1`, `DNT: 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalPolicy {
+    /// Treat the hit like any other.
+    Ignore,
+    /// Count the hit but keep nothing that identifies the visitor: no IP (nor its hash), no
+    /// user id, no user agent; the hit is marked `anonymized`.
+    Anonymous,
+    /// Do not store the hit; it is counted as dropped with the signal as reason.
+    Drop,
+}
+
+/// Overrides for one site; absent fields take the global value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SitePrivacy {
+    /// Overrides `privacy.ip_mode`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_mode: Option<IpMode>,
+    /// Overrides `privacy.gpc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpc: Option<SignalPolicy>,
+    /// Overrides `privacy.dnt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dnt: Option<SignalPolicy>,
+}
+
+/// The `[privacy]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// What is kept of the client IP. Default `truncate`.
+    pub ip_mode: IpMode,
+    /// Network bits kept of an IPv4 address in `truncate` mode. Default 24.
+    pub ipv4_prefix_bits: u8,
+    /// Network bits kept of an IPv6 address in `truncate` mode. Default 48.
+    pub ipv6_prefix_bits: u8,
+    /// Answer to `Sec-GPC: 1`. Default `anonymous`.
+    pub gpc: SignalPolicy,
+    /// Answer to `DNT: 1`. Default `anonymous`.
+    pub dnt: SignalPolicy,
+    /// Secret the daily hash salts are derived from; required (16 bytes or more) when any site
+    /// uses `hash`. Every edge needs the same one so that hashes agree. Default empty.
+    pub hash_secret: String,
+    /// Per-site overrides, by site id.
+    pub sites: BTreeMap<String, SitePrivacy>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            ip_mode: IpMode::Truncate,
+            ipv4_prefix_bits: 24,
+            ipv6_prefix_bits: 48,
+            gpc: SignalPolicy::Anonymous,
+            dnt: SignalPolicy::Anonymous,
+            hash_secret: String::new(),
+            sites: BTreeMap::new(),
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// Checks the settings; the error is `(setting, reason)`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let bad = |s: &str, r: &str| Err((s.to_owned(), r.to_owned()));
+        if self.ipv4_prefix_bits > 32 {
+            return bad("privacy.ipv4_prefix_bits", "must be between 0 and 32");
+        }
+        if self.ipv6_prefix_bits > 128 {
+            return bad("privacy.ipv6_prefix_bits", "must be between 0 and 128");
+        }
+        let hashing = self.ip_mode == IpMode::Hash
+            || self.sites.values().any(|s| s.ip_mode == Some(IpMode::Hash));
+        if hashing && self.hash_secret.len() < 16 {
+            return bad(
+                "privacy.hash_secret",
+                "must be at least 16 bytes when ip_mode is hash (globally or for a site)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What the policy decided for one hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Produce the (possibly minimised) hit.
+    Keep,
+    /// Do not store it; counted as dropped with this reason (`gpc` or `dnt`).
+    Drop(&'static str),
+}
+
+/// The policy, ready to apply.
+#[derive(Debug, Clone)]
+pub struct Privacy {
+    config: PrivacyConfig,
+}
+
+impl Privacy {
+    /// From validated settings.
+    pub fn new(config: PrivacyConfig) -> Privacy {
+        Privacy { config }
+    }
+
+    /// Applies the site's policy to `hit` in place.
+    pub fn apply(&self, hit: &mut Hit) -> Verdict {
+        let site = self.config.sites.get(&hit.site_id);
+        let pick = |o: Option<SignalPolicy>, global: SignalPolicy| o.unwrap_or(global);
+        let gpc = pick(site.and_then(|s| s.gpc), self.config.gpc);
+        let dnt = pick(site.and_then(|s| s.dnt), self.config.dnt);
+        let signalled = |v: &Option<String>| v.as_deref().map(str::trim) == Some("1");
+        let mut strongest = (SignalPolicy::Ignore, "");
+        if signalled(&hit.sec_gpc) && gpc > strongest.0 {
+            strongest = (gpc, "gpc");
+        }
+        if signalled(&hit.dnt) && dnt > strongest.0 {
+            strongest = (dnt, "dnt");
+        }
+        match strongest.0 {
+            SignalPolicy::Drop => return Verdict::Drop(strongest.1),
+            SignalPolicy::Anonymous => {
+                hit.client_ip = None;
+                hit.ip_hash = None;
+                hit.user_id = None;
+                hit.user_agent = None;
+                hit.anonymized = true;
+                return Verdict::Keep;
+            }
+            SignalPolicy::Ignore => {}
+        }
+        let Some(ip) = hit.client_ip else {
+            return Verdict::Keep;
+        };
+        match site.and_then(|s| s.ip_mode).unwrap_or(self.config.ip_mode) {
+            IpMode::Full => {}
+            IpMode::Truncate => {
+                hit.client_ip = Some(truncate(
+                    ip,
+                    self.config.ipv4_prefix_bits,
+                    self.config.ipv6_prefix_bits,
+                ))
+            }
+            IpMode::Hash => {
+                hit.ip_hash = Some(hash_ip(
+                    &self.config.hash_secret,
+                    hit.received_at_ms / 86_400_000,
+                    ip,
+                ));
+                hit.client_ip = None;
+            }
+            IpMode::Drop => hit.client_ip = None,
+        }
+        Verdict::Keep
+    }
+}
+
+/// Zeroes the host bits past the prefix. IPv4-mapped IPv6 is treated as the IPv4 it carries.
+pub fn truncate(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> IpAddr {
+    fn mask(bytes: &mut [u8], bits: u8) {
+        for (i, b) in bytes.iter_mut().enumerate() {
+            let keep = (usize::from(bits)).saturating_sub(i * 8).min(8) as u32;
+            *b &= (0xffu16 << (8 - keep)) as u8;
+        }
+    }
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let mut o = v4.octets();
+            mask(&mut o, v4_bits);
+            IpAddr::V4(Ipv4Addr::from(o))
+        }
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            mask(&mut o, v6_bits);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+    }
+}
+
+/// A keyed hash of `ip` with the salt of UTC day `day` (days since the epoch): the salt is
+/// HMAC-SHA256(secret, day) and is never stored, so yesterday's hashes cannot be recomputed once
+/// the secret rotates, and hashes of different days do not match. 128 bits, hex.
+pub fn hash_ip(secret: &str, day: u64, ip: IpAddr) -> String {
+    let mut salt_mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes any key length");
+    salt_mac.update(b"pixelpipe ip salt ");
+    salt_mac.update(&day.to_be_bytes());
+    let salt = salt_mac.finalize().into_bytes();
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(&salt).expect("HMAC takes any key length");
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => mac.update(&v4.octets()),
+        IpAddr::V6(v6) => mac.update(&v6.octets()),
+    }
+    mac.finalize().into_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::tests_support::sample_hit;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn truncation_keeps_the_network() {
+        assert_eq!(truncate(ip("203.0.113.77"), 24, 48), ip("203.0.113.0"));
+        assert_eq!(truncate(ip("203.0.113.77"), 16, 48), ip("203.0.0.0"));
+        assert_eq!(truncate(ip("203.0.113.77"), 20, 48), ip("203.0.112.0"));
+        assert_eq!(truncate(ip("203.0.113.77"), 32, 48), ip("203.0.113.77"));
+        assert_eq!(truncate(ip("203.0.113.77"), 0, 48), ip("0.0.0.0"));
+        assert_eq!(
+            truncate(ip("2001:db8:abcd:1234::1"), 24, 48),
+            ip("2001:db8:abcd::")
+        );
+        assert_eq!(
+            truncate(ip("2001:db8:abcd:1234::1"), 24, 56),
+            ip("2001:db8:abcd:1200::")
+        );
+        assert_eq!(
+            truncate(ip("::ffff:198.51.100.9"), 24, 48),
+            ip("198.51.100.0"),
+            "mapped IPv4 is IPv4"
+        );
+    }
+
+    #[test]
+    fn hashes_are_keyed_daily_and_stable_within_a_day() {
+        let secret = "0123456789abcdef-secret";
+        let a = hash_ip(secret, 20_000, ip("203.0.113.7"));
+        assert_eq!(a.len(), 32);
+        assert_eq!(
+            a,
+            hash_ip(secret, 20_000, ip("203.0.113.7")),
+            "same day, same visitor"
+        );
+        assert_eq!(
+            a,
+            hash_ip(secret, 20_000, ip("::ffff:203.0.113.7")),
+            "mapped form is the same address"
+        );
+        assert_ne!(
+            a,
+            hash_ip(secret, 20_001, ip("203.0.113.7")),
+            "the salt changes daily"
+        );
+        assert_ne!(
+            a,
+            hash_ip("another-secret-of-16", 20_000, ip("203.0.113.7")),
+            "keyed"
+        );
+        assert_ne!(a, hash_ip(secret, 20_000, ip("203.0.113.8")));
+    }
+
+    fn policy(f: impl FnOnce(&mut PrivacyConfig)) -> Privacy {
+        let mut c = PrivacyConfig {
+            hash_secret: "0123456789abcdef".into(),
+            ..PrivacyConfig::default()
+        };
+        f(&mut c);
+        c.check().unwrap();
+        Privacy::new(c)
+    }
+
+    fn quiet_hit() -> Hit {
+        let mut h = sample_hit();
+        h.client_ip = Some(ip("203.0.113.77"));
+        h.dnt = None;
+        h.sec_gpc = None;
+        h.ip_hash = None;
+        h.anonymized = false;
+        h
+    }
+
+    #[test]
+    fn ip_modes() {
+        let mut h = quiet_hit();
+        assert_eq!(policy(|_| {}).apply(&mut h), Verdict::Keep);
+        assert_eq!(
+            (h.client_ip, h.anonymized),
+            (Some(ip("203.0.113.0")), false),
+            "truncate by default"
+        );
+        let mut h = quiet_hit();
+        policy(|c| c.ip_mode = IpMode::Full).apply(&mut h);
+        assert_eq!(h.client_ip, Some(ip("203.0.113.77")));
+        let mut h = quiet_hit();
+        policy(|c| c.ip_mode = IpMode::Hash).apply(&mut h);
+        assert_eq!(h.client_ip, None);
+        assert_eq!(h.ip_hash.as_deref().map(str::len), Some(32));
+        let mut h = quiet_hit();
+        policy(|c| c.ip_mode = IpMode::Drop).apply(&mut h);
+        assert_eq!((h.client_ip, h.ip_hash.as_deref()), (None, None));
+        assert_eq!(
+            h.user_agent.as_deref(),
+            Some("Mozilla/5.0"),
+            "IP modes touch only the IP"
+        );
+    }
+
+    #[test]
+    fn signals_anonymise_or_drop() {
+        let mut h = quiet_hit();
+        h.sec_gpc = Some("1".into());
+        assert_eq!(policy(|_| {}).apply(&mut h), Verdict::Keep);
+        assert!(h.anonymized);
+        assert_eq!(
+            (h.client_ip, h.user_id.as_deref(), h.user_agent.as_deref()),
+            (None, None, None)
+        );
+        assert_eq!(
+            h.campaign.as_deref(),
+            Some("spring"),
+            "the hit itself is still counted"
+        );
+        let mut h = quiet_hit();
+        h.dnt = Some("1".into());
+        assert_eq!(
+            policy(|c| c.dnt = SignalPolicy::Drop).apply(&mut h),
+            Verdict::Drop("dnt")
+        );
+        let mut h = quiet_hit();
+        h.dnt = Some("1".into());
+        h.sec_gpc = Some("1".into());
+        assert_eq!(
+            policy(|c| c.gpc = SignalPolicy::Drop).apply(&mut h),
+            Verdict::Drop("gpc"),
+            "the strongest wins"
+        );
+        let mut h = quiet_hit();
+        h.sec_gpc = Some("0".into());
+        h.dnt = Some("0".into());
+        policy(|_| {}).apply(&mut h);
+        assert!(!h.anonymized, "only 1 is a signal");
+        let mut h = quiet_hit();
+        h.sec_gpc = Some("1".into());
+        policy(|c| {
+            c.gpc = SignalPolicy::Ignore;
+            c.ip_mode = IpMode::Full;
+        })
+        .apply(&mut h);
+        assert_eq!(
+            (h.anonymized, h.client_ip),
+            (false, Some(ip("203.0.113.77")))
+        );
+    }
+
+    #[test]
+    fn sites_override_the_default() {
+        let p = policy(|c| {
+            c.sites.insert(
+                "shop".into(),
+                SitePrivacy {
+                    ip_mode: Some(IpMode::Drop),
+                    gpc: Some(SignalPolicy::Drop),
+                    dnt: None,
+                },
+            );
+        });
+        let mut h = quiet_hit();
+        p.apply(&mut h);
+        assert_eq!(h.client_ip, None, "sample_hit's site is shop");
+        let mut h = quiet_hit();
+        h.sec_gpc = Some("1".into());
+        assert_eq!(p.apply(&mut h), Verdict::Drop("gpc"));
+        let mut h = quiet_hit();
+        h.site_id = "other".into();
+        p.apply(&mut h);
+        assert_eq!(
+            h.client_ip,
+            Some(ip("203.0.113.0")),
+            "other sites keep the default"
+        );
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let c = PrivacyConfig {
+            ip_mode: IpMode::Hash,
+            ..PrivacyConfig::default()
+        };
+        assert_eq!(c.check().unwrap_err().0, "privacy.hash_secret");
+        let mut c = PrivacyConfig::default();
+        c.sites.insert(
+            "s".into(),
+            SitePrivacy {
+                ip_mode: Some(IpMode::Hash),
+                ..SitePrivacy::default()
+            },
+        );
+        assert_eq!(
+            c.check().unwrap_err().0,
+            "privacy.hash_secret",
+            "a site's hash mode needs the secret too"
+        );
+        let c = PrivacyConfig {
+            ipv6_prefix_bits: 129,
+            ..PrivacyConfig::default()
+        };
+        assert_eq!(c.check().unwrap_err().0, "privacy.ipv6_prefix_bits");
+    }
+}
