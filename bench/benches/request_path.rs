@@ -15,6 +15,7 @@ use http_body_util::Full;
 use hyper::Request;
 use pixelpipe_bench::sample_request;
 use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
+use pixelpipe_ingest::geo::{Geo, GeoConfig};
 use pixelpipe_ingest::metrics::Metrics;
 use pixelpipe_ingest::privacy::{IpMode, Privacy, PrivacyConfig};
 use pixelpipe_ingest::queue::HitQueue;
@@ -114,6 +115,26 @@ fn request_path(c: &mut Criterion) {
             )
         });
     }
+
+    // The batcher's GeoIP step per hit: city and ASN lookups in MaxMind's test databases.
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../ingest/tests/data/geoip");
+    let geo = Geo::open(&GeoConfig {
+        city_db_path: format!("{data}/GeoIP2-City-Test.mmdb"),
+        asn_db_path: format!("{data}/GeoLite2-ASN-Test.mmdb"),
+    })
+    .unwrap();
+    let mut located = hit.clone();
+    located.client_ip = Some("214.78.120.5".parse().unwrap());
+    group.bench_function("geoip_city_and_asn", |b| {
+        b.iter_batched(
+            || located.clone(),
+            |mut h| {
+                geo.enrich(&mut h);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::config::MessageKey;
+use crate::geo::Geo;
 use crate::metrics::Metrics;
 use crate::privacy::{Privacy, Verdict};
 use crate::wire::{self, Hit};
@@ -49,6 +50,8 @@ pub struct BatcherSettings {
     pub drain_timeout: Duration,
     /// The privacy policy, applied to every hit before it is keyed and encoded.
     pub privacy: Privacy,
+    /// GeoIP databases, looked up before the privacy policy minimises the address.
+    pub geo: Arc<Geo>,
 }
 
 /// Running batcher threads.
@@ -157,10 +160,11 @@ impl Worker {
         }
     }
 
-    /// Applies the privacy policy, then hands the hit to the producer, retrying while its buffer
+    /// Looks up the place, applies the privacy policy, then hands the hit to the producer, retrying while its buffer
     /// is full. Returns false when it gave up: without a deadline, because stop was requested;
     /// with one, because it passed. A hit the policy drops is counted and counts as handled.
     fn produce(&mut self, hit: &mut Hit, deadline: Option<Instant>) -> bool {
+        self.settings.geo.enrich(hit);
         if let Verdict::Drop(reason) = self.settings.privacy.apply(hit) {
             self.metrics.hits_dropped.with_label_values(&[reason]).inc();
             return true;
@@ -254,6 +258,7 @@ pub(crate) mod tests {
                 dnt: SignalPolicy::Ignore,
                 ..PrivacyConfig::default()
             }),
+            geo: Arc::new(Geo::none()),
         }
     }
 

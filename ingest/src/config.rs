@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client_ip::TrustedProxies;
 use crate::error::{Error, Result};
+use crate::geo::GeoConfig;
 use crate::layers::check;
 use crate::privacy::PrivacyConfig;
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// What is kept of a visitor's identity (docs/privacy.md).
     pub privacy: PrivacyConfig,
+    /// GeoIP databases for place and network lookups.
+    pub geoip: GeoConfig,
 }
 
 /// The public HTTP listener.
@@ -179,6 +182,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             admin: AdminConfig::default(),
             privacy: PrivacyConfig::default(),
+            geoip: GeoConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod batcher;
 pub mod client_ip;
 pub mod config;
 pub mod error;
+pub mod geo;
 pub mod hit;
 pub mod kafka;
 pub mod layers;
@@ -126,6 +127,7 @@ pub async fn run_with_producer(
             message_key: config.kafka.message_key,
             drain_timeout: Duration::from_millis(config.kafka.flush_timeout_ms),
             privacy: privacy::Privacy::new(config.privacy.clone()),
+            geo: Arc::new(geo::Geo::open(&config.geoip)?),
         },
         metrics.clone(),
     )

@@ -37,7 +37,8 @@ pub enum SignalPolicy {
     /// Treat the hit like any other.
     Ignore,
     /// Count the hit but keep nothing that identifies the visitor: no IP (nor its hash), no
-    /// user id, no user agent; the hit is marked `anonymized`.
+    /// user id, no user agent, no region, city or network (the country stays); the hit is
+    /// marked `anonymized`.
     Anonymous,
     /// Do not store the hit; it is counted as dropped with the signal as reason.
     Drop,
@@ -157,6 +158,11 @@ impl Privacy {
                 hit.ip_hash = None;
                 hit.user_id = None;
                 hit.user_agent = None;
+                // The country stays (it identifies no one); finer places and the network go.
+                hit.geo_region = None;
+                hit.geo_city = None;
+                hit.asn = None;
+                hit.as_org = None;
                 hit.anonymized = true;
                 return Verdict::Keep;
             }

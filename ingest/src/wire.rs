@@ -120,6 +120,21 @@ pub struct Hit {
     /// Every other parameter, in request order, as bounded key/value pairs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub props: Vec<(String, String)>,
+    /// Country of the client IP (ISO 3166-1 alpha-2), from the GeoIP city database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo_country: Option<String>,
+    /// First-level subdivision (ISO 3166-2 code without the country), e.g. `ENG`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo_region: Option<String>,
+    /// City name (English).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geo_city: Option<String>,
+    /// Autonomous system number of the client IP, from the GeoIP ASN database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    /// Organisation of that autonomous system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_org: Option<String>,
     /// Keyed daily hash of the client IP, when the site's privacy policy is `hash` (the address
     /// itself is then absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,6 +238,11 @@ mod tests {
                 ("color".into(), "red".into()),
                 ("color".into(), "blue".into()),
             ],
+            geo_country: Some("GB".into()),
+            geo_region: Some("ENG".into()),
+            geo_city: Some("London".into()),
+            asn: Some(1221),
+            as_org: Some("Telstra Pty Ltd".into()),
             ip_hash: Some("00112233445566778899aabbccddeeff".into()),
             anonymized: true,
             cut_fields: 2,

@@ -349,7 +349,7 @@ async fn privacy_policies_decide_what_reaches_kafka() {
     let trunc = by_case("trunc");
     assert_eq!(
         (trunc.client_ip, trunc.ip_hash.as_deref()),
-        (Some("203.0.113.0".parse().unwrap()), None)
+        (Some("214.78.120.0".parse().unwrap()), None)
     );
     assert_eq!(
         (
@@ -360,6 +360,28 @@ async fn privacy_policies_decide_what_reaches_kafka() {
         (Some("u-1"), Some("UA-test"), false)
     );
     assert_eq!(by_case("full").client_ip, Some(raw));
+    // The place comes from the full address, looked up before the policy minimised it.
+    for case in ["trunc", "full", "hash", "drop"] {
+        let h = by_case(case);
+        let place = (
+            h.geo_country.as_deref(),
+            h.geo_region.as_deref(),
+            h.geo_city.as_deref(),
+            h.asn,
+            h.as_org.as_deref(),
+        );
+        assert_eq!(
+            place,
+            (
+                Some("US"),
+                Some("CA"),
+                Some("San Diego"),
+                Some(721),
+                Some("DoD Network Information Center")
+            ),
+            "{case}"
+        );
+    }
     let hash = by_case("hash");
     let want =
         pixelpipe_ingest::privacy::hash_ip(HASH_SECRET, hash.received_at_ms / 86_400_000, raw);
@@ -375,6 +397,11 @@ async fn privacy_policies_decide_what_reaches_kafka() {
     for case in ["gpc", "dnt"] {
         let h = by_case(case);
         assert!(h.anonymized, "{case}");
+        assert_eq!(
+            (h.geo_country.as_deref(), h.geo_city.as_deref(), h.asn),
+            (Some("US"), None, None),
+            "{case}: the country only"
+        );
         assert_eq!(
             (
                 h.client_ip,

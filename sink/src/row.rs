@@ -80,6 +80,16 @@ pub struct HitRow {
     pub prop_values: Vec<String>,
     /// Fields the edge cut.
     pub cut_fields: u16,
+    /// Country (ISO 3166-1 alpha-2) from the edge's GeoIP lookup, else empty.
+    pub geo_country: String,
+    /// First-level subdivision code, else empty.
+    pub geo_region: String,
+    /// City name, else empty.
+    pub geo_city: String,
+    /// Autonomous system number, else 0.
+    pub asn: u32,
+    /// Autonomous system organisation, else empty.
+    pub as_org: String,
     /// Keyed daily hash of the client IP (privacy `hash` mode), else empty.
     pub ip_hash: String,
     /// 1 when the edge anonymised the hit for a GPC/DNT signal.
@@ -204,6 +214,11 @@ impl HitRow {
             prop_keys,
             prop_values,
             cut_fields: hit.cut_fields,
+            geo_country: text(hit.geo_country),
+            geo_region: text(hit.geo_region),
+            geo_city: text(hit.geo_city),
+            asn: hit.asn.unwrap_or(0),
+            as_org: text(hit.as_org),
             ip_hash: text(hit.ip_hash),
             anonymized: u8::from(hit.anonymized),
             kafka_partition,

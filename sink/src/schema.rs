@@ -138,7 +138,28 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "privacy columns",
         steps: v2,
     },
+    Migration {
+        version: 3,
+        name: "geo columns",
+        steps: v3,
+    },
 ];
+
+fn v3(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
+    let lc = format!("{} DEFAULT ''", f.low_cardinality());
+    let column = |column, definition: &str| Step::AddColumn {
+        table: t.hits(),
+        column,
+        definition: definition.to_owned(),
+    };
+    vec![
+        column("geo_country", &lc),
+        column("geo_region", &lc),
+        column("geo_city", &lc),
+        column("asn", "UInt32 DEFAULT 0"),
+        column("as_org", &lc),
+    ]
+}
 
 fn v2(t: &Tables, _f: Flavour, _retention_days: u32) -> Vec<Step> {
     vec![

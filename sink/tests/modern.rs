@@ -35,7 +35,7 @@ fn rows() -> Vec<HitRow> {
         .as_millis() as u64;
     let samples = [
         r#""client_ip":"203.0.113.9","user_agent":"Mozilla/5.0 (iPhone)","campaign":"spring","variant":"B","value":19.99,"currency":"EUR","props":[["plan","pro"],["seats","3"]],"head_request":true"#,
-        r#""client_ip":"2001:db8::7","title":"Ünïcödé \"quoted\" \\ back\\slash","message_id":"m-1","cut_fields":2"#,
+        r#""client_ip":"2001:db8::7","geo_country":"GB","geo_region":"ENG","geo_city":"London","asn":1221,"as_org":"Telstra Pty Ltd","title":"Ünïcödé \"quoted\" \\ back\\slash","message_id":"m-1","cut_fields":2"#,
         r#""url":"https://shop.example/a?b=c&d=e","dnt":"1","sec_gpc":"1","ip_hash":"0123456789abcdef0123456789abcdef","anonymized":true"#,
     ];
     samples
@@ -193,7 +193,7 @@ types = dict((r["name"], r["type"]) for r in map(json.loads, str(s.query("SELECT
 structure = ", ".join(c + " " + types[c] for c in columns).replace("'", "\\'")
 s.query("INSERT INTO {table} (" + ", ".join(columns) + ") SELECT * FROM file('rows.bin', RowBinary, '" + structure + "')")
 print(s.query("SELECT version() AS v", "JSONEachRow"), end="")
-print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, ip_hash, anonymized, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
+print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, ip_hash, anonymized, geo_country, geo_region, geo_city, asn, as_org, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
 "#,
         table = tables.hits(),
         name = tables.hits().split_once('.').unwrap().1,
@@ -243,6 +243,10 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
             ("variant", &want.variant),
             ("message_id", &want.message_id),
             ("currency", &want.currency),
+            ("geo_country", &want.geo_country),
+            ("geo_region", &want.geo_region),
+            ("geo_city", &want.geo_city),
+            ("as_org", &want.as_org),
         ] {
             assert_eq!(got[col].as_str().unwrap(), value, "{col}");
         }

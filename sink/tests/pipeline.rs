@@ -14,7 +14,10 @@ use pixelpipe_sink::SinkConfig;
 async fn migrations_apply_once() {
     let prefix = unique("mig");
     let config = sink_config("unused", &format!("{prefix}_"));
-    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![1, 2]);
+    assert_eq!(
+        pixelpipe_sink::migrate(&config).await.unwrap(),
+        vec![1, 2, 3]
+    );
     assert_eq!(
         pixelpipe_sink::migrate(&config).await.unwrap(),
         Vec::<u32>::new(),
@@ -29,7 +32,7 @@ async fn migrations_apply_once() {
         &format!("SELECT count() FROM pixelpipe.{prefix}_schema_migrations"),
     )
     .await;
-    assert_eq!(recorded, 2);
+    assert_eq!(recorded, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +71,7 @@ async fn a_database_at_version_1_is_upgraded_in_place() {
         .await
         .unwrap();
 
-    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![2]);
+    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![2, 3]);
     let url = clickhouse_url();
     let added = number(&url, &format!(
         "SELECT count() FROM system.columns WHERE database = 'pixelpipe' AND table = '{prefix}hits' AND name IN ('ip_hash', 'anonymized')")).await;
@@ -347,11 +350,13 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
         user_id: String,
         user_agent: String,
         day: u32,
+        place: String,
     }
     let rows: Vec<Seen> = ch(&url)
         .query(&format!(
             "SELECT prop_values[indexOf(prop_keys, 'case')] AS case, IPv6NumToString(client_ip) AS ip, ip_hash, anonymized,
-                    user_id, user_agent, toUInt32(intDiv(toUInt32(received_at), 86400)) AS day
+                    user_id, user_agent, toUInt32(intDiv(toUInt32(received_at), 86400)) AS day,
+                    concat(geo_country, '/', geo_region, '/', geo_city, '/', toString(asn), '/', as_org) AS place
              FROM {table} ORDER BY case"
         ))
         .fetch_all()
@@ -363,7 +368,7 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
             .unwrap_or_else(|| panic!("{c} missing: {rows:?}"))
     };
     let raw: std::net::IpAddr = PRIVACY_CLIENT_IP.parse().unwrap();
-    assert_eq!(get("trunc").ip, "::ffff:203.0.113.0");
+    assert_eq!(get("trunc").ip, "::ffff:214.78.120.0");
     assert_eq!(
         (
             get("trunc").user_id.as_str(),
@@ -399,6 +404,14 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
         );
     }
     assert!(rows.iter().all(|r| r.case != "gpcdrop"));
+    for case in ["trunc", "full", "hash", "drop"] {
+        assert_eq!(
+            get(case).place,
+            "US/CA/San Diego/721/DoD Network Information Center",
+            "{case}"
+        );
+    }
+    assert_eq!(get("gpc").place, "US///0/", "anonymised: the country only");
     let report = edge.shutdown().await;
     assert_eq!(report.dropped, 1);
     sink.stop().await;

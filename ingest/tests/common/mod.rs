@@ -115,10 +115,14 @@ pub const HASH_SECRET: &str = "test-secret-0123456789";
 
 /// An edge with the default privacy policy (truncate; GPC and DNT anonymous) and per-site
 /// overrides: `p-full` keeps the IP, `p-hash` hashes it, `p-drop` drops it, `p-gpcdrop` drops
-/// hits with `Sec-GPC: 1`. 127.0.0.1 is a trusted proxy so tests can choose the client IP.
+/// hits with `Sec-GPC: 1`. 127.0.0.1 is a trusted proxy so tests can choose the client IP. The
+/// MaxMind test databases are loaded.
 pub fn privacy_config(topic: &str) -> Config {
     use pixelpipe_ingest::privacy::{IpMode, PrivacyConfig, SignalPolicy, SitePrivacy};
     let mut c = test_config(topic);
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../ingest/tests/data/geoip");
+    c.geoip.city_db_path = format!("{data}/GeoIP2-City-Test.mmdb");
+    c.geoip.asn_db_path = format!("{data}/GeoLite2-ASN-Test.mmdb");
     c.http.trusted_proxies = vec!["127.0.0.1".into()];
     c.privacy = PrivacyConfig {
         hash_secret: HASH_SECRET.into(),
@@ -151,8 +155,9 @@ type PrivacyCase = (
     &'static [(&'static str, &'static str)],
 );
 
-/// The client IP [`send_privacy_hits`] claims through the trusted proxy.
-pub const PRIVACY_CLIENT_IP: &str = "203.0.113.77";
+/// The client IP [`send_privacy_hits`] claims through the trusted proxy. In the test databases'
+/// source JSON: 214.78.120.0/22 is US, CA, San Diego, and AS721 "DoD Network Information Center".
+pub const PRIVACY_CLIENT_IP: &str = "214.78.120.5";
 
 /// One pixel per case, tagged `case=<name>`: `trunc`, `full`, `hash`, `drop`, `gpc` (GPC, default
 /// anonymous), `dnt` (DNT, default anonymous) and `gpcdrop` (GPC on a site that drops it; never
