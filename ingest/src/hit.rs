@@ -262,6 +262,7 @@ impl<'a> Draft<'a> {
             geo_city: None,
             asn: None,
             as_org: None,
+            visitor_id: None,
             ip_hash: None,
             anonymized: false,
             cut_fields: 0,

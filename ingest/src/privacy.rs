@@ -76,6 +76,11 @@ pub struct PrivacyConfig {
     /// Secret the daily hash salts are derived from; required (16 bytes or more) when any site
     /// uses `hash`. Every edge needs the same one so that hashes agree. Default empty.
     pub hash_secret: String,
+    /// Add a cookieless `visitor_id`: a keyed hash of (daily salt, site, IP, user agent), as
+    /// Plausible does. Same visitor, same site, same UTC day: same id; nothing links days. Uses
+    /// `hash_secret`, or a random secret made at start when that is empty (ids then differ
+    /// between edges and restarts). Default true.
+    pub visitor_id: bool,
     /// Per-site overrides, by site id.
     pub sites: BTreeMap<String, SitePrivacy>,
 }
@@ -89,6 +94,7 @@ impl Default for PrivacyConfig {
             gpc: SignalPolicy::Anonymous,
             dnt: SignalPolicy::Anonymous,
             hash_secret: String::new(),
+            visitor_id: true,
             sites: BTreeMap::new(),
         }
     }
@@ -129,12 +135,26 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Privacy {
     config: PrivacyConfig,
+    /// `hash_secret`, or a random one made at start (never stored).
+    secret: String,
 }
 
 impl Privacy {
     /// From validated settings.
     pub fn new(config: PrivacyConfig) -> Privacy {
-        Privacy { config }
+        let secret = if config.hash_secret.is_empty() {
+            if config.visitor_id {
+                tracing::warn!("privacy.hash_secret is empty: visitor ids use a random secret of this process, so they differ between edges and restarts");
+            }
+            format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            )
+        } else {
+            config.hash_secret.clone()
+        };
+        Privacy { config, secret }
     }
 
     /// Applies the site's policy to `hit` in place.
@@ -154,6 +174,7 @@ impl Privacy {
         match strongest.0 {
             SignalPolicy::Drop => return Verdict::Drop(strongest.1),
             SignalPolicy::Anonymous => {
+                hit.visitor_id = None;
                 hit.client_ip = None;
                 hit.ip_hash = None;
                 hit.user_id = None;
@@ -171,6 +192,11 @@ impl Privacy {
         let Some(ip) = hit.client_ip else {
             return Verdict::Keep;
         };
+        let day = hit.received_at_ms / 86_400_000;
+        if self.config.visitor_id {
+            let ua = hit.user_agent.as_deref().unwrap_or("");
+            hit.visitor_id = Some(visitor_id(&self.secret, day, &hit.site_id, ip, ua));
+        }
         match site.and_then(|s| s.ip_mode).unwrap_or(self.config.ip_mode) {
             IpMode::Full => {}
             IpMode::Truncate => {
@@ -217,19 +243,43 @@ pub fn truncate(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> IpAddr {
 }
 
 /// A keyed hash of `ip` with the salt of UTC day `day` (days since the epoch): the salt is
-/// HMAC-SHA256(secret, day) and is never stored, so yesterday's hashes cannot be recomputed once
-/// the secret rotates, and hashes of different days do not match. 128 bits, hex.
+/// HMAC-SHA256(secret, purpose, day) and is never stored, so yesterday's hashes cannot be
+/// recomputed once the secret rotates, and hashes of different days do not match. 128 bits, hex.
 pub fn hash_ip(secret: &str, day: u64, ip: IpAddr) -> String {
+    daily_hash(secret, b"ip", day, &[&ip_bytes(ip)])
+}
+
+/// The cookieless visitor id: a keyed hash of (site, IP, user agent) with the day's salt, under a
+/// different salt from [`hash_ip`] so the two cannot be linked.
+pub fn visitor_id(secret: &str, day: u64, site: &str, ip: IpAddr, user_agent: &str) -> String {
+    daily_hash(
+        secret,
+        b"visitor",
+        day,
+        &[site.as_bytes(), &ip_bytes(ip), user_agent.as_bytes()],
+    )
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn daily_hash(secret: &str, purpose: &[u8], day: u64, parts: &[&[u8]]) -> String {
     let mut salt_mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
         .expect("HMAC takes any key length");
-    salt_mac.update(b"pixelpipe ip salt ");
+    salt_mac.update(b"pixelpipe salt ");
+    salt_mac.update(purpose);
     salt_mac.update(&day.to_be_bytes());
     let salt = salt_mac.finalize().into_bytes();
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(&salt).expect("HMAC takes any key length");
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => mac.update(&v4.octets()),
-        IpAddr::V6(v6) => mac.update(&v6.octets()),
+    for part in parts {
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
     }
     mac.finalize().into_bytes()[..16]
         .iter()
@@ -312,6 +362,7 @@ mod tests {
         h.dnt = None;
         h.sec_gpc = None;
         h.ip_hash = None;
+        h.visitor_id = None;
         h.anonymized = false;
         h
     }
@@ -415,6 +466,53 @@ mod tests {
             Some(ip("203.0.113.0")),
             "other sites keep the default"
         );
+    }
+
+    #[test]
+    fn visitor_ids_are_daily_per_site_and_absent_when_anonymous() {
+        let secret = "0123456789abcdef";
+        let id = |day, site, ip: &str, ua| visitor_id(secret, day, site, ip.parse().unwrap(), ua);
+        let a = id(20_000, "shop", "203.0.113.7", "UA");
+        assert_eq!(a, id(20_000, "shop", "203.0.113.7", "UA"));
+        assert_ne!(
+            a,
+            id(20_001, "shop", "203.0.113.7", "UA"),
+            "a new day, a new id"
+        );
+        assert_ne!(
+            a,
+            id(20_000, "blog", "203.0.113.7", "UA"),
+            "not linkable across sites"
+        );
+        assert_ne!(a, id(20_000, "shop", "203.0.113.7", "UA2"));
+        assert_ne!(
+            a,
+            hash_ip(secret, 20_000, "203.0.113.7".parse().unwrap()),
+            "not the IP hash"
+        );
+        let p = policy(|_| {});
+        let mut h = quiet_hit();
+        p.apply(&mut h);
+        let day = h.received_at_ms / 86_400_000;
+        let want = visitor_id(
+            "0123456789abcdef",
+            day,
+            "shop",
+            "203.0.113.77".parse().unwrap(),
+            "Mozilla/5.0",
+        );
+        assert_eq!(
+            h.visitor_id.as_deref(),
+            Some(want.as_str()),
+            "from the full address, before truncation"
+        );
+        let mut h = quiet_hit();
+        h.sec_gpc = Some("1".into());
+        p.apply(&mut h);
+        assert_eq!(h.visitor_id, None);
+        let mut h = quiet_hit();
+        policy(|c| c.visitor_id = false).apply(&mut h);
+        assert_eq!(h.visitor_id, None);
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub struct Hit {
     /// Organisation of that autonomous system.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_org: Option<String>,
+    /// Cookieless visitor id: keyed hash of (daily salt, site, IP, user agent); absent when the
+    /// hit was anonymised or the policy has it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visitor_id: Option<String>,
     /// Keyed daily hash of the client IP, when the site's privacy policy is `hash` (the address
     /// itself is then absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +247,7 @@ mod tests {
             geo_city: Some("London".into()),
             asn: Some(1221),
             as_org: Some("Telstra Pty Ltd".into()),
+            visitor_id: Some("ffeeddccbbaa99887766554433221100".into()),
             ip_hash: Some("00112233445566778899aabbccddeeff".into()),
             anonymized: true,
             cut_fields: 2,

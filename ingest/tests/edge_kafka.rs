@@ -360,6 +360,13 @@ async fn privacy_policies_decide_what_reaches_kafka() {
         (Some("u-1"), Some("UA-test"), false)
     );
     assert_eq!(by_case("full").client_ip, Some(raw));
+    let day = trunc.received_at_ms / 86_400_000;
+    let want = pixelpipe_ingest::privacy::visitor_id(HASH_SECRET, day, "p-trunc", raw, "UA-test");
+    assert_eq!(
+        trunc.visitor_id.as_deref(),
+        Some(want.as_str()),
+        "computed from the full address"
+    );
     // The place comes from the full address, looked up before the policy minimised it.
     for case in ["trunc", "full", "hash", "drop"] {
         let h = by_case(case);
@@ -397,6 +404,7 @@ async fn privacy_policies_decide_what_reaches_kafka() {
     for case in ["gpc", "dnt"] {
         let h = by_case(case);
         assert!(h.anonymized, "{case}");
+        assert_eq!(h.visitor_id, None, "{case}");
         assert_eq!(
             (h.geo_country.as_deref(), h.geo_city.as_deref(), h.asn),
             (Some("US"), None, None),

@@ -90,6 +90,8 @@ pub struct HitRow {
     pub asn: u32,
     /// Autonomous system organisation, else empty.
     pub as_org: String,
+    /// Cookieless visitor id from the edge, else empty.
+    pub visitor_id: String,
     /// Keyed daily hash of the client IP (privacy `hash` mode), else empty.
     pub ip_hash: String,
     /// 1 when the edge anonymised the hit for a GPC/DNT signal.
@@ -219,6 +221,7 @@ impl HitRow {
             geo_city: text(hit.geo_city),
             asn: hit.asn.unwrap_or(0),
             as_org: text(hit.as_org),
+            visitor_id: text(hit.visitor_id),
             ip_hash: text(hit.ip_hash),
             anonymized: u8::from(hit.anonymized),
             kafka_partition,

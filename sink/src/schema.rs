@@ -143,6 +143,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "geo columns",
         steps: v3,
     },
+    Migration {
+        version: 4,
+        name: "visitor id",
+        steps: |t, _, _| {
+            vec![Step::AddColumn {
+                table: t.hits(),
+                column: "visitor_id",
+                definition: "String DEFAULT ''".into(),
+            }]
+        },
+    },
 ];
 
 fn v3(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {

@@ -14,10 +14,11 @@ use pixelpipe_sink::SinkConfig;
 async fn migrations_apply_once() {
     let prefix = unique("mig");
     let config = sink_config("unused", &format!("{prefix}_"));
-    assert_eq!(
-        pixelpipe_sink::migrate(&config).await.unwrap(),
-        vec![1, 2, 3]
-    );
+    let all: Vec<u32> = pixelpipe_sink::schema::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), all);
     assert_eq!(
         pixelpipe_sink::migrate(&config).await.unwrap(),
         Vec::<u32>::new(),
@@ -32,7 +33,7 @@ async fn migrations_apply_once() {
         &format!("SELECT count() FROM pixelpipe.{prefix}_schema_migrations"),
     )
     .await;
-    assert_eq!(recorded, 3);
+    assert_eq!(recorded, all.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +72,12 @@ async fn a_database_at_version_1_is_upgraded_in_place() {
         .await
         .unwrap();
 
-    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![2, 3]);
+    let later: Vec<u32> = MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .filter(|v| *v > 1)
+        .collect();
+    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), later);
     let url = clickhouse_url();
     let added = number(&url, &format!(
         "SELECT count() FROM system.columns WHERE database = 'pixelpipe' AND table = '{prefix}hits' AND name IN ('ip_hash', 'anonymized')")).await;
@@ -351,12 +357,13 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
         user_agent: String,
         day: u32,
         place: String,
+        visitor_id: String,
     }
     let rows: Vec<Seen> = ch(&url)
         .query(&format!(
             "SELECT prop_values[indexOf(prop_keys, 'case')] AS case, IPv6NumToString(client_ip) AS ip, ip_hash, anonymized,
                     user_id, user_agent, toUInt32(intDiv(toUInt32(received_at), 86400)) AS day,
-                    concat(geo_country, '/', geo_region, '/', geo_city, '/', toString(asn), '/', as_org) AS place
+                    concat(geo_country, '/', geo_region, '/', geo_city, '/', toString(asn), '/', as_org) AS place, visitor_id
              FROM {table} ORDER BY case"
         ))
         .fetch_all()
@@ -412,6 +419,22 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
         );
     }
     assert_eq!(get("gpc").place, "US///0/", "anonymised: the country only");
+    let trunc = get("trunc");
+    let want = pixelpipe_ingest::privacy::visitor_id(
+        HASH_SECRET,
+        u64::from(trunc.day),
+        "p-trunc",
+        raw,
+        "UA-test",
+    );
+    assert_eq!(trunc.visitor_id, want);
+    assert_eq!(
+        (
+            get("gpc").visitor_id.as_str(),
+            get("dnt").visitor_id.as_str()
+        ),
+        ("", "")
+    );
     let report = edge.shutdown().await;
     assert_eq!(report.dropped, 1);
     sink.stop().await;
