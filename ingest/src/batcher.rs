@@ -126,7 +126,8 @@ impl Worker {
             batch.extend(self.rx.try_iter().take(self.settings.batch_max_hits - 1));
             self.metrics.batch_size.observe(batch.len() as f64);
             self.metrics.queue_depth.set(self.rx.len() as i64);
-            let given_up = batch.iter_mut().position(|hit| !self.produce(hit, None));
+            batch.retain_mut(|hit| self.prepare(hit));
+            let given_up = batch.iter().position(|hit| !self.produce(hit, None));
             match given_up {
                 // Stop arrived while the producer was full: the rest goes through the drain.
                 Some(i) => {
@@ -140,19 +141,22 @@ impl Worker {
         self.drain(deadline, batch);
     }
 
-    /// Produces everything still in the channel (and `pending`) until `deadline`.
+    /// Produces everything still in the channel (and `pending`, already prepared) until
+    /// `deadline`.
     fn drain(mut self, deadline: Instant, pending: Vec<Hit>) {
         for hit in pending {
-            self.produce_or_drop(hit, deadline);
+            self.produce_or_drop(&hit, deadline);
         }
-        while let Ok(hit) = self.rx.try_recv() {
-            self.produce_or_drop(hit, deadline);
+        while let Ok(mut hit) = self.rx.try_recv() {
+            if self.prepare(&mut hit) {
+                self.produce_or_drop(&hit, deadline);
+            }
         }
         self.metrics.queue_depth.set(self.rx.len() as i64);
     }
 
-    fn produce_or_drop(&mut self, mut hit: Hit, deadline: Instant) {
-        if !self.produce(&mut hit, Some(deadline)) {
+    fn produce_or_drop(&mut self, hit: &Hit, deadline: Instant) {
+        if !self.produce(hit, Some(deadline)) {
             self.metrics
                 .hits_dropped
                 .with_label_values(&["shutdown"])
@@ -160,16 +164,24 @@ impl Worker {
         }
     }
 
-    /// Looks up the place, applies the privacy policy, then hands the hit to the producer, retrying while its buffer
-    /// is full. Returns false when it gave up: without a deadline, because stop was requested;
-    /// with one, because it passed. A hit the policy drops is counted and counts as handled.
-    fn produce(&mut self, hit: &mut Hit, deadline: Option<Instant>) -> bool {
+    /// Looks up the place and applies the privacy policy, exactly once per hit (both read the
+    /// full address, which the policy then minimises). Returns false for a hit the policy drops;
+    /// it is counted.
+    fn prepare(&self, hit: &mut Hit) -> bool {
         self.settings.geo.enrich(hit);
-        if let Verdict::Drop(reason) = self.settings.privacy.apply(hit) {
-            self.metrics.hits_dropped.with_label_values(&[reason]).inc();
-            return true;
+        match self.settings.privacy.apply(hit) {
+            Verdict::Keep => true,
+            Verdict::Drop(reason) => {
+                self.metrics.hits_dropped.with_label_values(&[reason]).inc();
+                false
+            }
         }
-        let hit: &Hit = hit;
+    }
+
+    /// Hands a prepared hit to the producer, retrying while its buffer is full. Returns false
+    /// when it gave up: without a deadline, because stop was requested; with one, because it
+    /// passed.
+    fn produce(&mut self, hit: &Hit, deadline: Option<Instant>) -> bool {
         self.buf.clear();
         wire::encode(hit, &mut self.buf);
         let ip_key;
@@ -341,6 +353,66 @@ pub(crate) mod tests {
         assert!(
             text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"shutdown\"} 10"),
             "{text}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod prepare_once_tests {
+    use super::tests::RecordingProducer;
+    use super::*;
+    use crate::privacy::{visitor_id, PrivacyConfig};
+    use crate::queue::HitQueue;
+    use crate::wire::tests_support::sample_hit;
+    use std::sync::atomic::Ordering;
+
+    /// A hit whose send was interrupted by stop goes through the drain; its place and privacy
+    /// must not be computed again from the already minimised address.
+    #[test]
+    fn a_hit_retried_in_the_drain_is_prepared_once() {
+        let metrics = Metrics::new();
+        let (q, rx) = HitQueue::new(10, 80, metrics.clone());
+        let producer = Arc::new(RecordingProducer::default());
+        producer.full.store(true, Ordering::SeqCst);
+        let privacy = PrivacyConfig {
+            hash_secret: "0123456789abcdef".into(),
+            ..PrivacyConfig::default()
+        };
+        let settings = BatcherSettings {
+            threads: 1,
+            batch_max_hits: 8,
+            message_key: MessageKey::None,
+            drain_timeout: Duration::from_secs(5),
+            privacy: Privacy::new(privacy),
+            geo: Arc::new(Geo::none()),
+        };
+        let b = Batchers::spawn(rx, producer.clone(), settings, metrics).unwrap();
+        let mut hit = sample_hit();
+        hit.client_ip = Some("203.0.113.77".parse().unwrap());
+        (hit.dnt, hit.sec_gpc, hit.visitor_id, hit.anonymized) = (None, None, None, false);
+        let expected = visitor_id(
+            "0123456789abcdef",
+            hit.received_at_ms / 86_400_000,
+            "shop",
+            "203.0.113.77".parse().unwrap(),
+            "Mozilla/5.0",
+        );
+        q.offer(hit);
+        while producer.refused.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let stopping = std::thread::spawn(move || b.stop_and_drain());
+        std::thread::sleep(Duration::from_millis(50));
+        producer.full.store(false, Ordering::SeqCst);
+        stopping.join().unwrap();
+        let sent = producer.sent.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        let got = wire::decode(&sent[0].1).unwrap();
+        assert_eq!(got.client_ip, Some("203.0.113.0".parse().unwrap()));
+        assert_eq!(
+            got.visitor_id.as_deref(),
+            Some(expected.as_str()),
+            "computed once, from the full address"
         );
     }
 }
