@@ -268,6 +268,7 @@ pub(crate) mod tests {
                 ip_mode: IpMode::Full,
                 gpc: SignalPolicy::Ignore,
                 dnt: SignalPolicy::Ignore,
+                optout: SignalPolicy::Ignore,
                 ..PrivacyConfig::default()
             }),
             geo: Arc::new(Geo::none()),
@@ -389,7 +390,13 @@ mod prepare_once_tests {
         let b = Batchers::spawn(rx, producer.clone(), settings, metrics).unwrap();
         let mut hit = sample_hit();
         hit.client_ip = Some("203.0.113.77".parse().unwrap());
-        (hit.dnt, hit.sec_gpc, hit.visitor_id, hit.anonymized) = (None, None, None, false);
+        (
+            hit.dnt,
+            hit.sec_gpc,
+            hit.visitor_id,
+            hit.anonymized,
+            hit.opted_out,
+        ) = (None, None, None, false, false);
         let expected = visitor_id(
             "0123456789abcdef",
             hit.received_at_ms / 86_400_000,

@@ -153,6 +153,8 @@ pub struct RequestMeta {
     pub path: String,
     /// The request was a `HEAD`.
     pub head_request: bool,
+    /// The request carried the opt-out cookie.
+    pub opted_out: bool,
     /// Header fields cut while reading them.
     pub cuts: Cuts,
 }
@@ -189,6 +191,7 @@ impl RequestMeta {
             host: header(&HOST),
             path: path.to_owned(),
             head_request: false,
+            opted_out: false,
             cuts,
         }
     }
@@ -265,6 +268,7 @@ impl<'a> Draft<'a> {
             visitor_id: None,
             ip_hash: None,
             anonymized: false,
+            opted_out: meta.opted_out,
             cut_fields: 0,
         };
         Draft {

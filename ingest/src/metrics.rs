@@ -22,12 +22,21 @@ pub fn transport_label(t: Transport) -> &'static str {
 }
 
 /// Routes as metric labels.
-pub const ROUTES: [&str; 6] = ["pixel", "collect", "healthz", "readyz", "other", "metrics"];
+pub const ROUTES: [&str; 8] = [
+    "pixel", "collect", "healthz", "readyz", "optout", "optin", "other", "metrics",
+];
 
 /// Reasons a valid hit was dropped before reaching Kafka's client: the queue was full, it was
 /// still queued when shutdown ran out of time, or the site's policy drops hits with that privacy
-/// signal (`gpc`, `dnt`).
-pub const DROP_REASONS: [&str; 4] = ["queue_full", "shutdown", "gpc", "dnt"];
+/// signal (`gpc`, `dnt`, `no_consent`, `optout`).
+pub const DROP_REASONS: [&str; 6] = [
+    "queue_full",
+    "shutdown",
+    "gpc",
+    "dnt",
+    "no_consent",
+    "optout",
+];
 
 /// The edge's metrics.
 #[derive(Clone)]

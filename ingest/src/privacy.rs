@@ -57,6 +57,12 @@ pub struct SitePrivacy {
     /// Overrides `privacy.dnt`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dnt: Option<SignalPolicy>,
+    /// Overrides `privacy.no_consent`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_consent: Option<SignalPolicy>,
+    /// Overrides `privacy.optout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optout: Option<SignalPolicy>,
 }
 
 /// The `[privacy]` settings.
@@ -76,6 +82,16 @@ pub struct PrivacyConfig {
     /// Secret the daily hash salts are derived from; required (16 bytes or more) when any site
     /// uses `hash`. Every edge needs the same one so that hashes agree. Default empty.
     pub hash_secret: String,
+    /// Parameter (query or JSON) that carries the visitor's consent: `0`, `false`, `no` or
+    /// `denied` mean no consent. Default `consent`.
+    pub consent_param: String,
+    /// Answer to a hit whose consent parameter says no. Default `anonymous`.
+    pub no_consent: SignalPolicy,
+    /// Name of the first-party opt-out cookie that `GET /optout` sets and `/optin` clears.
+    /// Default `pixelpipe_optout`.
+    pub optout_cookie: String,
+    /// Answer to a hit that carries the opt-out cookie. Default `drop`.
+    pub optout: SignalPolicy,
     /// Add a cookieless `visitor_id`: a keyed hash of (daily salt, site, IP, user agent), as
     /// Plausible does. Same visitor, same site, same UTC day: same id; nothing links days. Uses
     /// `hash_secret`, or a random secret made at start when that is empty (ids then differ
@@ -94,6 +110,10 @@ impl Default for PrivacyConfig {
             gpc: SignalPolicy::Anonymous,
             dnt: SignalPolicy::Anonymous,
             hash_secret: String::new(),
+            consent_param: "consent".into(),
+            no_consent: SignalPolicy::Anonymous,
+            optout_cookie: "pixelpipe_optout".into(),
+            optout: SignalPolicy::Drop,
             visitor_id: true,
             sites: BTreeMap::new(),
         }
@@ -112,6 +132,20 @@ impl PrivacyConfig {
         }
         let hashing = self.ip_mode == IpMode::Hash
             || self.sites.values().any(|s| s.ip_mode == Some(IpMode::Hash));
+        if self.consent_param.is_empty() {
+            return bad("privacy.consent_param", "must not be empty");
+        }
+        if self.optout_cookie.is_empty()
+            || !self
+                .optout_cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return bad(
+                "privacy.optout_cookie",
+                "must be letters, digits, '_' or '-'",
+            );
+        }
         if hashing && self.hash_secret.len() < 16 {
             return bad(
                 "privacy.hash_secret",
@@ -127,7 +161,8 @@ impl PrivacyConfig {
 pub enum Verdict {
     /// Produce the (possibly minimised) hit.
     Keep,
-    /// Do not store it; counted as dropped with this reason (`gpc` or `dnt`).
+    /// Do not store it; counted as dropped with this reason (`gpc`, `dnt`, `no_consent`,
+    /// `optout`).
     Drop(&'static str),
 }
 
@@ -161,15 +196,41 @@ impl Privacy {
     pub fn apply(&self, hit: &mut Hit) -> Verdict {
         let site = self.config.sites.get(&hit.site_id);
         let pick = |o: Option<SignalPolicy>, global: SignalPolicy| o.unwrap_or(global);
-        let gpc = pick(site.and_then(|s| s.gpc), self.config.gpc);
-        let dnt = pick(site.and_then(|s| s.dnt), self.config.dnt);
         let signalled = |v: &Option<String>| v.as_deref().map(str::trim) == Some("1");
+        let consent_denied = hit.props.iter().any(|(k, v)| {
+            k == &self.config.consent_param
+                && matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "0" | "false" | "no" | "denied"
+                )
+        });
+        let signals = [
+            (
+                signalled(&hit.sec_gpc),
+                pick(site.and_then(|s| s.gpc), self.config.gpc),
+                "gpc",
+            ),
+            (
+                signalled(&hit.dnt),
+                pick(site.and_then(|s| s.dnt), self.config.dnt),
+                "dnt",
+            ),
+            (
+                consent_denied,
+                pick(site.and_then(|s| s.no_consent), self.config.no_consent),
+                "no_consent",
+            ),
+            (
+                hit.opted_out,
+                pick(site.and_then(|s| s.optout), self.config.optout),
+                "optout",
+            ),
+        ];
         let mut strongest = (SignalPolicy::Ignore, "");
-        if signalled(&hit.sec_gpc) && gpc > strongest.0 {
-            strongest = (gpc, "gpc");
-        }
-        if signalled(&hit.dnt) && dnt > strongest.0 {
-            strongest = (dnt, "dnt");
+        for (present, policy, reason) in signals {
+            if present && policy > strongest.0 {
+                strongest = (policy, reason);
+            }
         }
         match strongest.0 {
             SignalPolicy::Drop => return Verdict::Drop(strongest.1),
@@ -364,6 +425,7 @@ mod tests {
         h.ip_hash = None;
         h.visitor_id = None;
         h.anonymized = false;
+        h.opted_out = false;
         h
     }
 
@@ -448,7 +510,7 @@ mod tests {
                 SitePrivacy {
                     ip_mode: Some(IpMode::Drop),
                     gpc: Some(SignalPolicy::Drop),
-                    dnt: None,
+                    ..SitePrivacy::default()
                 },
             );
         });
@@ -513,6 +575,39 @@ mod tests {
         let mut h = quiet_hit();
         policy(|c| c.visitor_id = false).apply(&mut h);
         assert_eq!(h.visitor_id, None);
+    }
+
+    #[test]
+    fn consent_and_the_optout_cookie() {
+        let p = policy(|_| {});
+        let mut h = quiet_hit();
+        h.props.push(("consent".into(), "Denied".into()));
+        assert_eq!(p.apply(&mut h), Verdict::Keep);
+        assert!(h.anonymized, "no consent: anonymous by default");
+        let mut h = quiet_hit();
+        h.props.push(("consent".into(), "1".into()));
+        p.apply(&mut h);
+        assert!(!h.anonymized, "consent given");
+        let mut h = quiet_hit();
+        h.opted_out = true;
+        assert_eq!(
+            p.apply(&mut h),
+            Verdict::Drop("optout"),
+            "opted out: dropped by default"
+        );
+        let p = policy(|c| {
+            c.consent_param = "gdpr".into();
+            c.no_consent = SignalPolicy::Drop;
+        });
+        let mut h = quiet_hit();
+        h.props.push(("consent".into(), "0".into()));
+        assert_eq!(
+            p.apply(&mut h),
+            Verdict::Keep,
+            "another parameter name is configured"
+        );
+        h.props.push(("gdpr".into(), "no".into()));
+        assert_eq!(p.apply(&mut h), Verdict::Drop("no_consent"));
     }
 
     #[test]

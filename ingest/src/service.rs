@@ -42,6 +42,7 @@ pub struct Edge {
     producer: SharedProducer,
     metrics: Metrics,
     shutting_down: AtomicBool,
+    optout_cookie: String,
 }
 
 impl Edge {
@@ -63,6 +64,7 @@ impl Edge {
             producer,
             metrics,
             shutting_down: AtomicBool::new(false),
+            optout_cookie: config.privacy.optout_cookie.clone(),
         })
     }
 
@@ -86,6 +88,8 @@ impl Edge {
                 only_get(&method).map(|()| text(StatusCode::OK, "ok")),
             ),
             "/readyz" => ("readyz", only_get(&method).map(|()| self.readyz())),
+            "/optout" => ("optout", only_get(&method).map(|()| self.opt(true))),
+            "/optin" => ("optin", only_get(&method).map(|()| self.opt(false))),
             _ => ("other", Err(Error::NotFound)),
         };
         let response = result.unwrap_or_else(error_response);
@@ -176,18 +180,59 @@ impl Edge {
         Ok(cors(empty(StatusCode::NO_CONTENT)))
     }
 
+    /// `/optout` sets the first-party opt-out cookie, `/optin` clears it; both answer a short
+    /// page. No redirect target is taken from the request, so neither can be an open redirect.
+    fn opt(&self, out: bool) -> Response<ResponseBody> {
+        let (cookie, page) = if out {
+            (
+                format!(
+                    "{}=1; Max-Age=63072000; Path=/; HttpOnly; SameSite=Lax",
+                    self.optout_cookie
+                ),
+                "You are opted out: hits from this browser are no longer recorded.",
+            )
+        } else {
+            (
+                format!(
+                    "{}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax",
+                    self.optout_cookie
+                ),
+                "You are opted in again: hits from this browser are recorded.",
+            )
+        };
+        let html = format!(
+            "<!doctype html><meta charset=utf-8><title>pixelpipe</title><p>{page}</p><p><a href=\"/{}\">{}</a></p>",
+            if out { "optin" } else { "optout" },
+            if out { "Opt in again" } else { "Opt out" }
+        );
+        let mut r = Response::new(Full::new(Bytes::from(html)));
+        let h = r.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&cookie).expect("cookie names are validated"),
+        );
+        r
+    }
+
     fn meta<B>(&self, req: &Request<B>, peer: IpAddr) -> RequestMeta {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let client_ip = self.trusted.client_ip(peer, req.headers());
-        RequestMeta::new(
+        let mut meta = RequestMeta::new(
             now_ms,
             Some(client_ip),
             req.uri().path(),
             req.headers(),
             &self.limits,
-        )
+        );
+        meta.opted_out = has_cookie(req.headers(), &self.optout_cookie);
+        meta
     }
 
     /// Validates a draft and offers the hit; every outcome is counted.
@@ -221,6 +266,20 @@ impl Edge {
             ),
         }
     }
+}
+
+/// Whether a `Cookie` header carries `name` with a value other than empty or `0`.
+fn has_cookie(headers: &hyper::HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|pair| {
+            pair.trim()
+                .split_once('=')
+                .is_some_and(|(k, v)| k.trim() == name && !matches!(v.trim(), "" | "0"))
+        })
 }
 
 fn only_get(method: &Method) -> Result<(), Error> {
@@ -624,6 +683,40 @@ mod tests {
             .insert("x-forwarded-for", HeaderValue::from_static("203.0.113.50"));
         call(&f, r).await;
         assert_eq!(f.rx.try_recv().unwrap().client_ip, Some(peer()));
+    }
+
+    #[tokio::test]
+    async fn optout_and_optin_set_and_clear_the_cookie_that_hits_carry() {
+        let f = fixture(config(), 16);
+        let (status, headers, body) = call(&f, req("GET", "/optout", "")).await;
+        assert_eq!(status, StatusCode::OK);
+        let cookie = headers[header::SET_COOKIE].to_str().unwrap();
+        assert!(
+            cookie.starts_with("pixelpipe_optout=1;")
+                && cookie.contains("Max-Age=63072000")
+                && cookie.contains("HttpOnly"),
+            "{cookie}"
+        );
+        assert!(std::str::from_utf8(&body).unwrap().contains("opted out"));
+        let (_, headers, _) = call(&f, req("GET", "/optin", "")).await;
+        assert!(headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .starts_with("pixelpipe_optout=; Max-Age=0"));
+        let (status, _, _) = call(&f, req("POST", "/optout", "")).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+        for (cookie, opted_out) in [
+            ("a=1; pixelpipe_optout=1", true),
+            ("pixelpipe_optout=0", false),
+            ("other=1", false),
+        ] {
+            let mut r = req("GET", "/p.gif?site=s", "");
+            r.headers_mut()
+                .insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+            call(&f, r).await;
+            assert_eq!(f.rx.try_recv().unwrap().opted_out, opted_out, "{cookie}");
+        }
     }
 
     #[test]

@@ -143,6 +143,9 @@ pub struct Hit {
     /// itself is then absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_hash: Option<String>,
+    /// The request carried the opt-out cookie (`/optout`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub opted_out: bool,
     /// The visitor sent a privacy signal (GPC/DNT) answered with `anonymous`: IP, user id and
     /// user agent were removed at the edge.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -250,6 +253,7 @@ mod tests {
             visitor_id: Some("ffeeddccbbaa99887766554433221100".into()),
             ip_hash: Some("00112233445566778899aabbccddeeff".into()),
             anonymized: true,
+            opted_out: true,
             cut_fields: 2,
         }
     }

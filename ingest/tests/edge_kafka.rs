@@ -325,7 +325,7 @@ async fn privacy_policies_decide_what_reaches_kafka() {
     let report = edge.shutdown().await;
     assert_eq!(
         (report.accepted, report.delivered, report.dropped),
-        (7, 6, 1),
+        (9, 7, 2),
         "{report:?}"
     );
 
@@ -336,8 +336,8 @@ async fn privacy_policies_decide_what_reaches_kafka() {
     .unwrap();
     assert_eq!(
         hits.len(),
-        6,
-        "the GPC hit of a dropping site never reaches Kafka"
+        7,
+        "the GPC hit of a dropping site and the opted-out hit never reach Kafka"
     );
     let by_case = |case: &str| {
         hits.iter()
@@ -401,7 +401,7 @@ async fn privacy_policies_decide_what_reaches_kafka() {
         (dropped.client_ip, dropped.ip_hash.as_deref()),
         (None, None)
     );
-    for case in ["gpc", "dnt"] {
+    for case in ["gpc", "dnt", "noconsent"] {
         let h = by_case(case);
         assert!(h.anonymized, "{case}");
         assert_eq!(h.visitor_id, None, "{case}");
@@ -428,6 +428,6 @@ async fn privacy_policies_decide_what_reaches_kafka() {
     assert_eq!(
         serialized.matches(PRIVACY_CLIENT_IP).count(),
         1,
-        "the raw IP appears only in the `full` site's hit"
+        "the raw IP appears only in the `full` site's kept hit"
     );
 }

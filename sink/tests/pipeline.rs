@@ -345,7 +345,7 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
         Duration::from_secs(60),
     )
     .await;
-    assert_eq!(n, 6, "every case but the dropped one");
+    assert_eq!(n, 7, "every case but the two dropped ones");
 
     #[derive(clickhouse::Row, serde::Deserialize, Debug)]
     struct Seen {
@@ -396,7 +396,7 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
         (get("drop").ip.as_str(), get("drop").ip_hash.as_str()),
         ("::", "")
     );
-    for case in ["gpc", "dnt"] {
+    for case in ["gpc", "dnt", "noconsent"] {
         let r = get(case);
         assert_eq!(
             (
@@ -410,7 +410,9 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
             "{case}"
         );
     }
-    assert!(rows.iter().all(|r| r.case != "gpcdrop"));
+    assert!(rows
+        .iter()
+        .all(|r| r.case != "gpcdrop" && r.case != "optout"));
     for case in ["trunc", "full", "hash", "drop"] {
         assert_eq!(
             get(case).place,
@@ -436,6 +438,6 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
         ("", "")
     );
     let report = edge.shutdown().await;
-    assert_eq!(report.dropped, 1);
+    assert_eq!(report.dropped, 2);
     sink.stop().await;
 }

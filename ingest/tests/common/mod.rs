@@ -131,7 +131,7 @@ pub fn privacy_config(topic: &str) -> Config {
     let site = |ip_mode, gpc| SitePrivacy {
         ip_mode,
         gpc,
-        dnt: None,
+        ..SitePrivacy::default()
     };
     c.privacy
         .sites
@@ -161,9 +161,10 @@ pub const PRIVACY_CLIENT_IP: &str = "214.78.120.5";
 
 /// One pixel per case, tagged `case=<name>`: `trunc`, `full`, `hash`, `drop`, `gpc` (GPC, default
 /// anonymous), `dnt` (DNT, default anonymous) and `gpcdrop` (GPC on a site that drops it; never
-/// stored). Returns the cases that must be stored.
+/// stored), `optout` (the opt-out cookie; dropped by default) and `noconsent` (`consent=0`;
+/// anonymous by default). Returns the cases that must be stored.
 pub fn send_privacy_hits(addr: SocketAddr) -> Vec<&'static str> {
-    let cases: [PrivacyCase; 7] = [
+    let cases: [PrivacyCase; 9] = [
         ("trunc", "p-trunc", &[]),
         ("full", "p-full", &[]),
         ("hash", "p-hash", &[]),
@@ -171,6 +172,8 @@ pub fn send_privacy_hits(addr: SocketAddr) -> Vec<&'static str> {
         ("gpc", "p-trunc", &[("Sec-GPC", "1")]),
         ("dnt", "p-full", &[("DNT", "1")]),
         ("gpcdrop", "p-gpcdrop", &[("Sec-GPC", "1")]),
+        ("optout", "p-full", &[("Cookie", "pixelpipe_optout=1")]),
+        ("noconsent", "p-full", &[]),
     ];
     for (case, site, extra) in cases {
         let mut headers = vec![
@@ -178,16 +181,21 @@ pub fn send_privacy_hits(addr: SocketAddr) -> Vec<&'static str> {
             ("User-Agent", "UA-test"),
         ];
         headers.extend_from_slice(extra);
+        let consent = if case == "noconsent" {
+            "&consent=0"
+        } else {
+            ""
+        };
         let r = http(
             addr,
             "GET",
-            &format!("/p.gif?site={site}&uid=u-1&case={case}"),
+            &format!("/p.gif?site={site}&uid=u-1&case={case}{consent}"),
             &headers,
             b"",
         );
         assert_eq!(r.status, 200, "{case}");
     }
-    vec!["trunc", "full", "hash", "drop", "gpc", "dnt"]
+    vec!["trunc", "full", "hash", "drop", "gpc", "dnt", "noconsent"]
 }
 
 impl RunningEdge {
