@@ -129,10 +129,15 @@ async fn pixels_and_beacons_arrive_on_the_topic_with_their_fields() {
         (Some(9.99), Some("USD"))
     );
 
-    assert_eq!(
-        edge.metric("pixelpipe_ingest_kafka_delivered_total").await,
-        Some(want as f64)
-    );
+    // The delivery callback may trail the broker by a moment: wait for it rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while edge.metric("pixelpipe_ingest_kafka_delivered_total").await != Some(want as f64) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivered counter never reached {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let report = edge.shutdown().await;
     assert_eq!(
         (

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::edge::{http, test_config, unique_topic, RunningEdge};
+use common::edge::{http, test_config, unique_topic};
 use common::*;
 use pixelpipe_sink::SinkConfig;
 
@@ -90,13 +90,12 @@ async fn a_database_at_version_1_is_upgraded_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hits_flow_from_the_edge_into_clickhouse_with_every_field() {
-    let topic = unique_topic("e2e");
-    create_topics(&topic, 3).await;
-    let prefix = format!("{}_", unique("e2e"));
-    let url = clickhouse_url();
-    let edge = RunningEdge::start(test_config(&topic));
-    let sink = RunningSink::start(sink_config(&topic, &prefix));
-    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    let Pipeline {
+        edge,
+        sink,
+        url,
+        table,
+    } = Pipeline::start("e2e", 3, test_config).await;
 
     let addr = edge.public;
     tokio::task::spawn_blocking(move || {
@@ -113,7 +112,6 @@ async fn hits_flow_from_the_edge_into_clickhouse_with_every_field() {
     .await
     .unwrap();
 
-    let table = format!("pixelpipe.{prefix}hits");
     let n = wait_for(
         &url,
         &format!("SELECT uniqExact(event_id) FROM {table}"),
@@ -241,13 +239,19 @@ async fn a_poison_message_is_dead_lettered_and_the_partition_keeps_flowing() {
         ]
     );
     assert_eq!(
-        sink.metric("pixelpipe_sink_dead_lettered_total{reason=\"undecodable\"}")
-            .await,
+        sink.wait_metric(
+            "pixelpipe_sink_dead_lettered_total{reason=\"undecodable\"}",
+            1.0
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        sink.metric("pixelpipe_sink_dead_lettered_total{reason=\"unsupported_version\"}")
-            .await,
+        sink.wait_metric(
+            "pixelpipe_sink_dead_lettered_total{reason=\"unsupported_version\"}",
+            1.0
+        )
+        .await,
         1.0
     );
 
@@ -326,18 +330,16 @@ async fn a_missing_dead_letter_topic_stops_the_sink_at_start_naming_the_setting(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privacy_policies_decide_what_reaches_clickhouse() {
     use common::edge::{privacy_config, send_privacy_hits, HASH_SECRET, PRIVACY_CLIENT_IP};
-    let topic = unique_topic("privacy-ch");
-    create_topics(&topic, 2).await;
-    let prefix = format!("{}_", unique("privacy"));
-    let url = clickhouse_url();
-    let edge = RunningEdge::start(privacy_config(&topic));
-    let sink = RunningSink::start(sink_config(&topic, &prefix));
-    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    let Pipeline {
+        edge,
+        sink,
+        url,
+        table,
+    } = Pipeline::start("privacy", 2, privacy_config).await;
     let addr = edge.public;
     let stored = tokio::task::spawn_blocking(move || send_privacy_hits(addr))
         .await
         .unwrap();
-    let table = format!("pixelpipe.{prefix}hits");
     let n = wait_for(
         &url,
         &format!("SELECT count() FROM {table}"),

@@ -213,9 +213,14 @@ async fn clickhouse_stopped_mid_stream_is_waited_out() {
         number(&server.url, &format!("SELECT count() FROM {table} FINAL")).await,
         200
     );
-    assert!(
-        sink.metric("pixelpipe_sink_offsets_committed_total").await > committed_before,
-        "commits resume"
-    );
+    // The commit follows the insert that made the rows visible: wait for it rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sink.metric("pixelpipe_sink_offsets_committed_total").await <= committed_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commits never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     sink.stop().await;
 }

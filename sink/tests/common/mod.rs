@@ -129,6 +129,19 @@ impl RunningSink {
         self.task.await.unwrap().unwrap();
     }
 
+    /// Polls one series until it reaches `want` (metrics are counted just after the write that
+    /// made rows visible, so a test must not race them); returns the last value.
+    pub async fn wait_metric(&self, series: &str, want: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.metric(series).await;
+            if got >= want || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// One series' value from the sink's `/metrics`.
     pub async fn metric(&self, series: &str) -> f64 {
         let addr = self.admin;
@@ -145,6 +158,40 @@ impl RunningSink {
                     .ok()
             })
             .unwrap_or_else(|| panic!("{series} not in metrics"))
+    }
+}
+
+/// The whole pipeline for one test: its topics, an edge and a sink, and the table they fill.
+pub struct Pipeline {
+    pub edge: edge::RunningEdge,
+    pub sink: RunningSink,
+    pub url: String,
+    pub table: String,
+}
+
+impl Pipeline {
+    /// Creates `name`'s topics, starts an edge with `edge_config(topic)` and a sink, and waits
+    /// until the edge is ready.
+    pub async fn start(
+        name: &str,
+        partitions: i32,
+        edge_config: impl FnOnce(&str) -> pixelpipe_ingest::Config,
+    ) -> Pipeline {
+        let topic = edge::unique_topic(name);
+        create_topics(&topic, partitions).await;
+        let prefix = format!("{}_", unique(name));
+        let edge = edge::RunningEdge::start(edge_config(&topic));
+        let sink = RunningSink::start(sink_config(&topic, &prefix));
+        assert!(
+            edge.wait_ready(true, Duration::from_secs(20)).await,
+            "edge never became ready"
+        );
+        Pipeline {
+            edge,
+            sink,
+            url: clickhouse_url(),
+            table: format!("pixelpipe.{prefix}hits"),
+        }
     }
 }
 
