@@ -6,6 +6,7 @@
 //! arithmetic (prefix masks, keyed hashes with a daily salt); it does not count or produce (see
 //! `batcher`). Every choice is explained in docs/privacy.md.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -166,12 +167,32 @@ pub enum Verdict {
     Drop(&'static str),
 }
 
-/// The policy, ready to apply.
+/// The policy, ready to apply. Each batcher thread owns a clone.
 #[derive(Debug, Clone)]
 pub struct Privacy {
     config: PrivacyConfig,
     /// `hash_secret`, or a random one made at start (never stored).
     secret: String,
+    /// Today's keyed MACs: deriving one costs two HMAC computations, so the thread keeps them
+    /// for the day and clones them per hit.
+    keys: RefCell<Option<DailyKeys>>,
+}
+
+/// The keyed MACs of one UTC day.
+#[derive(Clone)]
+struct DailyKeys {
+    day: u64,
+    ip: Hmac<Sha256>,
+    visitor: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for DailyKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys themselves are never printed.
+        f.debug_struct("DailyKeys")
+            .field("day", &self.day)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Privacy {
@@ -189,7 +210,24 @@ impl Privacy {
         } else {
             config.hash_secret.clone()
         };
-        Privacy { config, secret }
+        Privacy {
+            config,
+            secret,
+            keys: RefCell::new(None),
+        }
+    }
+
+    /// Runs `f` with the keyed MACs of `day`, deriving them when the day changes.
+    fn with_keys<R>(&self, day: u64, f: impl FnOnce(&DailyKeys) -> R) -> R {
+        let mut keys = self.keys.borrow_mut();
+        if keys.as_ref().map(|k| k.day) != Some(day) {
+            *keys = Some(DailyKeys {
+                day,
+                ip: keyed(&self.secret, b"ip", day),
+                visitor: keyed(&self.secret, b"visitor", day),
+            });
+        }
+        f(keys.as_ref().expect("just set"))
     }
 
     /// Applies the site's policy to `hit` in place.
@@ -256,7 +294,13 @@ impl Privacy {
         let day = hit.received_at_ms / 86_400_000;
         if self.config.visitor_id {
             let ua = hit.user_agent.as_deref().unwrap_or("");
-            hit.visitor_id = Some(visitor_id(&self.secret, day, &hit.site_id, ip, ua));
+            let id = self.with_keys(day, |k| {
+                finish(
+                    k.visitor.clone(),
+                    &[hit.site_id.as_bytes(), &ip_bytes(ip), ua.as_bytes()],
+                )
+            });
+            hit.visitor_id = Some(id);
         }
         match site.and_then(|s| s.ip_mode).unwrap_or(self.config.ip_mode) {
             IpMode::Full => {}
@@ -268,11 +312,7 @@ impl Privacy {
                 ))
             }
             IpMode::Hash => {
-                hit.ip_hash = Some(hash_ip(
-                    &self.config.hash_secret,
-                    hit.received_at_ms / 86_400_000,
-                    ip,
-                ));
+                hit.ip_hash = Some(self.with_keys(day, |k| finish(k.ip.clone(), &[&ip_bytes(ip)])));
                 hit.client_ip = None;
             }
             IpMode::Drop => hit.client_ip = None,
@@ -329,14 +369,22 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 }
 
 fn daily_hash(secret: &str, purpose: &[u8], day: u64, parts: &[&[u8]]) -> String {
+    finish(keyed(secret, purpose, day), parts)
+}
+
+/// The MAC keyed with the salt of `purpose` and `day`: HMAC-SHA256(secret, purpose, day).
+fn keyed(secret: &str, purpose: &[u8], day: u64) -> Hmac<Sha256> {
     let mut salt_mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
         .expect("HMAC takes any key length");
     salt_mac.update(b"pixelpipe salt ");
     salt_mac.update(purpose);
     salt_mac.update(&day.to_be_bytes());
     let salt = salt_mac.finalize().into_bytes();
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&salt).expect("HMAC takes any key length");
+    <Hmac<Sha256> as KeyInit>::new_from_slice(&salt).expect("HMAC takes any key length")
+}
+
+/// Feeds `parts` to a keyed MAC and returns the first 128 bits, hex.
+fn finish(mut mac: Hmac<Sha256>, parts: &[&[u8]]) -> String {
     for part in parts {
         // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
         mac.update(&(part.len() as u32).to_be_bytes());
@@ -608,6 +656,33 @@ mod tests {
         );
         h.props.push(("gdpr".into(), "no".into()));
         assert_eq!(p.apply(&mut h), Verdict::Drop("no_consent"));
+    }
+
+    #[test]
+    fn cached_daily_keys_give_the_reference_hashes_across_days() {
+        let p = policy(|c| c.ip_mode = IpMode::Hash);
+        for day in [20_000u64, 20_001, 20_000] {
+            let mut h = quiet_hit();
+            h.received_at_ms = day * 86_400_000 + 5_000;
+            p.apply(&mut h);
+            let ip: IpAddr = "203.0.113.77".parse().unwrap();
+            assert_eq!(
+                h.ip_hash,
+                Some(hash_ip("0123456789abcdef", day, ip)),
+                "day {day}"
+            );
+            assert_eq!(
+                h.visitor_id,
+                Some(visitor_id(
+                    "0123456789abcdef",
+                    day,
+                    "shop",
+                    ip,
+                    "Mozilla/5.0"
+                )),
+                "day {day}"
+            );
+        }
     }
 
     #[test]
