@@ -43,18 +43,10 @@ fn main() -> ExitCode {
             overrides.push((name.to_owned(), v.clone()));
         }
     }
-    overrides.extend(cli.settings.set);
-    let config = match Config::load(cli.settings.config.as_deref(), std::env::vars(), &overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pixelpipe-ingest: {e}");
-            return ExitCode::from(2);
-        }
+    let config: Config = match cli.settings.resolve("pixelpipe-ingest", overrides) {
+        std::ops::ControlFlow::Continue(c) => c,
+        std::ops::ControlFlow::Break(code) => return code,
     };
-    if cli.settings.check_config {
-        print!("{}", config.to_toml());
-        return ExitCode::SUCCESS;
-    }
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

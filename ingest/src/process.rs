@@ -46,6 +46,44 @@ pub struct ConfigArgs {
     pub set: Vec<(String, String)>,
 }
 
+impl ConfigArgs {
+    /// Loads and validates the configuration from these flags (after `shorthands`, which they
+    /// override), with the process environment. On a bad setting it prints the error and
+    /// returns exit code 2; with `--check-config` it prints the effective settings as TOML and
+    /// returns success. Otherwise the configuration.
+    pub fn resolve<T>(
+        &self,
+        program: &str,
+        shorthands: Vec<(String, String)>,
+    ) -> std::ops::ControlFlow<std::process::ExitCode, T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Default + crate::layers::Validate,
+    {
+        use std::ops::ControlFlow::{Break, Continue};
+        let mut overrides = shorthands;
+        overrides.extend(self.set.iter().cloned());
+        let config: T = match crate::layers::load_validated(
+            self.config.as_deref(),
+            std::env::vars(),
+            &overrides,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                return Break(std::process::ExitCode::from(2));
+            }
+        };
+        if self.check_config {
+            print!(
+                "{}",
+                toml::to_string_pretty(&config).expect("config serialises")
+            );
+            return Break(std::process::ExitCode::SUCCESS);
+        }
+        Continue(config)
+    }
+}
+
 /// Parses one `--set NAME=VALUE`.
 pub fn parse_setting(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

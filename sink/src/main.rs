@@ -33,21 +33,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     pixelpipe_ingest::process::init_logging();
 
-    let config = match SinkConfig::load(
-        cli.settings.config.as_deref(),
-        std::env::vars(),
-        &cli.settings.set,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pixelpipe-sink: {e}");
-            return ExitCode::from(2);
-        }
+    let config: SinkConfig = match cli.settings.resolve("pixelpipe-sink", Vec::new()) {
+        std::ops::ControlFlow::Continue(c) => c,
+        std::ops::ControlFlow::Break(code) => return code,
     };
-    if cli.settings.check_config {
-        print!("{}", config.to_toml());
-        return ExitCode::SUCCESS;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
