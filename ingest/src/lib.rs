@@ -26,8 +26,10 @@ pub mod metrics;
 pub mod privacy;
 pub mod process;
 pub mod queue;
+pub mod redirect;
 pub mod server;
 pub mod service;
+pub mod signing;
 pub mod wire;
 
 use std::future::Future;

@@ -1,0 +1,676 @@
+//! Signed pixel and click URLs: an email sender signs the query of each URL it builds with a
+//! secret key, and the edge checks that signature before trusting the URL (for example before
+//! redirecting a click anywhere).
+//!
+//! A URL names its key with `kid`, may carry an expiry `exp` (Unix seconds) and carries the MAC in
+//! `sig`. Several keys can be valid at once, so a key can be rotated without breaking the URLs
+//! already sitting in inboxes: add the new key, sign with it, drop the old one when its URLs no
+//! longer matter.
+//!
+//! This module owns the key ring, the canonical form that is signed, signing and verification. It
+//! does not read configuration, count outcomes or decide what the edge does with an unsigned or
+//! badly signed URL; those belong to the callers.
+
+use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::hit::percent_decode;
+
+/// Query parameter naming the key a URL was signed with.
+pub const KID_PARAM: &str = "kid";
+/// Query parameter holding the expiry, in Unix seconds; optional.
+pub const EXP_PARAM: &str = "exp";
+/// Query parameter holding the MAC.
+pub const SIG_PARAM: &str = "sig";
+/// Parameters the signature never covers: the MAC itself, and cache busters that mail clients or
+/// scripts add to URLs after they were signed.
+pub const UNSIGNED_PARAMS: [&str; 3] = [SIG_PARAM, "cb", "_"];
+
+/// Shortest secret a key may have, in bytes.
+pub const MIN_SECRET_LEN: usize = 16;
+/// Longest key id, in characters.
+pub const MAX_KEY_ID_LEN: usize = 32;
+/// Bytes of the HMAC-SHA256 output kept in `sig`. A 128-bit tag leaves a forger a 2^-128 chance
+/// per guess, far beyond reach, and halves the length added to every URL.
+const TAG_LEN: usize = 16;
+
+/// Why a key ring could not be built, or a key could not be used. Messages name the key id, never
+/// the secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The id is empty, too long, or has characters outside `A-Z a-z 0-9 _ -`.
+    #[error(
+        "signing key id {id:?} is not valid: it must be 1 to {MAX_KEY_ID_LEN} characters of A-Z, a-z, 0-9, '_' or '-'"
+    )]
+    BadId {
+        /// The offending id.
+        id: String,
+    },
+    /// Two keys have the same id.
+    #[error("signing key id {id:?} appears more than once")]
+    DuplicateId {
+        /// The repeated id.
+        id: String,
+    },
+    /// The secret is too short to be a good HMAC key.
+    #[error(
+        "the secret of signing key {id:?} is {len} bytes; at least {MIN_SECRET_LEN} are required"
+    )]
+    ShortSecret {
+        /// The id of the key.
+        id: String,
+        /// The secret's length in bytes.
+        len: usize,
+    },
+    /// Signing was asked for with a key the ring does not hold.
+    #[error("no signing key with id {id:?}")]
+    UnknownKey {
+        /// The id asked for.
+        id: String,
+    },
+}
+
+/// The outcome of checking a URL's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signature {
+    /// The URL has no `sig`: it is not signed at all.
+    Absent,
+    /// The MAC matches and the URL has not expired.
+    Valid,
+    /// Malformed or repeated signing parameters, or a MAC that does not match.
+    Invalid,
+    /// The MAC matches but `exp` is in the past.
+    Expired,
+    /// The URL names a key the ring does not hold (for example one retired by rotation).
+    UnknownKey,
+}
+
+impl Signature {
+    /// Every outcome, in declaration order (to pre-register metric labels).
+    pub const ALL: [Signature; 5] = [
+        Signature::Absent,
+        Signature::Valid,
+        Signature::Invalid,
+        Signature::Expired,
+        Signature::UnknownKey,
+    ];
+
+    /// A short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signature::Absent => "absent",
+            Signature::Valid => "valid",
+            Signature::Invalid => "invalid",
+            Signature::Expired => "expired",
+            Signature::UnknownKey => "unknown_key",
+        }
+    }
+}
+
+/// One key of the ring. The MAC is keyed once here and cloned per use, which is cheaper than
+/// re-keying from the secret on every URL.
+#[derive(Clone)]
+struct Key {
+    id: String,
+    mac: Hmac<Sha256>,
+}
+
+/// The signing keys valid at one time, each named by its id.
+#[derive(Clone)]
+pub struct Keyring {
+    // A handful of keys at most, so a linear search beats a map.
+    keys: Vec<Key>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only the ids: the secrets must never reach a log.
+        f.debug_struct("Keyring")
+            .field("ids", &self.ids().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    /// Builds a ring from `(id, secret)` pairs. Ids must be 1 to 32 characters of
+    /// `A-Z a-z 0-9 _ -` and unique; secrets at least 16 bytes. An empty list gives an empty ring,
+    /// which verifies nothing as valid.
+    pub fn new(keys: Vec<(String, String)>) -> Result<Keyring, KeyError> {
+        let mut ring = Keyring {
+            keys: Vec::with_capacity(keys.len()),
+        };
+        for (id, secret) in keys {
+            if !valid_key_id(&id) {
+                return Err(KeyError::BadId { id });
+            }
+            if ring.key(&id).is_some() {
+                return Err(KeyError::DuplicateId { id });
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(KeyError::ShortSecret {
+                    id,
+                    len: secret.len(),
+                });
+            }
+            let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+                .expect("HMAC takes any key length");
+            ring.keys.push(Key { id, mac });
+        }
+        Ok(ring)
+    }
+
+    /// Whether the ring holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key ids, in the order they were given.
+    pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.keys.iter().map(|k| k.id.as_str())
+    }
+
+    fn key(&self, id: &str) -> Option<&Key> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// Signs a URL's parameters in place with key `key_id`: removes any `kid`, `exp` and `sig`
+    /// already there, appends `kid`, then `exp` when `expires_at` is given, then `sig` computed
+    /// over [`canonical`]`(path, params)`. Values are decoded text; encode them with
+    /// [`query_string`] or [`url`]. `path` must be the path the edge will see, e.g. `/p.gif`.
+    pub fn sign_params(
+        &self,
+        key_id: &str,
+        path: &str,
+        params: &mut Vec<(String, String)>,
+        expires_at: Option<u64>,
+    ) -> Result<(), KeyError> {
+        let key = self.key(key_id).ok_or_else(|| KeyError::UnknownKey {
+            id: key_id.to_owned(),
+        })?;
+        params.retain(|(name, _)| ![KID_PARAM, EXP_PARAM, SIG_PARAM].contains(&name.as_str()));
+        params.push((KID_PARAM.to_owned(), key_id.to_owned()));
+        if let Some(exp) = expires_at {
+            params.push((EXP_PARAM.to_owned(), exp.to_string()));
+        }
+        let borrowed: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let mut mac = key.mac.clone();
+        mac.update(canonical(path, &borrowed).as_bytes());
+        let tag = mac.finalize().into_bytes();
+        params.push((SIG_PARAM.to_owned(), hex_lower(&tag[..TAG_LEN])));
+        Ok(())
+    }
+
+    /// Checks the signature of a request to `path` with decoded query parameters `params`, at
+    /// `now_unix_secs`.
+    ///
+    /// In order: no `sig` is [`Signature::Absent`]; a repeated `sig`, `kid` or `exp`, or a
+    /// missing `kid`, is [`Signature::Invalid`]; a `kid` the ring does not hold is
+    /// [`Signature::UnknownKey`]; a `sig` that is not 32 hex digits or does not match is
+    /// [`Signature::Invalid`]. Only once the MAC matches is `exp` read, so a forged expiry cannot
+    /// be told apart from any other forgery: not a decimal number is `Invalid`, earlier than now
+    /// is [`Signature::Expired`]. Otherwise [`Signature::Valid`].
+    pub fn verify(&self, path: &str, params: &[(&str, &str)], now_unix_secs: u64) -> Signature {
+        let (sig, kid, exp) = match (
+            only(params, SIG_PARAM),
+            only(params, KID_PARAM),
+            only(params, EXP_PARAM),
+        ) {
+            (Only::None, _, _) => return Signature::Absent,
+            (Only::One(sig), Only::One(kid), Only::One(exp)) => (sig, kid, Some(exp)),
+            (Only::One(sig), Only::One(kid), Only::None) => (sig, kid, None),
+            _ => return Signature::Invalid,
+        };
+        let Some(key) = self.key(kid) else {
+            return Signature::UnknownKey;
+        };
+        let Some(tag) = hex_decode_tag(sig) else {
+            return Signature::Invalid;
+        };
+        let mut mac = key.mac.clone();
+        mac.update(canonical(path, params).as_bytes());
+        // Constant time, so the time taken does not tell a forger how many bytes were right.
+        if mac.verify_truncated_left(&tag).is_err() {
+            return Signature::Invalid;
+        }
+        match exp.map(parse_unix_secs) {
+            None => Signature::Valid,
+            Some(None) => Signature::Invalid,
+            Some(Some(exp)) if exp < now_unix_secs => Signature::Expired,
+            Some(Some(_)) => Signature::Valid,
+        }
+    }
+
+    /// [`Keyring::verify`] on a raw query string (without the `?`): pairs are split on `&` and
+    /// `=` and form-decoded (`+` is a space); a part that does not decode makes the URL
+    /// [`Signature::Invalid`]. Empty pairs (`a=1&&b=2`) are skipped, as the pixel parser does.
+    pub fn verify_query(&self, path: &str, raw_query: &str, now_unix_secs: u64) -> Signature {
+        let mut decoded = Vec::new();
+        for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match (percent_decode(name), percent_decode(value)) {
+                (Some(name), Some(value)) => decoded.push((name, value)),
+                _ => return Signature::Invalid,
+            }
+        }
+        let params: Vec<(&str, &str)> = decoded.iter().map(|(n, v)| (&**n, &**v)).collect();
+        self.verify(path, &params, now_unix_secs)
+    }
+}
+
+/// The text that is signed: `path + "?" + pairs`, where pairs are the decoded `params` without
+/// `sig`, `cb` and `_`, sorted by name then value (byte order), each name and value
+/// percent-encoded (every byte but ASCII letters, digits and `-._~`, uppercase hex), joined as
+/// `name=value` with `&`.
+///
+/// The verifier rebuilds this from the values it decoded, not from the bytes it received, so any
+/// encoding of the same values verifies: `%20` or `+`, `%2f` or `%2F`, another parameter order,
+/// an added cache buster. Encoding every special byte keeps the form unambiguous: a value cannot
+/// smuggle in a `&` or `=` that would make two different parameter lists sign alike.
+pub fn canonical(path: &str, params: &[(&str, &str)]) -> String {
+    let mut signed: Vec<(&str, &str)> = params
+        .iter()
+        .copied()
+        .filter(|(name, _)| !UNSIGNED_PARAMS.contains(name))
+        .collect();
+    signed.sort_unstable();
+    let mut out = String::with_capacity(path.len() + 1 + 16 * signed.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, (name, value)) in signed.into_iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        encode_into(&mut out, name);
+        out.push('=');
+        encode_into(&mut out, value);
+    }
+    out
+}
+
+/// Encodes decoded `params` as a query string (without `?`), in the given order, with the same
+/// encoder as [`canonical`].
+pub fn query_string(params: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for (i, (name, value)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        encode_into(&mut out, name);
+        out.push('=');
+        encode_into(&mut out, value);
+    }
+    out
+}
+
+/// A full URL: `base` (one trailing `/` removed) + `path` + `?` + [`query_string`]`(params)`.
+/// `path` is used as is, so it should start with `/` and need no encoding.
+pub fn url(base: &str, path: &str, params: &[(String, String)]) -> String {
+    let base = base.strip_suffix('/').unwrap_or(base);
+    format!("{base}{path}?{}", query_string(params))
+}
+
+/// Appends `s` with every byte but ASCII letters, digits and `-._~` as `%XX` (uppercase hex).
+fn encode_into(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 0xF)] as char);
+        }
+    }
+}
+
+/// Lowercase hex of `bytes`.
+fn hex_lower(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xF)] as char);
+    }
+    out
+}
+
+/// The tag of a `sig` value: exactly 32 hex digits (either case), else `None`.
+fn hex_decode_tag(s: &str) -> Option<[u8; TAG_LEN]> {
+    let bytes = s.as_bytes();
+    if bytes.len() != TAG_LEN * 2 {
+        return None;
+    }
+    let mut tag = [0u8; TAG_LEN];
+    for (out, pair) in tag.iter_mut().zip(bytes.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *out = (hi * 16 + lo) as u8;
+    }
+    Some(tag)
+}
+
+/// A Unix time of 1 to 20 decimal digits. Stricter than `u64::from_str`, which also takes a
+/// leading `+`: the sender only ever writes digits.
+fn parse_unix_secs(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn valid_key_id(id: &str) -> bool {
+    (1..=MAX_KEY_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// How often a parameter occurs.
+enum Only<'a> {
+    None,
+    One(&'a str),
+    Many,
+}
+
+/// The value of `name` when it occurs exactly once. A repeated signing parameter is refused
+/// rather than resolved, since the sender and the edge could resolve it differently.
+fn only<'a>(params: &[(&str, &'a str)], name: &str) -> Only<'a> {
+    let mut found = Only::None;
+    for &(n, v) in params {
+        if n == name {
+            found = match found {
+                Only::None => Only::One(v),
+                _ => Only::Many,
+            };
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD_SECRET: &str = "old-secret-0123456789";
+    const NEW_SECRET: &str = "new-secret-9876543210";
+    const NOW: u64 = 1_700_000_000;
+
+    fn ring() -> Keyring {
+        Keyring::new(vec![
+            ("k2024".into(), OLD_SECRET.into()),
+            ("k2025".into(), NEW_SECRET.into()),
+        ])
+        .unwrap()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The raw query of a URL signed with `kid`.
+    fn signed_query(kid: &str, exp: Option<u64>) -> String {
+        let mut params = pairs(&[("site", "shop"), ("e", "open"), ("msg", "a b/é")]);
+        ring().sign_params(kid, "/p.gif", &mut params, exp).unwrap();
+        let url = url("https://px.example.com/", "/p.gif", &params);
+        let (base, query) = url.split_once('?').unwrap();
+        assert_eq!(base, "https://px.example.com/p.gif");
+        query.to_owned()
+    }
+
+    fn verify(query: &str) -> Signature {
+        ring().verify_query("/p.gif", query, NOW)
+    }
+
+    #[test]
+    fn canonical_form_is_fixed() {
+        let params = [
+            ("site", "shop"),
+            ("e", "open"),
+            ("msg", "a b/é"),
+            ("cb", "9"),
+        ];
+        assert_eq!(
+            canonical("/p.gif", &params),
+            "/p.gif?e=open&msg=a%20b%2F%C3%A9&site=shop"
+        );
+        // Same name: sorted by value; `_` and `sig` dropped; `&` and `=` inside values encoded.
+        let params = [("t", "b"), ("t", "a=1&x"), ("_", "1"), ("sig", "x")];
+        assert_eq!(canonical("/c", &params), "/c?t=a%3D1%26x&t=b");
+        assert_eq!(canonical("/c", &[]), "/c?");
+    }
+
+    #[test]
+    fn sign_then_verify_round_trip() {
+        let query = signed_query("k2025", None);
+        assert!(query.starts_with("site=shop&e=open&msg=a%20b%2F%C3%A9&kid=k2025&sig="));
+        let sig = query.rsplit_once("sig=").unwrap().1;
+        assert_eq!(sig.len(), 32);
+        assert!(sig
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_eq!(verify(&query), Signature::Valid);
+    }
+
+    #[test]
+    fn signing_replaces_old_signing_params() {
+        let mut params = pairs(&[("kid", "x"), ("e", "open"), ("sig", "y"), ("exp", "1")]);
+        ring()
+            .sign_params("k2024", "/p.gif", &mut params, None)
+            .unwrap();
+        let names: Vec<_> = params.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["e", "kid", "sig"]);
+    }
+
+    #[test]
+    fn any_equivalent_encoding_verifies() {
+        let query = signed_query("k2025", None);
+        let sig = query.rsplit_once("sig=").unwrap().1;
+        let reworded = format!("cb=123&sig={sig}&kid=k2025&msg=a+b%2f%C3%A9&e=open&site=shop&_=1");
+        assert_eq!(verify(&reworded), Signature::Valid);
+    }
+
+    #[test]
+    fn tampering_is_invalid() {
+        let query = signed_query("k2025", None);
+        assert_eq!(
+            verify(&query.replace("site=shop", "site=shoq")),
+            Signature::Invalid
+        );
+        assert_eq!(
+            verify(&format!("{query}&extra=1")),
+            Signature::Invalid,
+            "an added parameter is covered"
+        );
+        let (head, sig) = query.rsplit_once("sig=").unwrap();
+        let flipped = if sig.starts_with('0') { "1" } else { "0" };
+        assert_eq!(
+            verify(&format!("{head}sig={flipped}{}", &sig[1..])),
+            Signature::Invalid
+        );
+        assert_eq!(
+            verify(&format!("{head}sig={}", &sig[..30])),
+            Signature::Invalid,
+            "short sig"
+        );
+        assert_eq!(
+            verify(&format!("{head}sig={}zz", &sig[..30])),
+            Signature::Invalid,
+            "not hex"
+        );
+        assert_eq!(
+            verify(&format!("{query}&sig={sig}")),
+            Signature::Invalid,
+            "repeated sig"
+        );
+        assert_eq!(
+            verify(&format!("{query}&kid=k2025")),
+            Signature::Invalid,
+            "repeated kid"
+        );
+        assert_eq!(
+            verify(&format!("{query}&bad=%zz")),
+            Signature::Invalid,
+            "undecodable"
+        );
+        // A different path is a different URL.
+        assert_eq!(
+            ring().verify_query("/other.gif", &query, NOW),
+            Signature::Invalid
+        );
+    }
+
+    #[test]
+    fn expiry_is_checked_after_the_mac() {
+        let past = signed_query("k2025", Some(NOW - 1));
+        assert_eq!(verify(&past), Signature::Expired);
+        let future = signed_query("k2025", Some(NOW + 3600));
+        assert_eq!(verify(&future), Signature::Valid);
+        assert_eq!(
+            verify(&signed_query("k2025", Some(NOW))),
+            Signature::Valid,
+            "valid through the second it names"
+        );
+        // Moving the expiry breaks the MAC: a forger gets Invalid, not Expired.
+        let moved = past.replace(&format!("exp={}", NOW - 1), &format!("exp={}", NOW - 2));
+        assert_eq!(verify(&moved), Signature::Invalid);
+        assert_eq!(
+            verify(&format!("{future}&exp=1")),
+            Signature::Invalid,
+            "repeated exp"
+        );
+    }
+
+    #[test]
+    fn expiry_that_is_not_a_number_is_invalid_even_when_signed() {
+        // Sign an `exp` the builder would never write, to reach the check after the MAC.
+        let mut params = pairs(&[("e", "open"), ("kid", "k2025"), ("exp", "+5")]);
+        let borrowed: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(NEW_SECRET.as_bytes()).unwrap();
+        mac.update(canonical("/p.gif", &borrowed).as_bytes());
+        params.push(("sig".into(), hex_lower(&mac.finalize().into_bytes()[..16])));
+        assert_eq!(verify(&query_string(&params)), Signature::Invalid);
+    }
+
+    #[test]
+    fn keys_and_absence() {
+        let query = signed_query("k2025", None);
+        assert_eq!(
+            verify(&query.replace("kid=k2025", "kid=k2099")),
+            Signature::UnknownKey
+        );
+        assert_eq!(
+            verify(&query.replace("kid=k2025", "kid=")),
+            Signature::UnknownKey
+        );
+        assert_eq!(
+            verify(&query.replace("kid=k2025&", "")),
+            Signature::Invalid,
+            "sig without kid"
+        );
+        assert_eq!(verify("site=shop&e=open"), Signature::Absent);
+        assert_eq!(verify(""), Signature::Absent);
+        let empty = Keyring::new(Vec::new()).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(
+            empty.verify_query("/p.gif", &query, NOW),
+            Signature::UnknownKey
+        );
+        assert_eq!(
+            ring().sign_params("nope", "/p.gif", &mut Vec::new(), None),
+            Err(KeyError::UnknownKey { id: "nope".into() })
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_old_urls_valid() {
+        let old = signed_query("k2024", None);
+        assert_eq!(verify(&old), Signature::Valid);
+        // Once the old key is retired, its URLs name an unknown key.
+        let retired = Keyring::new(vec![("k2025".into(), NEW_SECRET.into())]).unwrap();
+        assert_eq!(
+            retired.verify_query("/p.gif", &old, NOW),
+            Signature::UnknownKey
+        );
+        // A key id does not vouch for another key's signature.
+        assert_eq!(
+            verify(&old.replace("kid=k2024", "kid=k2025")),
+            Signature::Invalid
+        );
+    }
+
+    #[test]
+    fn keyring_errors_name_the_key() {
+        let err = |keys: &[(&str, &str)]| Keyring::new(pairs(keys)).unwrap_err();
+
+        let short = err(&[("k1", "short")]);
+        assert_eq!(
+            short,
+            KeyError::ShortSecret {
+                id: "k1".into(),
+                len: 5
+            }
+        );
+        assert!(short.to_string().contains("\"k1\""), "{short}");
+        assert!(!short.to_string().contains("short\""), "{short}");
+
+        for bad in ["", "has space", "dot.ted", "é", &"x".repeat(33)] {
+            let e = err(&[(bad, OLD_SECRET)]);
+            assert_eq!(e, KeyError::BadId { id: bad.into() });
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(Keyring::new(pairs(&[(&"x".repeat(32), OLD_SECRET)])).is_ok());
+
+        let dup = err(&[("k1", OLD_SECRET), ("k1", NEW_SECRET)]);
+        assert_eq!(dup, KeyError::DuplicateId { id: "k1".into() });
+        assert!(dup.to_string().contains("\"k1\""), "{dup}");
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let ring = ring();
+        assert_eq!(ring.ids().collect::<Vec<_>>(), ["k2024", "k2025"]);
+        let shown = format!("{ring:?}");
+        assert!(
+            shown.contains("k2024") && shown.contains("k2025"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains(OLD_SECRET) && !shown.contains(NEW_SECRET),
+            "{shown}"
+        );
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn labels() {
+        let labels: Vec<_> = Signature::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["absent", "valid", "invalid", "expired", "unknown_key"]
+        );
+    }
+
+    #[test]
+    fn url_joins_base_and_path() {
+        let params = pairs(&[("a", "1 2")]);
+        assert_eq!(
+            url("https://x.test/", "/p", &params),
+            "https://x.test/p?a=1%202"
+        );
+        assert_eq!(
+            url("https://x.test", "/p", &params),
+            "https://x.test/p?a=1%202"
+        );
+        assert_eq!(query_string(&[]), "");
+    }
+}
