@@ -153,6 +153,8 @@ pub struct RequestMeta {
     pub path: String,
     /// The request was a `HEAD`.
     pub head_request: bool,
+    /// A prefetch or prerender header was present (see [`is_prefetch`]).
+    pub prefetch: bool,
     /// The request carried the opt-out cookie.
     pub opted_out: bool,
     /// Header fields cut while reading them.
@@ -191,10 +193,26 @@ impl RequestMeta {
             host: header(&HOST),
             path: path.to_owned(),
             head_request: false,
+            prefetch: is_prefetch(headers),
             opted_out: false,
             cuts,
         }
     }
+}
+
+/// Whether the browser marked the request as speculative. Chromium sends `Sec-Purpose: prefetch`
+/// (or `prefetch;prerender`), older Chrome and Safari `Purpose: prefetch`, Safari previews
+/// `X-Purpose: preview`, Firefox `X-Moz: prefetch`.
+pub fn is_prefetch(headers: &HeaderMap) -> bool {
+    ["sec-purpose", "purpose", "x-purpose", "x-moz"]
+        .iter()
+        .filter_map(|name| headers.get(*name))
+        .any(|v| {
+            let v = v.as_bytes();
+            v.windows(8).any(|w| w.eq_ignore_ascii_case(b"prefetch"))
+                || v.windows(7).any(|w| w.eq_ignore_ascii_case(b"preview"))
+                || v.windows(9).any(|w| w.eq_ignore_ascii_case(b"prerender"))
+        })
 }
 
 /// Shortens `text` to at most `max` bytes at a character boundary, counting the cut.
@@ -246,6 +264,7 @@ impl<'a> Draft<'a> {
             host: meta.host.clone(),
             path: meta.path.clone(),
             head_request: meta.head_request,
+            prefetch: meta.prefetch,
             url: None,
             page_referrer: None,
             title: None,
@@ -269,6 +288,9 @@ impl<'a> Draft<'a> {
             ip_hash: None,
             anonymized: false,
             opted_out: meta.opted_out,
+            signature: None,
+            sent_at_ms: None,
+            unverified: false,
             cut_fields: 0,
         };
         Draft {

@@ -78,6 +78,10 @@ pub struct Hit {
     /// checker, scanner or prefetcher, kept so that analysts can tell.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub head_request: bool,
+    /// The browser said this is a prefetch or prerender (`Sec-Purpose`, `Purpose`, `X-Purpose`,
+    /// `X-Moz`), not a view: nobody may ever see the page.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefetch: bool,
     /// Page or document URL (`url=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -150,6 +154,19 @@ pub struct Hit {
     /// user agent were removed at the edge.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anonymized: bool,
+    /// What the edge found when it checked the URL's signature (`kid`/`exp`/`sig`): `valid`,
+    /// `invalid`, `expired` or `unknown_key`; absent when the URL was not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// When the email carrying this pixel was sent (`st=`, ms since the epoch). Only set when the
+    /// URL's signature is valid, so a sender's clock can be trusted to flag opens that come too
+    /// soon after sending to be a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at_ms: Option<u64>,
+    /// A conversion on a site that requires signed conversions arrived without a valid signature:
+    /// stored, but never to be counted as verified.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
     /// How many fields the edge dropped or shortened for this hit (bad encoding, limits).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cut_fields: u16,
@@ -228,6 +245,7 @@ mod tests {
             host: Some("px.example".into()),
             path: "/p.gif".into(),
             head_request: true,
+            prefetch: true,
             url: Some("https://shop.example/a?b=c".into()),
             page_referrer: Some("https://search.example/".into()),
             title: Some("Ünïcödé \"quoted\"".into()),
@@ -254,6 +272,9 @@ mod tests {
             ip_hash: Some("00112233445566778899aabbccddeeff".into()),
             anonymized: true,
             opted_out: true,
+            signature: Some("valid".into()),
+            sent_at_ms: Some(1_699_999_990_000),
+            unverified: true,
             cut_fields: 2,
         }
     }

@@ -111,14 +111,26 @@ mod tests {
             r#"{{"schema_version":1,"event_id":"01890a5d-ac96-774b-bcce-b302099a{offset:04}","received_at_ms":1700000000123,
             "edge_id":"e","transport":"pixel","kind":"open","site_id":"s","path":"/p.gif"}}"#
         );
-        match decode("t", partition, offset, json.as_bytes()) {
+        match decode(
+            "t",
+            partition,
+            offset,
+            json.as_bytes(),
+            &mut crate::enrich::tests::shared(),
+        ) {
             Decoded::Hit(h) => *h,
             Decoded::Bad(b) => panic!("{b:?}"),
         }
     }
 
     fn bad(partition: i32, offset: i64) -> BadMessage {
-        match decode("t", partition, offset, b"junk") {
+        match decode(
+            "t",
+            partition,
+            offset,
+            b"junk",
+            &mut crate::enrich::tests::shared(),
+        ) {
             Decoded::Bad(b) => b,
             Decoded::Hit(_) => unreachable!(),
         }

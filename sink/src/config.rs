@@ -25,6 +25,43 @@ pub struct SinkConfig {
     pub retry: RetryConfig,
     /// The admin listener (metrics).
     pub admin: AdminConfig,
+    /// User-agent parsing and traffic classification.
+    pub enrich: EnrichConfig,
+}
+
+/// User-agent parsing and traffic classification (see `enrich` and docs/privacy.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrichConfig {
+    /// uap-core rules as JSON (made by `deploy/local/update-ua-rules.sh`). Default empty: the
+    /// rules built into the binary (see `sink/rules/uap-core/VERSION`).
+    pub ua_rules_path: String,
+    /// Parsed user agents kept in memory. Default 10000.
+    pub ua_cache_entries: usize,
+    /// Autonomous systems whose hits are classed `bot` (`datacenter_asn`): cloud and hosting
+    /// networks, where people do not browse from. Needs the edge's ASN database. Default: a
+    /// short list of the largest clouds (see docs/configuration-sink.md).
+    pub datacenter_asns: Vec<u32>,
+    /// An open of a signed pixel URL carrying its send time (`st`) that arrives sooner than this
+    /// after sending is classed `scanner` (`open_soon_after_send`). 0 turns the rule off.
+    /// Default 10.
+    pub machine_open_seconds: u64,
+}
+
+impl Default for EnrichConfig {
+    fn default() -> Self {
+        EnrichConfig {
+            ua_rules_path: String::new(),
+            ua_cache_entries: 10_000,
+            // Amazon (16509, 14618), Google Cloud (396982), Microsoft (8075), DigitalOcean
+            // (14061), OVH (16276), Hetzner (24940), Linode/Akamai (63949), Oracle (31898),
+            // Alibaba (45102), Vultr (20473), Scaleway (12876).
+            datacenter_asns: vec![
+                16509, 14618, 396982, 8075, 14061, 16276, 24940, 63949, 31898, 45102, 20473, 12876,
+            ],
+            machine_open_seconds: 10,
+        }
+    }
 }
 
 /// The Kafka consumer group.
@@ -62,10 +99,13 @@ pub struct ClickHouseConfig {
     pub password: String,
     /// Apply pending migrations when the sink starts (they are idempotent). Default true.
     pub migrate_on_start: bool,
-    /// Rows older than this many days are deleted by a table TTL, on servers that have TTL
-    /// (not 18.16; see docs/operations-sink.md for the cleanup there). 0 keeps rows forever.
-    /// Applies when the table is created. Default 400.
+    /// Days a row of `<prefix>hits` is kept: a table TTL on servers that have one, brought in
+    /// line at every start; on 18.16, `pixelpipe-sink retention` deletes older rows. 0 keeps rows
+    /// forever. Default 400.
     pub retention_days: u32,
+    /// The same for `<prefix>bad_hits`, whose raw payloads are kept only to be looked at.
+    /// Default 30.
+    pub bad_hits_retention_days: u32,
     /// One insert may take this long before it counts as failed and is retried. Default 30000.
     pub insert_timeout_ms: u64,
 }
@@ -126,6 +166,7 @@ impl Default for ClickHouseConfig {
             password: String::new(),
             migrate_on_start: true,
             retention_days: 400,
+            bad_hits_retention_days: 30,
             insert_timeout_ms: 30_000,
         }
     }
@@ -247,6 +288,11 @@ impl pixelpipe_ingest::layers::Validate for SinkConfig {
         check(
             c.insert_timeout_ms > 0,
             "clickhouse.insert_timeout_ms",
+            "must be at least 1",
+        )?;
+        check(
+            self.enrich.ua_cache_entries > 0,
+            "enrich.ua_cache_entries",
             "must be at least 1",
         )?;
         let b = &self.batch;

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::batch::Batch;
 use crate::config::SinkConfig;
 use crate::dlq::DeadLetters;
+use crate::enrich::Enricher;
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::row::{self, Decoded};
@@ -103,6 +104,7 @@ pub struct Sink<W, D> {
     dead_letters: D,
     config: SinkConfig,
     metrics: Metrics,
+    enricher: Enricher,
     stop: watch::Receiver<bool>,
     /// Messages that arrived while consumption was paused for a stuck batch; they start the next.
     held: VecDeque<OwnedMessage>,
@@ -123,6 +125,7 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
         dead_letters: D,
         config: SinkConfig,
         metrics: Metrics,
+        enricher: Enricher,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Sink {
@@ -131,6 +134,7 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
             dead_letters,
             config,
             metrics,
+            enricher,
             stop,
             held: VecDeque::new(),
         }
@@ -184,7 +188,7 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
         Ok(())
     }
 
-    fn take(&self, batch: &mut Batch, message: &OwnedMessage) {
+    fn take(&mut self, batch: &mut Batch, message: &OwnedMessage) {
         self.metrics.consumed.inc();
         let payload = message.payload().unwrap_or_default();
         match row::decode(
@@ -192,8 +196,15 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
             message.partition(),
             message.offset(),
             payload,
+            &mut self.enricher,
         ) {
-            Decoded::Hit(hit) => batch.push_hit(*hit, payload.len()),
+            Decoded::Hit(hit) => {
+                self.metrics
+                    .classified
+                    .with_label_values(&[hit.traffic_class.as_str()])
+                    .inc();
+                batch.push_hit(*hit, payload.len())
+            }
             Decoded::Bad(bad) => {
                 tracing::warn!(partition = bad.kafka_partition, offset = bad.kafka_offset, reason = %bad.reason,
                     error = %bad.error, "dead-lettering a message");

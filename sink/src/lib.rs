@@ -2,7 +2,7 @@
 //! committing offsets only after ClickHouse has the rows.
 //!
 //! ```text
-//! Kafka topic ─► consumer (StreamConsumer, manual commits) ─► row::decode (via ingest::wire)
+//! Kafka topic ─► consumer (StreamConsumer, manual commits) ─► row::decode (via ingest::wire, enrich)
 //!                  │                                             ├─ HitRow ─► batch ─► store (ClickHouse, RowBinary+LZ4)
 //!                  │                                             └─ BadMessage ─► batch ─► dlq (<topic>.dlq) + bad_hits
 //!                  └─ commit last+1 per partition after the batch is stored
@@ -16,9 +16,11 @@ pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
+pub mod enrich;
 pub mod error;
 pub mod metrics;
 pub mod replay;
+pub mod retention;
 pub mod row;
 pub mod schema;
 pub mod store;
@@ -37,11 +39,28 @@ use metrics::Metrics;
 use schema::Flavour;
 use store::ClickHouse;
 
-/// Applies pending migrations; returns the versions applied.
+/// Applies pending migrations and brings table TTLs in line with the configuration; returns the
+/// migration versions applied.
 pub async fn migrate(config: &SinkConfig) -> Result<Vec<u32>> {
     let client = store::client(&config.clickhouse);
     let flavour = Flavour::detect(&client).await?;
-    schema::migrate(&client, &config.clickhouse, flavour).await
+    migrate_with(&client, config, flavour).await
+}
+
+async fn migrate_with(
+    client: &clickhouse::Client,
+    config: &SinkConfig,
+    flavour: Flavour,
+) -> Result<Vec<u32>> {
+    let applied = schema::migrate(client, &config.clickhouse, flavour).await?;
+    retention::sync_ttl(client, &config.clickhouse, flavour).await?;
+    Ok(applied)
+}
+
+/// Deletes rows past each table's retention (`pixelpipe-sink retention`, for servers without
+/// TTL); returns the statements sent.
+pub async fn delete_expired(config: &SinkConfig) -> Result<Vec<String>> {
+    retention::delete_expired(&store::client(&config.clickhouse), &config.clickhouse).await
 }
 
 /// Runs the sink until `shutdown` completes. ClickHouse being unreachable at start is waited
@@ -52,6 +71,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let metrics = Metrics::new();
+    let enricher = enrich::Enricher::new(&config.enrich)?;
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -71,21 +91,24 @@ pub async fn run(
         return Ok(());
     };
     if config.clickhouse.migrate_on_start {
-        schema::migrate(
-            &store::client(&config.clickhouse),
-            &config.clickhouse,
-            flavour,
-        )
-        .await?;
+        migrate_with(&store::client(&config.clickhouse), &config, flavour).await?;
     }
     let writer = ClickHouse::new(&config.clickhouse, flavour);
     let dead_letters = KafkaDeadLetters::new(&config)?;
     dead_letters.check_topic().await?;
     let consumer = consumer::create(&config, metrics.clone())?;
     tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, ?flavour, "sink consuming");
-    let result = Sink::new(consumer, writer, dead_letters, config, metrics, stop)
-        .run()
-        .await;
+    let result = Sink::new(
+        consumer,
+        writer,
+        dead_letters,
+        config,
+        metrics,
+        enricher,
+        stop,
+    )
+    .run()
+    .await;
     let _ = admin_task.await;
     result
 }

@@ -27,6 +27,9 @@ enum Command {
     Migrate,
     /// Copy every message now on the dead-letter topic back onto the hits topic, and exit.
     ReplayDeadLetters,
+    /// Delete rows past each table's retention, and exit (for ClickHouse 18.16, which has no
+    /// TTL; run it daily from a timer).
+    Retention,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,11 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Migrate => pixelpipe_sink::migrate(&config).await.map(|applied| {
                 println!("applied migrations: {applied:?}");
+            }),
+            Command::Retention => pixelpipe_sink::delete_expired(&config).await.map(|sent| {
+                for sql in sent {
+                    println!("{sql}");
+                }
             }),
             Command::ReplayDeadLetters => pixelpipe_sink::replay::replay_dead_letters(&config)
                 .await

@@ -5,6 +5,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+use crate::enrich::CLASSES;
 use crate::row::BAD_REASONS;
 
 /// The sink's metrics.
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub commits: IntCounter,
     /// Consumer lag per partition, from librdkafka statistics.
     pub consumer_lag: IntGaugeVec,
+    /// Hits decoded, by traffic class (`enrich::CLASSES`).
+    pub classified: IntCounterVec,
 }
 
 impl Metrics {
@@ -114,10 +117,24 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            classified: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pixelpipe_sink_hits_classified_total",
+                        "Hits decoded, by traffic class.",
+                    ),
+                    &["class"],
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
         for r in BAD_REASONS {
             m.dead_lettered.with_label_values(&[r]);
+        }
+        for c in CLASSES {
+            m.classified.with_label_values(&[c]);
         }
         m
     }

@@ -11,6 +11,8 @@ use pixelpipe_ingest::wire::{self, Hit, Transport, WireError};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::enrich::Enricher;
+
 /// One row of `<prefix>hits`. Field order and names are the insert's column list; the types are
 /// chosen to encode identically on 18.16 and modern servers (see `schema`).
 #[derive(Debug, Clone, PartialEq, Row, Serialize)]
@@ -96,6 +98,29 @@ pub struct HitRow {
     pub ip_hash: String,
     /// 1 when the edge anonymised the hit for a GPC/DNT signal.
     pub anonymized: u8,
+    /// 1 when the browser marked the request as a prefetch or prerender.
+    pub prefetch: u8,
+    /// Browser family from the user agent (uap-core), else `Other`; empty without a user agent.
+    pub browser: String,
+    /// Browser version, `major[.minor[.patch]]`.
+    pub browser_version: String,
+    /// OS family.
+    pub os: String,
+    /// OS version.
+    pub os_version: String,
+    /// `desktop`, `mobile`, `tablet`, `bot` or `other`; empty without a user agent.
+    pub device_type: String,
+    /// `human`, `bot`, `email_proxy`, `scanner` or `prefetch` (see `enrich`).
+    pub traffic_class: String,
+    /// The rule that gave `traffic_class`.
+    pub class_reason: String,
+    /// The URL's signature as the edge found it: `valid`, `invalid`, `expired`, `unknown_key`,
+    /// or empty when unsigned.
+    pub signature: String,
+    /// Signed send time of the email (seconds since the epoch), else 0.
+    pub sent_at: u32,
+    /// 1 for a conversion that should have been signed and was not validly signed.
+    pub unverified: u8,
     /// Lineage: Kafka partition.
     pub kafka_partition: i32,
     /// Lineage: Kafka offset.
@@ -134,8 +159,14 @@ pub enum Decoded {
     Bad(BadMessage),
 }
 
-/// Decodes and checks one message.
-pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Decoded {
+/// Decodes, checks and enriches one message.
+pub fn decode(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    enricher: &mut Enricher,
+) -> Decoded {
     let bad = |reason: &str, error: String| {
         Decoded::Bad(BadMessage {
             kafka_topic: topic.to_owned(),
@@ -150,7 +181,7 @@ pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Decod
     match wire::decode(payload) {
         Err(e @ WireError::UnsupportedVersion { .. }) => bad("unsupported_version", e.to_string()),
         Err(e) => bad("undecodable", e.to_string()),
-        Ok(hit) => match HitRow::from_hit(hit, partition, offset) {
+        Ok(hit) => match HitRow::from_hit(hit, partition, offset, enricher) {
             Ok(row) => Decoded::Hit(Box::new(row)),
             Err(why) => bad("out_of_range", why),
         },
@@ -158,8 +189,14 @@ pub fn decode(topic: &str, partition: i32, offset: i64, payload: &[u8]) -> Decod
 }
 
 impl HitRow {
-    /// Maps a decoded hit onto columns; `Err` names a value no column can hold.
-    pub fn from_hit(hit: Hit, kafka_partition: i32, kafka_offset: i64) -> Result<HitRow, String> {
+    /// Maps a decoded hit onto columns, with what `enricher` adds; `Err` names a value no column
+    /// can hold.
+    pub fn from_hit(
+        hit: Hit,
+        kafka_partition: i32,
+        kafka_offset: i64,
+        enricher: &mut Enricher,
+    ) -> Result<HitRow, String> {
         let secs = hit.received_at_ms / 1000;
         let received_at = u32::try_from(secs).ok().filter(|s| *s > 0).ok_or_else(|| {
             format!(
@@ -178,6 +215,12 @@ impl HitRow {
             Some(IpAddr::V6(v6)) => v6.octets(),
             None => [0; 16],
         };
+        let ua = hit.user_agent.as_deref().map(|ua| enricher.user_agent(ua));
+        let class = enricher.classify(&hit, ua.as_deref());
+        let ua = ua.as_deref().cloned().unwrap_or_default();
+        let sent_at = hit
+            .sent_at_ms
+            .map_or(0, |ms| u32::try_from(ms / 1000).unwrap_or(0));
         let (prop_keys, prop_values) = hit.props.into_iter().unzip();
         let text = Option::unwrap_or_default;
         Ok(HitRow {
@@ -224,6 +267,17 @@ impl HitRow {
             visitor_id: text(hit.visitor_id),
             ip_hash: text(hit.ip_hash),
             anonymized: u8::from(hit.anonymized),
+            prefetch: u8::from(hit.prefetch),
+            browser: ua.browser,
+            browser_version: ua.browser_version,
+            os: ua.os,
+            os_version: ua.os_version,
+            device_type: ua.device_type.to_owned(),
+            traffic_class: class.class.to_owned(),
+            class_reason: class.reason.to_owned(),
+            signature: text(hit.signature),
+            sent_at,
+            unverified: u8::from(hit.unverified),
             kafka_partition,
             kafka_offset,
         })
@@ -243,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_hit_maps_onto_columns() {
-        let row = HitRow::from_hit(hit(), 3, 42).unwrap();
+        let row = HitRow::from_hit(hit(), 3, 42, &mut crate::enrich::tests::shared()).unwrap();
         assert_eq!(row.received_at, 1_700_000_000);
         assert_eq!(row.transport, "beacon");
         assert_eq!(
@@ -261,11 +315,42 @@ mod tests {
         );
         assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
         assert_eq!(row.user_agent, "", "absent text is empty");
+        assert_eq!(
+            (row.browser.as_str(), row.device_type.as_str()),
+            ("", ""),
+            "no user agent, nothing parsed"
+        );
+        assert_eq!(
+            (row.traffic_class.as_str(), row.class_reason.as_str()),
+            ("bot", "no_user_agent")
+        );
+        let mut h = hit();
+        h.user_agent = Some(crate::enrich::tests::CHROME_WINDOWS.into());
+        h.sent_at_ms = Some(1_699_999_000_500);
+        h.signature = Some("valid".into());
+        let row = HitRow::from_hit(h, 0, 0, &mut crate::enrich::tests::shared()).unwrap();
+        assert_eq!(
+            (
+                row.browser.as_str(),
+                row.os.as_str(),
+                row.device_type.as_str()
+            ),
+            ("Chrome", "Windows", "desktop")
+        );
+        assert_eq!(
+            (row.traffic_class.as_str(), row.class_reason.as_str()),
+            ("human", "no_rule_matched")
+        );
+        assert_eq!(
+            (row.sent_at, row.signature.as_str()),
+            (1_699_999_000, "valid")
+        );
     }
 
     #[test]
     fn bad_messages_say_why() {
-        let reason = |payload: &[u8]| match decode("t", 0, 7, payload) {
+        let mut enricher = crate::enrich::tests::shared();
+        let mut reason = |payload: &[u8]| match decode("t", 0, 7, payload, &mut enricher) {
             Decoded::Bad(b) => {
                 assert_eq!(
                     (b.kafka_topic.as_str(), b.kafka_offset, b.raw.as_slice()),

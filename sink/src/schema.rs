@@ -154,7 +154,34 @@ pub const MIGRATIONS: &[Migration] = &[
             }]
         },
     },
+    Migration {
+        version: 5,
+        name: "user agent, traffic class and signatures",
+        steps: v5,
+    },
 ];
+
+fn v5(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
+    let lc = format!("{} DEFAULT ''", f.low_cardinality());
+    let column = |column, definition: &str| Step::AddColumn {
+        table: t.hits(),
+        column,
+        definition: definition.to_owned(),
+    };
+    vec![
+        column("prefetch", "UInt8 DEFAULT 0"),
+        column("browser", &lc),
+        column("browser_version", &lc),
+        column("os", &lc),
+        column("os_version", &lc),
+        column("device_type", &lc),
+        column("traffic_class", &lc),
+        column("class_reason", &lc),
+        column("signature", &lc),
+        column("sent_at", "DateTime('UTC') DEFAULT 0"),
+        column("unverified", "UInt8 DEFAULT 0"),
+    ]
+}
 
 fn v3(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
     let lc = format!("{} DEFAULT ''", f.low_cardinality());

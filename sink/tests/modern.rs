@@ -15,7 +15,9 @@ use std::process::Command;
 
 use pixelpipe_ingest::wire;
 use pixelpipe_sink::batch::Batch;
-use pixelpipe_sink::config::ClickHouseConfig;
+use pixelpipe_sink::config::{ClickHouseConfig, EnrichConfig};
+use pixelpipe_sink::enrich::Enricher;
+use pixelpipe_sink::retention;
 use pixelpipe_sink::row::{decode, Decoded, HitRow};
 use pixelpipe_sink::schema::{Flavour, Step, Tables, MIGRATIONS};
 use pixelpipe_sink::store::{ClickHouse, RowWriter};
@@ -28,14 +30,15 @@ fn chdb_python() -> String {
 }
 
 fn rows() -> Vec<HitRow> {
+    let mut enricher = Enricher::new(&EnrichConfig::default()).unwrap();
     // Recent: the modern table's TTL (30 days here) would drop older rows on insert.
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let samples = [
-        r#""client_ip":"203.0.113.9","user_agent":"Mozilla/5.0 (iPhone)","campaign":"spring","variant":"B","value":19.99,"currency":"EUR","props":[["plan","pro"],["seats","3"]],"head_request":true"#,
-        r#""client_ip":"2001:db8::7","geo_country":"GB","geo_region":"ENG","geo_city":"London","asn":1221,"as_org":"Telstra Pty Ltd","title":"Ünïcödé \"quoted\" \\ back\\slash","message_id":"m-1","cut_fields":2"#,
+        r#""client_ip":"203.0.113.9","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_1_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1.2 Mobile/15E148 Safari/604.1","signature":"valid","sent_at_ms":1700000000000,"prefetch":true,"campaign":"spring","variant":"B","value":19.99,"currency":"EUR","props":[["plan","pro"],["seats","3"]],"head_request":true"#,
+        r#""client_ip":"2001:db8::7","geo_country":"GB","geo_region":"ENG","geo_city":"London","asn":1221,"as_org":"Telstra Pty Ltd","title":"Ünïcödé \"quoted\" \\ back\\slash","message_id":"m-1","cut_fields":2,"user_agent":"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)","unverified":true"#,
         r#""url":"https://shop.example/a?b=c&d=e","dnt":"1","sec_gpc":"1","ip_hash":"0123456789abcdef0123456789abcdef","anonymized":true"#,
     ];
     samples
@@ -51,7 +54,7 @@ fn rows() -> Vec<HitRow> {
             );
             let mut buf = Vec::new();
             wire::encode(&wire::decode(json.as_bytes()).unwrap(), &mut buf);
-            match decode("t", i as i32, 100 + i as i64, &buf) {
+            match decode("t", i as i32, 100 + i as i64, &buf, &mut enricher) {
                 Decoded::Hit(h) => *h,
                 Decoded::Bad(b) => panic!("{b:?}"),
             }
@@ -135,6 +138,23 @@ fn insert_columns(request_line: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
     let rows = rows();
+    // The rows carry what enrichment and signing add, so those columns are proved too.
+    assert_eq!(
+        (
+            rows[0].device_type.as_str(),
+            rows[0].traffic_class.as_str(),
+            rows[0].sent_at
+        ),
+        ("mobile", "prefetch", 1_700_000_000)
+    );
+    assert_eq!(
+        (
+            rows[1].browser.as_str(),
+            rows[1].class_reason.as_str(),
+            rows[1].unverified
+        ),
+        ("Googlebot", "crawler_ua", 1)
+    );
     let mut batch = Batch::default();
     for r in rows.clone() {
         batch.push_hit(r, 100);
@@ -180,6 +200,21 @@ async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
     std::fs::write(dir.join("rows.bin"), &rowbinary).unwrap();
     std::fs::write(dir.join("ddl.sql"), ddl.join(";\n")).unwrap();
     std::fs::write(dir.join("columns.txt"), columns.join(",")).unwrap();
+    // Retention as the sink's start-up brings it in line: bad_hits gets its own TTL.
+    let rules = retention::rules(&ClickHouseConfig {
+        retention_days: 30,
+        bad_hits_retention_days: 7,
+        ..config.clone()
+    });
+    std::fs::write(
+        dir.join("retention.sql"),
+        format!(
+            "ALTER TABLE {} MODIFY TTL {}",
+            rules[1].table,
+            rules[1].ttl()
+        ),
+    )
+    .unwrap();
     let script = format!(
         r#"
 import json
@@ -193,10 +228,14 @@ types = dict((r["name"], r["type"]) for r in map(json.loads, str(s.query("SELECT
 structure = ", ".join(c + " " + types[c] for c in columns).replace("'", "\\'")
 s.query("INSERT INTO {table} (" + ", ".join(columns) + ") SELECT * FROM file('rows.bin', RowBinary, '" + structure + "')")
 print(s.query("SELECT version() AS v", "JSONEachRow"), end="")
-print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, ip_hash, anonymized, geo_country, geo_region, geo_city, asn, as_org, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
+for stmt in open("retention.sql").read().split(";\n"):
+    s.query(stmt)
+print(s.query("SELECT name, create_table_query FROM system.tables WHERE database = 'pixelpipe' AND name IN ('{name}', '{bad_name}') ORDER BY name", "JSONEachRow"), end="")
+print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, ip_hash, anonymized, geo_country, geo_region, geo_city, asn, as_org, prefetch, browser, browser_version, os, os_version, device_type, traffic_class, class_reason, signature, toUnixTimestamp(sent_at) AS sent_at, unverified, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
 "#,
         table = tables.hits(),
         name = tables.hits().split_once('.').unwrap().1,
+        bad_name = tables.bad_hits().split_once('.').unwrap().1,
     );
     let out = Command::new(chdb_python())
         .arg("-c")
@@ -221,7 +260,13 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
         .collect();
     let version = lines[0]["v"].as_str().unwrap();
     assert!(version.starts_with("26."), "a modern engine: {version}");
-    let back = &lines[1..];
+    // The server prints each TTL back in the form `retention::sync_ttl` looks for, so a start
+    // with unchanged settings sends no ALTER.
+    for (line, rule) in lines[1..3].iter().zip([&rules[1], &rules[0]]) {
+        let create = line["create_table_query"].as_str().unwrap();
+        assert!(create.contains(&format!("TTL {}", rule.ttl())), "{create}");
+    }
+    let back = &lines[3..];
     assert_eq!(back.len(), rows.len());
     for (got, want) in back.iter().zip(&rows) {
         assert_eq!(got["event_id"], want.event_id.to_string());
@@ -247,6 +292,14 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
             ("geo_region", &want.geo_region),
             ("geo_city", &want.geo_city),
             ("as_org", &want.as_org),
+            ("browser", &want.browser),
+            ("browser_version", &want.browser_version),
+            ("os", &want.os),
+            ("os_version", &want.os_version),
+            ("device_type", &want.device_type),
+            ("traffic_class", &want.traffic_class),
+            ("class_reason", &want.class_reason),
+            ("signature", &want.signature),
         ] {
             assert_eq!(got[col].as_str().unwrap(), value, "{col}");
         }
@@ -272,6 +325,10 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
             i64::from(want.kafka_partition)
         );
         assert_eq!(got["kafka_offset"].as_i64().unwrap(), want.kafka_offset);
+        for (col, value) in [("prefetch", want.prefetch), ("unverified", want.unverified)] {
+            assert_eq!(got[col].as_u64().unwrap(), u64::from(value), "{col}");
+        }
+        assert_eq!(got["sent_at"].as_u64().unwrap(), u64::from(want.sent_at));
         assert_eq!(got["ip_type"], "IPv6");
         assert_eq!(got["kind_type"], "LowCardinality(String)");
     }

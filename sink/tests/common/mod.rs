@@ -177,11 +177,23 @@ impl Pipeline {
         partitions: i32,
         edge_config: impl FnOnce(&str) -> pixelpipe_ingest::Config,
     ) -> Pipeline {
+        Pipeline::start_with(name, partitions, edge_config, |_| {}).await
+    }
+
+    /// [`Pipeline::start`], with the sink's configuration adjusted by `sink`.
+    pub async fn start_with(
+        name: &str,
+        partitions: i32,
+        edge_config: impl FnOnce(&str) -> pixelpipe_ingest::Config,
+        sink: impl FnOnce(&mut SinkConfig),
+    ) -> Pipeline {
         let topic = edge::unique_topic(name);
         create_topics(&topic, partitions).await;
         let prefix = format!("{}_", unique(name));
         let edge = edge::RunningEdge::start(edge_config(&topic));
-        let sink = RunningSink::start(sink_config(&topic, &prefix));
+        let mut sink_config = sink_config(&topic, &prefix);
+        sink(&mut sink_config);
+        let sink = RunningSink::start(sink_config);
         assert!(
             edge.wait_ready(true, Duration::from_secs(20)).await,
             "edge never became ready"
