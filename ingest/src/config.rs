@@ -16,6 +16,7 @@ use crate::client_ip::TrustedProxies;
 use crate::error::{Error, Result};
 use crate::geo::GeoConfig;
 use crate::layers::check;
+use crate::links::LinksConfig;
 use crate::privacy::PrivacyConfig;
 
 /// Everything the edge can be told.
@@ -38,6 +39,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     /// GeoIP databases for place and network lookups.
     pub geoip: GeoConfig,
+    /// Signed links, conversions that must be signed, and click redirects.
+    pub links: LinksConfig,
 }
 
 /// The public HTTP listener.
@@ -183,6 +186,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             privacy: PrivacyConfig::default(),
             geoip: GeoConfig::default(),
+            links: LinksConfig::default(),
         }
     }
 }
@@ -292,6 +296,9 @@ impl crate::layers::Validate for Config {
     /// Checks every setting once, so a wrong one fails at start and says which it is.
     fn validate(&self) -> Result<()> {
         self.privacy
+            .check()
+            .map_err(|(setting, reason)| Error::config(setting, reason))?;
+        self.links
             .check()
             .map_err(|(setting, reason)| Error::config(setting, reason))?;
         check(

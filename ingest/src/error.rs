@@ -65,6 +65,9 @@ pub enum Error {
         /// Value for the `Allow` header.
         allow: &'static str,
     },
+    /// `GET /c` will not redirect to this target (see `redirect` and `links`).
+    #[error("click refused: {0}")]
+    ClickRefused(String),
     /// No such route.
     #[error("not found")]
     NotFound,
@@ -77,7 +80,9 @@ impl Error {
         match self {
             Error::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Error::BodyRead(_) | Error::BadJson(_) => StatusCode::BAD_REQUEST,
+            Error::BodyRead(_) | Error::BadJson(_) | Error::ClickRefused(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::NotFound => StatusCode::NOT_FOUND,

@@ -17,6 +17,8 @@ use hyper::header::{HeaderMap, HeaderName, ACCEPT_LANGUAGE, HOST, REFERER, USER_
 use uuid::{NoContext, Timestamp, Uuid};
 
 use crate::config::LimitsConfig;
+use crate::links;
+use crate::signing::{self, Signature};
 use crate::wire::{Hit, Transport, SCHEMA_VERSION};
 
 /// The kind a hit gets when it names none.
@@ -234,6 +236,10 @@ pub struct Draft<'a> {
     limits: &'a LimitsConfig,
     kind: Option<String>,
     site_id: Option<String>,
+    /// `st`: the send time, applied only if the URL's signature turns out valid.
+    sent_at_secs: Option<u64>,
+    /// `u`: a click's target.
+    target: Option<String>,
     fields: Hit,
     params: usize,
     cuts: Cuts,
@@ -297,6 +303,8 @@ impl<'a> Draft<'a> {
             limits,
             kind: None,
             site_id: None,
+            sent_at_secs: None,
+            target: None,
             fields,
             params: 0,
             cuts: meta.cuts,
@@ -318,6 +326,28 @@ impl<'a> Draft<'a> {
         if key.len() > self.limits.max_key_bytes {
             self.cuts.add(CutReason::KeyTooLong);
             return;
+        }
+        match key {
+            // The signature's own parameters say nothing about the visitor (see `links`).
+            signing::KID_PARAM | signing::EXP_PARAM | signing::SIG_PARAM => return,
+            links::SENT_AT_PARAM => {
+                match value.trim().parse::<u64>() {
+                    Ok(secs) if self.sent_at_secs.is_none() => self.sent_at_secs = Some(secs),
+                    Ok(_) => self.cuts.add(CutReason::Duplicate),
+                    Err(_) => self.cuts.add(CutReason::BadNumber),
+                }
+                return;
+            }
+            links::TARGET_PARAM => {
+                // Kept whole: a cut target would redirect somewhere else.
+                if self.target.is_some() {
+                    self.cuts.add(CutReason::Duplicate);
+                } else {
+                    self.target = Some(value.to_owned());
+                }
+                return;
+            }
+            _ => {}
         }
         let value = bounded(value, self.limits.max_value_bytes, &mut self.cuts);
         let f = &mut self.fields;
@@ -379,6 +409,30 @@ impl<'a> Draft<'a> {
         }
     }
 
+    /// The site id given so far.
+    pub fn site(&self) -> Option<&str> {
+        self.site_id.as_deref()
+    }
+
+    /// A click's target (`u=`), as given.
+    pub fn target(&self) -> Option<&str> {
+        self.target.as_deref()
+    }
+
+    /// Sets the kind when the request did not (`click` on `/c`).
+    pub fn default_kind(&mut self, kind: &str) {
+        self.kind.get_or_insert_with(|| kind.to_owned());
+    }
+
+    /// Records what the edge found checking the URL's signature. The send time (`st`) is
+    /// believed only from a valid one.
+    pub fn signature(&mut self, signature: Signature) {
+        self.fields.signature = Some(signature.as_str().to_owned());
+        if signature == Signature::Valid {
+            self.fields.sent_at_ms = self.sent_at_secs.map(|s| s.saturating_mul(1000));
+        }
+    }
+
     /// Records a field that was dropped before it could be applied.
     pub fn cut(&mut self, reason: CutReason) {
         self.cuts.add(reason);
@@ -406,6 +460,13 @@ impl<'a> Draft<'a> {
                 return Err(InvalidReason::BadKind);
             }
             let mut hit = self.fields;
+            if hit.url.is_none() {
+                // A click's page is where it leads.
+                hit.url = self
+                    .target
+                    .take()
+                    .map(|t| bounded(&t, self.limits.max_value_bytes, &mut self.cuts).into_owned());
+            }
             hit.site_id = site;
             hit.kind = kind;
             hit.event_id = event_id(hit.received_at_ms);

@@ -22,6 +22,7 @@ pub mod geo;
 pub mod hit;
 pub mod kafka;
 pub mod layers;
+pub mod links;
 pub mod metrics;
 pub mod privacy;
 pub mod process;

@@ -22,20 +22,38 @@ pub fn transport_label(t: Transport) -> &'static str {
 }
 
 /// Routes as metric labels.
-pub const ROUTES: [&str; 8] = [
-    "pixel", "collect", "healthz", "readyz", "optout", "optin", "other", "metrics",
+pub const ROUTES: [&str; 10] = [
+    "pixel", "click", "collect", "script", "healthz", "readyz", "optout", "optin", "other",
+    "metrics",
+];
+
+/// Reasons `GET /c` refused to redirect: the target's syntax (see `redirect::TargetError`), a
+/// host not on the allowlist, a bad signature, or an unreadable query.
+pub const CLICK_REFUSED_REASONS: [&str; 10] = [
+    "missing",
+    "too_long",
+    "bad_character",
+    "not_http",
+    "userinfo",
+    "bad_host",
+    "bad_port",
+    "not_allowed",
+    "bad_signature",
+    "query_too_long",
 ];
 
 /// Reasons a valid hit was dropped before reaching Kafka's client: the queue was full, it was
 /// still queued when shutdown ran out of time, or the site's policy drops hits with that privacy
-/// signal (`gpc`, `dnt`, `no_consent`, `optout`).
-pub const DROP_REASONS: [&str; 6] = [
+/// signal (`gpc`, `dnt`, `no_consent`, `optout`), or drops conversions that are not validly
+/// signed (`unsigned_conversion`).
+pub const DROP_REASONS: [&str; 7] = [
     "queue_full",
     "shutdown",
     "gpc",
     "dnt",
     "no_consent",
     "optout",
+    "unsigned_conversion",
 ];
 
 /// The edge's metrics.
@@ -65,6 +83,10 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections closed at once because `http.max_connections` were open.
     pub connections_rejected: IntCounter,
+    /// Signed URLs checked, by result (`valid`, `invalid`, `expired`, `unknown_key`).
+    signatures: IntCounterVec,
+    /// `GET /c` requests refused, by reason (see [`CLICK_REFUSED_REASONS`]).
+    clicks_refused: IntCounterVec,
     hot: Hot,
 }
 
@@ -188,6 +210,16 @@ impl Metrics {
                 "pixelpipe_ingest_connections_rejected_total",
                 "Connections closed at once because http.max_connections were open.",
             ),
+            signatures: counter_vec(
+                "pixelpipe_ingest_signatures_checked_total",
+                "Signed URLs checked, by result.",
+                &["result"],
+            ),
+            clicks_refused: counter_vec(
+                "pixelpipe_ingest_clicks_refused_total",
+                "GET /c requests answered 400 instead of a redirect, by reason.",
+                &["reason"],
+            ),
             registry,
             hot: Hot {
                 pixel_ok: requests.with_label_values(&["pixel", "200"]),
@@ -206,6 +238,14 @@ impl Metrics {
         // Every reason exists from the start (at zero), so alerts see the series before the event.
         for r in DROP_REASONS {
             m.hits_dropped.with_label_values(&[r]);
+        }
+        for r in CLICK_REFUSED_REASONS {
+            m.clicks_refused.with_label_values(&[r]);
+        }
+        for s in crate::signing::Signature::ALL {
+            if s != crate::signing::Signature::Absent {
+                m.signatures.with_label_values(&[s.as_str()]);
+            }
         }
         m
     }
@@ -230,6 +270,16 @@ impl Metrics {
     /// Counts a hit that was not stored because it was invalid.
     pub fn invalid(&self, reason: InvalidReason) {
         self.hot.invalid[reason as usize].inc();
+    }
+
+    /// Counts a checked URL signature.
+    pub fn signature(&self, result: crate::signing::Signature) {
+        self.signatures.with_label_values(&[result.as_str()]).inc();
+    }
+
+    /// Counts a refused click redirect.
+    pub fn click_refused(&self, reason: &'static str) {
+        self.clicks_refused.with_label_values(&[reason]).inc();
     }
 
     /// Counts a valid hit dropped because the queue was full.

@@ -20,14 +20,20 @@ use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpConfig, LimitsConfig};
 use crate::error::Error;
 use crate::hit::{apply_json_object, apply_query, Draft, InvalidReason, RequestMeta};
+use crate::links::{ConversionPolicy, Links};
 use crate::metrics::Metrics;
 use crate::queue::HitQueue;
+use crate::redirect::parse_target;
+use crate::signing::Signature;
 use crate::wire::Transport;
 
 /// The transparent 1x1 GIF every pixel request gets: GIF89a, a two-colour table, a graphic
 /// control extension marking colour 0 transparent, one pixel of colour 0.
 pub const PIXEL_GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\
 \x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
+
+/// The page snippet (`GET /px.js`), served from the binary so that it always matches the edge.
+pub const SNIPPET_JS: &str = include_str!("../static/px.js");
 
 /// The response body type of every route.
 pub type ResponseBody = Full<Bytes>;
@@ -43,6 +49,7 @@ pub struct Edge {
     metrics: Metrics,
     shutting_down: AtomicBool,
     optout_cookie: String,
+    links: Links,
 }
 
 impl Edge {
@@ -65,6 +72,8 @@ impl Edge {
             metrics,
             shutting_down: AtomicBool::new(false),
             optout_cookie: config.privacy.optout_cookie.clone(),
+            links: Links::new(&config.links)
+                .map_err(|(setting, reason)| Error::config(setting, reason))?,
         })
     }
 
@@ -82,6 +91,8 @@ impl Edge {
         let method = req.method().clone();
         let (route, result) = match req.uri().path() {
             "/p.gif" => ("pixel", self.pixel(&req, peer)),
+            "/c" => ("click", self.click(&req, peer)),
+            "/px.js" => ("script", only_get(&method).map(|()| script_response())),
             "/collect" => ("collect", self.collect(req, peer).await),
             "/healthz" => (
                 "healthz",
@@ -106,11 +117,85 @@ impl Edge {
         let mut meta = self.meta(req, peer);
         meta.head_request = head;
         let mut draft = Draft::new(&meta, Transport::Pixel, &self.edge_id, &self.limits);
-        match apply_query(&mut draft, req.uri().query().unwrap_or("")) {
-            Ok(()) => self.finish(draft),
+        match self.apply_signed_query(req, &mut draft, meta.received_at_ms) {
+            Ok(_) => self.finish(draft),
             Err(reason) => self.metrics.invalid(reason),
         }
         Ok(gif_response())
+    }
+
+    /// `GET /c?site=..&u=<target>`: records a click and redirects, but only to a target that is
+    /// signed or on the site's allowlist; anything else is answered 400 and counted, so the edge
+    /// can never be used as an open redirect.
+    fn click<B>(&self, req: &Request<B>, peer: IpAddr) -> Result<Response<ResponseBody>, Error> {
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return Err(Error::MethodNotAllowed { allow: "GET, HEAD" }),
+        };
+        let mut meta = self.meta(req, peer);
+        meta.head_request = head;
+        let mut draft = Draft::new(&meta, Transport::Pixel, &self.edge_id, &self.limits);
+        let signature = match self.apply_signed_query(req, &mut draft, meta.received_at_ms) {
+            Ok(signature) => signature,
+            Err(reason) => {
+                self.metrics.invalid(reason);
+                return Err(self.refuse_click("query_too_long", "the query is too long"));
+            }
+        };
+        let target = match parse_target(draft.target().unwrap_or("")) {
+            Ok(t) => t,
+            Err(e) => return Err(self.refuse_click(e.as_str(), &e.to_string())),
+        };
+        // Computed over the whole query, so `u` is covered; expiry was checked too.
+        let signed = signature == Some(Signature::Valid);
+        if !signed && !self.links.redirect_allowed(draft.site(), &target.host) {
+            let (reason, why) = match signature {
+                Some(_) => (
+                    "bad_signature",
+                    "the link's signature is not valid and the target host is not allowed",
+                ),
+                None => (
+                    "not_allowed",
+                    "the target host is not on this site's redirect allowlist",
+                ),
+            };
+            return Err(self.refuse_click(reason, why));
+        }
+        draft.default_kind("click");
+        self.finish(draft);
+        let mut r = empty(StatusCode::FOUND);
+        let h = r.headers_mut();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&target.url).map_err(|_| {
+                self.refuse_click("bad_character", "the target cannot be a header value")
+            })?,
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(r)
+    }
+
+    fn refuse_click(&self, reason: &'static str, why: &str) -> Error {
+        self.metrics.click_refused(reason);
+        Error::ClickRefused(why.to_owned())
+    }
+
+    /// Applies a GET query to a draft and checks the URL's signature when it has one.
+    fn apply_signed_query<B>(
+        &self,
+        req: &Request<B>,
+        draft: &mut Draft<'_>,
+        now_ms: u64,
+    ) -> Result<Option<Signature>, InvalidReason> {
+        let query = req.uri().query().unwrap_or("");
+        apply_query(draft, query)?;
+        let signature = self.links.verify(req.uri().path(), query, now_ms / 1000);
+        if let Some(signature) = signature {
+            self.metrics.signature(signature);
+            draft.signature(signature);
+        }
+        Ok(signature)
     }
 
     async fn collect<B>(
@@ -235,12 +320,26 @@ impl Edge {
         meta
     }
 
-    /// Validates a draft and offers the hit; every outcome is counted.
+    /// Validates a draft, applies the site's conversion policy and offers the hit; every outcome
+    /// is counted.
     fn finish(&self, draft: Draft<'_>) {
         let (result, cuts) = draft.finish();
         match result {
-            Ok(hit) => {
+            Ok(mut hit) => {
                 self.metrics.cuts(&cuts);
+                if hit.kind == "conversion" && hit.signature.as_deref() != Some("valid") {
+                    match self.links.conversion_policy(&hit.site_id) {
+                        ConversionPolicy::Accept => {}
+                        ConversionPolicy::Flag => hit.unverified = true,
+                        ConversionPolicy::Drop => {
+                            self.metrics
+                                .hits_dropped
+                                .with_label_values(&["unsigned_conversion"])
+                                .inc();
+                            return;
+                        }
+                    }
+                }
                 // A dropped hit is counted by the queue; the client gets its answer regardless.
                 self.queue.offer(hit);
             }
@@ -309,6 +408,26 @@ fn check_content_type(headers: &hyper::HeaderMap) -> Result<(), Error> {
     }
 }
 
+/// `GET /px.js`: the page snippet. Browsers may cache it for an hour; it changes only with the
+/// edge's version.
+fn script_response() -> Response<ResponseBody> {
+    let mut r = Response::new(Full::new(Bytes::from_static(SNIPPET_JS.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
 /// The pixel response: static bytes and headers that stop every cache from answering for us.
 pub fn gif_response() -> Response<ResponseBody> {
     let mut r = Response::new(Full::new(Bytes::from_static(PIXEL_GIF)));
@@ -375,20 +494,20 @@ fn error_response(e: Error) -> Response<ResponseBody> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::batcher::tests::RecordingProducer;
     use crate::wire::Hit;
     use crossbeam_channel::Receiver;
     use std::sync::Arc;
 
-    struct Fixture {
-        edge: Edge,
-        rx: Receiver<Hit>,
-        metrics: Metrics,
+    pub(crate) struct Fixture {
+        pub(crate) edge: Edge,
+        pub(crate) rx: Receiver<Hit>,
+        pub(crate) metrics: Metrics,
     }
 
-    fn fixture(config: Config, capacity: usize) -> Fixture {
+    pub(crate) fn fixture(config: Config, capacity: usize) -> Fixture {
         let metrics = Metrics::new();
         let (queue, rx) = HitQueue::new(capacity, config.queue.high_water_percent, metrics.clone());
         let edge = Edge::new(
@@ -408,7 +527,7 @@ mod tests {
         }
     }
 
-    fn req(method: &str, uri: &str, body: &str) -> Request<Full<Bytes>> {
+    pub(crate) fn req(method: &str, uri: &str, body: &str) -> Request<Full<Bytes>> {
         Request::builder()
             .method(method)
             .uri(uri)
@@ -420,7 +539,10 @@ mod tests {
         "198.51.100.7".parse().unwrap()
     }
 
-    async fn call(f: &Fixture, r: Request<Full<Bytes>>) -> (StatusCode, hyper::HeaderMap, Bytes) {
+    pub(crate) async fn call(
+        f: &Fixture,
+        r: Request<Full<Bytes>>,
+    ) -> (StatusCode, hyper::HeaderMap, Bytes) {
         let resp = f.edge.handle(r, peer()).await;
         let (parts, body) = resp.into_parts();
         (
@@ -730,5 +852,293 @@ mod tests {
         );
         assert_eq!(PIXEL_GIF[22] & 1, 1, "transparency flag");
         assert_eq!(PIXEL_GIF[42], 0x3b, "trailer");
+    }
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::tests::{call, fixture, req};
+    use super::*;
+    use crate::links::{LinkRequest, LinksConfig, SiteLinks};
+
+    fn links_config() -> Config {
+        let mut c = Config {
+            edge_id: "test-edge".into(),
+            ..Config::default()
+        };
+        c.links = LinksConfig {
+            keys: [
+                ("old".to_owned(), "old-secret-0123456789".to_owned()),
+                ("new".to_owned(), "new-secret-0123456789".to_owned()),
+            ]
+            .into(),
+            sign_with: "new".into(),
+            redirect_allowlist: vec!["shop.example".into(), ".shop.example".into()],
+            ..LinksConfig::default()
+        };
+        c.links.sites.insert(
+            "strict".into(),
+            SiteLinks {
+                unsigned_conversions: Some(ConversionPolicy::Drop),
+                redirect_allowlist: Some(vec![]),
+            },
+        );
+        c.links.sites.insert(
+            "flagged".into(),
+            SiteLinks {
+                unsigned_conversions: Some(ConversionPolicy::Flag),
+                ..SiteLinks::default()
+            },
+        );
+        c
+    }
+
+    fn signed(config: &Config, req: LinkRequest) -> String {
+        let url = Links::new(&config.links)
+            .unwrap()
+            .build(&LinkRequest {
+                base_url: "http://px.test".into(),
+                sign: true,
+                ..req
+            })
+            .unwrap();
+        url.strip_prefix("http://px.test").unwrap().to_owned()
+    }
+
+    fn link(site: &str) -> LinkRequest {
+        LinkRequest {
+            site: site.into(),
+            ..LinkRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn clicks_redirect_only_to_allowed_or_signed_targets() {
+        let config = links_config();
+        let f = fixture(config.clone(), 64);
+        // On the allowlist: 302 and a click hit whose url is the target.
+        let (status, headers, _) = call(
+            &f,
+            req(
+                "GET",
+                "/c?site=shop&u=https%3A%2F%2Fwww.shop.example%2Fsale%3Fa%3D1&campaign=spring",
+                "",
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FOUND);
+        assert_eq!(
+            headers[header::LOCATION],
+            "https://www.shop.example/sale?a=1"
+        );
+        let hit = f.rx.try_recv().unwrap();
+        assert_eq!(
+            (
+                hit.kind.as_str(),
+                hit.url.as_deref(),
+                hit.campaign.as_deref()
+            ),
+            (
+                "click",
+                Some("https://www.shop.example/sale?a=1"),
+                Some("spring")
+            )
+        );
+        assert!(hit.props.is_empty(), "u is not a custom property");
+
+        // Elsewhere, signed: 302. The same URL with the target swapped: 400.
+        let target = "https://partner.example/offer";
+        let path = signed(
+            &config,
+            LinkRequest {
+                click_target: Some(target.into()),
+                ..link("shop")
+            },
+        );
+        let (status, headers, _) = call(&f, req("GET", &path, "")).await;
+        assert_eq!(status, StatusCode::FOUND, "{path}");
+        assert_eq!(headers[header::LOCATION], target);
+        assert_eq!(f.rx.try_recv().unwrap().signature.as_deref(), Some("valid"));
+        let tampered = path.replace("partner.example", "evil.example");
+        let (status, _, body) = call(&f, req("GET", &tampered, "")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            String::from_utf8_lossy(&body).contains("signature"),
+            "{body:?}"
+        );
+        assert!(f.rx.try_recv().is_err(), "a refused click is not stored");
+
+        // Not allowed, not signed; and a site whose own list is empty.
+        for uri in [
+            "/c?site=shop&u=https%3A%2F%2Fevil.example%2F",
+            "/c?site=strict&u=https%3A%2F%2Fshop.example%2F",
+        ] {
+            assert_eq!(
+                call(&f, req("GET", uri, "")).await.0,
+                StatusCode::BAD_REQUEST,
+                "{uri}"
+            );
+        }
+        let text = f.metrics.render();
+        assert!(
+            text.contains("pixelpipe_ingest_clicks_refused_total{reason=\"not_allowed\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("pixelpipe_ingest_clicks_refused_total{reason=\"bad_signature\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn redirect_attack_strings_are_refused() {
+        let f = fixture(links_config(), 64);
+        // Each target is percent-encoded into `u` the way an attacker would send it.
+        for (target, reason) in [
+            ("//evil.com", "not_http"),
+            ("https:evil.com", "not_http"),
+            ("/\\evil.com", "bad_character"),
+            ("https://shop.example\\@evil.com", "bad_character"),
+            ("https://shop.example@evil.com", "userinfo"),
+            ("https://shop.example:x@evil.com/", "userinfo"),
+            ("https://shop.example%40evil.com", "userinfo"),
+            ("https://shop.example/\r\nSet-Cookie: a=b", "bad_character"),
+            (
+                "https://shop.example/%0d%0aSet-Cookie:a=b",
+                "not_allowed_if_decoded_twice",
+            ),
+            ("javascript:alert(1)", "not_http"),
+            ("data:text/html,<script>alert(1)</script>", "not_http"),
+            ("https://evil.com#https://shop.example", "not_allowed"),
+            ("https://shop.example.evil.com/", "not_allowed"),
+            ("", "missing"),
+        ] {
+            let encoded: String = target.bytes().map(|b| format!("%{b:02X}")).collect();
+            let (status, headers, _) =
+                call(&f, req("GET", &format!("/c?site=shop&u={encoded}"), "")).await;
+            if reason == "not_allowed_if_decoded_twice" {
+                // `%0d%0a` reaches us as literal text `%0d%0a` after one decoding: the host is
+                // allowed, and the Location header carries the escape, not a line break.
+                assert_eq!(status, StatusCode::FOUND, "{target:?}");
+                assert!(!headers[header::LOCATION].as_bytes().contains(&b'\n'));
+                f.rx.try_recv().unwrap();
+                continue;
+            }
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{target:?}");
+            assert!(headers.get(header::LOCATION).is_none());
+            let text = f.metrics.render();
+            assert!(
+                text.contains(&format!(
+                    "pixelpipe_ingest_clicks_refused_total{{reason=\"{reason}\"}}"
+                )),
+                "{reason}"
+            );
+        }
+        assert!(f.rx.try_recv().is_err(), "no refused click was stored");
+    }
+
+    #[test]
+    fn every_target_error_has_a_refusal_label() {
+        for r in crate::redirect::TargetError::REASONS {
+            assert!(crate::metrics::CLICK_REFUSED_REASONS.contains(&r), "{r}");
+        }
+    }
+
+    #[tokio::test]
+    async fn signatures_are_checked_and_send_times_believed_only_when_valid() {
+        let config = links_config();
+        let f = fixture(config.clone(), 64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let open = LinkRequest {
+            kind: Some("open".into()),
+            params: vec![("msg".into(), "m-1".into())],
+            sent_at_unix_secs: Some(now - 5),
+            ..link("shop")
+        };
+        let good = signed(&config, open.clone());
+        let expired = signed(
+            &config,
+            LinkRequest {
+                expires_at_unix_secs: Some(now - 60),
+                ..open.clone()
+            },
+        );
+        let rotated_out = good.replace("kid=new", "kid=gone");
+        for (uri, want, sent) in [
+            (good.as_str(), "valid", Some((now - 5) * 1000)),
+            (&good.replace("m-1", "m-2"), "invalid", None),
+            (expired.as_str(), "expired", None),
+            (rotated_out.as_str(), "unknown_key", None),
+        ] {
+            assert_eq!(call(&f, req("GET", uri, "")).await.0, StatusCode::OK);
+            let hit = f.rx.try_recv().unwrap();
+            assert_eq!(hit.signature.as_deref(), Some(want), "{uri}");
+            assert_eq!(hit.sent_at_ms, sent, "{uri}");
+            assert!(
+                hit.props.is_empty(),
+                "kid/exp/sig/st are not custom properties"
+            );
+        }
+        // Unsigned: no status at all.
+        call(&f, req("GET", "/p.gif?site=shop&e=open&st=5", "")).await;
+        let hit = f.rx.try_recv().unwrap();
+        assert_eq!((hit.signature, hit.sent_at_ms), (None, None));
+    }
+
+    #[tokio::test]
+    async fn unsigned_conversions_follow_the_sites_policy() {
+        let config = links_config();
+        let f = fixture(config.clone(), 64);
+        let conversion = |site: &str| LinkRequest {
+            kind: Some("conversion".into()),
+            params: vec![("value".into(), "30".into())],
+            ..link(site)
+        };
+        // Signed conversions pass everywhere.
+        for site in ["shop", "flagged", "strict"] {
+            let (status, _, _) = call(&f, req("GET", &signed(&config, conversion(site)), "")).await;
+            assert_eq!(status, StatusCode::OK);
+            let hit = f.rx.try_recv().unwrap();
+            assert!(!hit.unverified, "{site}");
+        }
+        // Unsigned (or tampered): accepted, flagged, or dropped and counted; the GIF either way.
+        let tampered = signed(&config, conversion("flagged")).replace("value=30", "value=3000");
+        for (uri, outcome) in [
+            (
+                "/p.gif?site=shop&e=conversion&value=30".to_owned(),
+                Some(false),
+            ),
+            (
+                "/p.gif?site=flagged&e=conversion&value=30".to_owned(),
+                Some(true),
+            ),
+            (tampered, Some(true)),
+            ("/p.gif?site=strict&e=conversion&value=30".to_owned(), None),
+        ] {
+            let (status, _, body) = call(&f, req("GET", &uri, "")).await;
+            assert_eq!((status, body.len()), (StatusCode::OK, 43), "{uri}");
+            assert_eq!(f.rx.try_recv().ok().map(|h| h.unverified), outcome, "{uri}");
+        }
+        // Other kinds are not affected by the policy.
+        call(&f, req("GET", "/p.gif?site=strict&e=open", "")).await;
+        assert!(!f.rx.try_recv().unwrap().unverified);
+        assert!(f
+            .metrics
+            .render()
+            .contains("pixelpipe_ingest_hits_dropped_total{reason=\"unsigned_conversion\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn the_page_snippet_is_served() {
+        let f = fixture(links_config(), 4);
+        let (status, headers, body) = call(&f, req("GET", "/px.js", "")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[CONTENT_TYPE], "text/javascript; charset=utf-8");
+        let js = String::from_utf8(body.to_vec()).unwrap();
+        assert!(js.contains("sendBeacon") && js.contains("/p.gif?"));
+        assert_eq!(
+            call(&f, req("POST", "/px.js", "")).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

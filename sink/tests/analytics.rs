@@ -12,8 +12,18 @@ use common::edge::unique_topic;
 use common::*;
 use pixelpipe_ingest::wire;
 
+const CHROME: &str = r#","user_agent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36""#;
+const APPLE_MPP: &str = r#","user_agent":"Mozilla/5.0""#;
+const GMAIL: &str = r#","user_agent":"Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)""#;
+const SCANNER: &str = r#","user_agent":"Mozilla/5.0 (compatible; Barracuda Sentinel (EE))""#;
+const BOT: &str =
+    r#","user_agent":"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)""#;
+
 /// 40 emails of campaign `spring` (variant A/B), 20 opened (4 of them twice), 6 conversions of
 /// 10.0 EUR with plan=pro/basic; 50 of `summer`, 10 opened, 2 conversions of 5.5 EUR; 5 page views.
+/// Browsers are Chrome except: spring s14-s15 opened through Gmail's image proxy (a real open),
+/// s16-s19 only by Apple Mail Privacy Protection's prefetch; summer m8-m9 only by a mail scanner,
+/// and m1's conversion came from a crawler.
 fn fixture() -> Vec<Vec<u8>> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -21,10 +31,15 @@ fn fixture() -> Vec<Vec<u8>> {
         .as_millis() as u64;
     let mut hits = Vec::new();
     let mut push = |kind: &str, campaign: &str, variant: &str, msg: &str, extra: &str| {
+        let ua = if extra.contains("user_agent") {
+            ""
+        } else {
+            CHROME
+        };
         let json = format!(
             r#"{{"schema_version":1,"event_id":"{}","received_at_ms":{now_ms},"edge_id":"a","transport":"pixel",
                 "kind":"{kind}","site_id":"mail","path":"/p.gif","campaign":"{campaign}","variant":"{variant}",
-                "message_id":"{msg}"{extra}}}"#,
+                "message_id":"{msg}"{extra}{ua}}}"#,
             uuid::Uuid::now_v7()
         );
         let mut buf = Vec::new();
@@ -33,7 +48,12 @@ fn fixture() -> Vec<Vec<u8>> {
     };
     for i in 0..20 {
         let variant = if i % 2 == 0 { "A" } else { "B" };
-        push("open", "spring", variant, &format!("s{i}"), "");
+        let opener = match i {
+            14 | 15 => GMAIL,
+            16.. => APPLE_MPP,
+            _ => "",
+        };
+        push("open", "spring", variant, &format!("s{i}"), opener);
         if i < 4 {
             push("open", "spring", variant, &format!("s{i}"), "");
         }
@@ -49,7 +69,13 @@ fn fixture() -> Vec<Vec<u8>> {
         }
     }
     for i in 0..10 {
-        push("open", "summer", "", &format!("m{i}"), "");
+        push(
+            "open",
+            "summer",
+            "",
+            &format!("m{i}"),
+            if i >= 8 { SCANNER } else { "" },
+        );
     }
     for i in 0..2 {
         push(
@@ -57,7 +83,10 @@ fn fixture() -> Vec<Vec<u8>> {
             "summer",
             "",
             &format!("m{i}"),
-            r#","value":5.5,"currency":"EUR""#,
+            &format!(
+                r#","value":5.5,"currency":"EUR"{}"#,
+                if i == 1 { BOT } else { "" }
+            ),
         );
     }
     for _ in 0..5 {
@@ -113,7 +142,7 @@ async fn every_documented_query_runs_and_answers_right() {
                 .replace("pixelpipe.bad_hits", &format!("pixelpipe.{prefix}bad_hits"))
         })
         .collect();
-    assert_eq!(queries.len(), 7, "every query block is found");
+    assert_eq!(queries.len(), 10, "every query block is found");
     let mut answers = Vec::new();
     for q in &queries {
         answers.push(tsv(&url, q).await);
@@ -125,6 +154,9 @@ async fn every_documented_query_runs_and_answers_right() {
         "spring\tEUR\t6\t60\nsummer\tEUR\t2\t11\n".to_string(),
         "spring\tA\t10\t3\t0.3\nspring\tB\t10\t3\t0.3\n".to_string(),
         "basic\t2\npro\t4\n".to_string(),
+        "spring\t40\t20\t16\t0.5\t0.4\nsummer\t50\t10\t8\t0.2\t0.16\n".to_string(),
+        "spring\tEUR\t6\t6\t60\nsummer\tEUR\t2\t1\t5.5\n".to_string(),
+        "bot\tcrawler_ua\t1\nemail_proxy\tapple_mail_privacy\t4\nemail_proxy\tgmail_image_proxy\t2\nhuman\tno_rule_matched\t38\nscanner\tbarracuda\t2\n".to_string(),
         "undecodable\t1\n".to_string(),
     ];
     for (i, (got, want)) in answers.iter().zip(&expect).enumerate() {

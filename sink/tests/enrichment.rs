@@ -267,3 +267,123 @@ async fn retention_deletes_what_is_older_than_each_tables_limit() {
         "hits 1, 10 and 29 days old stay; of the bad hits only the day-old one"
     );
 }
+
+#[derive(clickhouse::Row, serde::Deserialize, Debug)]
+struct Signed {
+    msg: String,
+    kind: String,
+    signature: String,
+    sent_at: u32,
+    unverified: u8,
+    traffic_class: String,
+    class_reason: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_send_times_and_unverified_conversions_reach_clickhouse() {
+    use pixelpipe_ingest::links::{ConversionPolicy, LinkRequest, Links};
+    let key = ("k1".to_owned(), "sink-test-secret-0123456789".to_owned());
+    let p = Pipeline::start("signed", 1, |topic| {
+        let mut c = common::edge::test_config(topic);
+        c.links.keys.insert(key.0.clone(), key.1.clone());
+        c.links.unsigned_conversions = ConversionPolicy::Flag;
+        c
+    })
+    .await;
+    let mut links_config = pixelpipe_ingest::links::LinksConfig::default();
+    links_config.keys.insert(key.0.clone(), key.1.clone());
+    let links = Links::new(&links_config).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let url = |msg: &str, kind: &str, sent: Option<u64>, sign: bool| {
+        links
+            .build(&LinkRequest {
+                base_url: String::new(),
+                site: "s".into(),
+                kind: Some(kind.into()),
+                params: vec![("msg".into(), msg.into())],
+                sign,
+                sent_at_unix_secs: sent,
+                ..LinkRequest::default()
+            })
+            .unwrap()
+    };
+    let targets = [
+        // Opened within a second of sending: a machine on delivery.
+        url("instant", "open", Some(now), true),
+        // Opened an hour later.
+        url("later", "open", Some(now - 3600), true),
+        // A send time on an unsigned URL is not believed.
+        format!("/p.gif?site=s&e=open&msg=unsigned&st={now}"),
+        url("conv-signed", "conversion", None, true),
+        url("conv-unsigned", "conversion", None, false),
+    ];
+    let addr = p.edge.public;
+    for t in &targets {
+        let r = http(addr, "GET", t, &[("User-Agent", CHROME)], b"");
+        assert_eq!(r.status, 200, "{t}");
+    }
+    let n = wait_for(
+        &p.url,
+        &format!("SELECT count() FROM {}", p.table),
+        targets.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(n, targets.len() as u64);
+    let rows: Vec<Signed> = ch(&p.url)
+        .query(&format!(
+            "SELECT message_id AS msg, kind, signature, toUInt32(sent_at) AS sent_at, unverified,
+                    traffic_class, class_reason
+             FROM {} ORDER BY msg",
+            p.table
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str, &str, bool, u8, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.msg.as_str(),
+                r.kind.as_str(),
+                r.signature.as_str(),
+                r.sent_at > 0,
+                r.unverified,
+                r.class_reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "conv-signed",
+                "conversion",
+                "valid",
+                false,
+                0,
+                "no_rule_matched"
+            ),
+            (
+                "conv-unsigned",
+                "conversion",
+                "",
+                false,
+                1,
+                "no_rule_matched"
+            ),
+            ("instant", "open", "valid", true, 0, "open_soon_after_send"),
+            ("later", "open", "valid", true, 0, "no_rule_matched"),
+            ("unsigned", "open", "", false, 0, "no_rule_matched"),
+        ]
+    );
+    let instant = rows.iter().find(|r| r.msg == "instant").unwrap();
+    assert_eq!(
+        (instant.traffic_class.as_str(), u64::from(instant.sent_at)),
+        ("scanner", now)
+    );
+    p.sink.stop().await;
+}

@@ -1,0 +1,421 @@
+//! The edge's policy for signed links, conversions and click redirects: the `[links]` settings,
+//! what a URL's signature means for a hit, which click targets may be redirected to, and the
+//! builder behind `pixelpipe-ingest url`.
+//!
+//! The cryptography is `signing`'s and the target syntax `redirect`'s; this module only decides.
+//! It does not touch requests or metrics (`service` does).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::redirect::host_allowed;
+use crate::signing::{self, Keyring, Signature};
+
+/// Query parameter with the send time of an email (Unix seconds), trusted only when signed.
+pub const SENT_AT_PARAM: &str = "st";
+/// Query parameter with a click's target URL.
+pub const TARGET_PARAM: &str = "u";
+
+/// What happens to a conversion that is not validly signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversionPolicy {
+    /// Stored like any hit (the signature status is still recorded). The default.
+    #[default]
+    Accept,
+    /// Stored with `unverified` set: kept for debugging, never counted as a verified conversion.
+    Flag,
+    /// Not stored; counted as dropped with reason `unsigned_conversion`.
+    Drop,
+}
+
+/// Overrides for one site; absent fields take the global value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiteLinks {
+    /// Overrides `links.unsigned_conversions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsigned_conversions: Option<ConversionPolicy>,
+    /// Replaces `links.redirect_allowlist` for this site.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_allowlist: Option<Vec<String>>,
+}
+
+/// The `[links]` settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinksConfig {
+    /// Signing keys by id: `[links.keys] k2026a = "a secret of 16 bytes or more"`. Every key
+    /// listed verifies; rotate by adding a key, signing with it, and removing the old one once
+    /// its URLs no longer matter. Ids are 1 to 32 of `a-z 0-9 _ -`. Default none.
+    pub keys: BTreeMap<String, String>,
+    /// The key `pixelpipe-ingest url --sign` signs with. Default empty: the only key, when there
+    /// is exactly one.
+    pub sign_with: String,
+    /// What happens to a conversion without a valid signature. Default `accept`.
+    pub unsigned_conversions: ConversionPolicy,
+    /// Hosts `GET /c` may redirect to without a signature: `shop.example` is that host only,
+    /// `.shop.example` any host under it. Default none: only signed click URLs redirect.
+    pub redirect_allowlist: Vec<String>,
+    /// Per-site overrides, by site id.
+    pub sites: BTreeMap<String, SiteLinks>,
+}
+
+impl LinksConfig {
+    /// Checks the settings; the error names the wrong one.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let ring = self.keyring()?;
+        if !self.sign_with.is_empty() && !self.keys.contains_key(&self.sign_with) {
+            return Err((
+                "links.sign_with".into(),
+                format!("names no key in links.keys ({:?})", self.sign_with),
+            ));
+        }
+        let lists = std::iter::once((
+            "links.redirect_allowlist".to_owned(),
+            &self.redirect_allowlist,
+        ))
+        .chain(self.sites.iter().filter_map(|(site, s)| {
+            s.redirect_allowlist
+                .as_ref()
+                .map(|l| (format!("links.sites.{site}.redirect_allowlist"), l))
+        }));
+        for (setting, list) in lists {
+            if let Some(bad) = list.iter().find(|e| !valid_allowlist_entry(e)) {
+                return Err((
+                    setting,
+                    format!("{bad:?} is not a host name (or .domain for its subdomains)"),
+                ));
+            }
+        }
+        let requires = std::iter::once((
+            "links.unsigned_conversions".to_owned(),
+            self.unsigned_conversions,
+        ))
+        .chain(self.sites.iter().filter_map(|(site, s)| {
+            s.unsigned_conversions
+                .map(|p| (format!("links.sites.{site}.unsigned_conversions"), p))
+        }));
+        for (setting, policy) in requires {
+            if policy != ConversionPolicy::Accept && ring.is_empty() {
+                return Err((
+                    setting,
+                    "requires signed conversions, but links.keys is empty: none could be valid"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn keyring(&self) -> Result<Keyring, (String, String)> {
+        Keyring::new(self.keys.clone().into_iter().collect())
+            .map_err(|e| ("links.keys".to_owned(), e.to_string()))
+    }
+}
+
+fn valid_allowlist_entry(entry: &str) -> bool {
+    let host = entry.strip_prefix('.').unwrap_or(entry);
+    !host.is_empty()
+        && !host.starts_with(['.', '-'])
+        && !host.ends_with(['.', '-'])
+        && !host.contains("..")
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+}
+
+/// The policy, ready to use on the request path.
+#[derive(Debug, Clone)]
+pub struct Links {
+    keyring: Keyring,
+    config: LinksConfig,
+}
+
+impl Links {
+    /// From checked settings.
+    pub fn new(config: &LinksConfig) -> Result<Links, (String, String)> {
+        config.check()?;
+        Ok(Links {
+            keyring: config.keyring()?,
+            config: config.clone(),
+        })
+    }
+
+    /// The signature status of a request's query, `None` when it carries no `sig` (the common,
+    /// unsigned case costs a scan for `sig=` and nothing else).
+    pub fn verify(&self, path: &str, raw_query: &str, now_unix_secs: u64) -> Option<Signature> {
+        let signed = raw_query
+            .split('&')
+            .any(|p| p.starts_with("sig=") || p == "sig");
+        signed.then(|| self.keyring.verify_query(path, raw_query, now_unix_secs))
+    }
+
+    /// The conversion policy of `site`.
+    pub fn conversion_policy(&self, site: &str) -> ConversionPolicy {
+        self.config
+            .sites
+            .get(site)
+            .and_then(|s| s.unsigned_conversions)
+            .unwrap_or(self.config.unsigned_conversions)
+    }
+
+    /// Whether `/c` may redirect to `host` for `site` without a signature.
+    pub fn redirect_allowed(&self, site: Option<&str>, host: &str) -> bool {
+        let list = site
+            .and_then(|s| self.config.sites.get(s))
+            .and_then(|s| s.redirect_allowlist.as_ref())
+            .unwrap_or(&self.config.redirect_allowlist);
+        host_allowed(host, list)
+    }
+
+    /// Builds a pixel or click URL (see [`LinkRequest`]).
+    pub fn build(&self, req: &LinkRequest) -> Result<String, String> {
+        let mut params: Vec<(String, String)> = vec![("site".into(), req.site.clone())];
+        if let Some(kind) = &req.kind {
+            params.push(("e".into(), kind.clone()));
+        }
+        params.extend(req.params.iter().cloned());
+        let path = match &req.click_target {
+            Some(target) => {
+                crate::redirect::parse_target(target).map_err(|e| format!("click target: {e}"))?;
+                params.push((TARGET_PARAM.into(), target.clone()));
+                "/c"
+            }
+            None => "/p.gif",
+        };
+        if let Some(sent) = req.sent_at_unix_secs {
+            if !req.sign {
+                return Err("a send time is only trusted when signed: add --sign".into());
+            }
+            params.push((SENT_AT_PARAM.into(), sent.to_string()));
+        }
+        if req.sign {
+            if self.config.keys.is_empty() {
+                return Err("no signing key: add one under links.keys".into());
+            }
+            let key = match (&req.key_id, self.config.sign_with.as_str()) {
+                (Some(k), _) => k.clone(),
+                (None, "") if self.config.keys.len() == 1 => {
+                    self.config.keys.keys().next().cloned().unwrap_or_default()
+                }
+                (None, "") => {
+                    return Err(format!(
+                    "which key? links.keys has {} keys and links.sign_with is empty: pass --key-id",
+                    self.config.keys.len()
+                ))
+                }
+                (None, k) => k.to_owned(),
+            };
+            self.keyring
+                .sign_params(&key, path, &mut params, req.expires_at_unix_secs)
+                .map_err(|e| e.to_string())?;
+        } else if req.expires_at_unix_secs.is_some() {
+            return Err("an expiry only means something on a signed URL: add --sign".into());
+        }
+        Ok(signing::url(&req.base_url, path, &params))
+    }
+}
+
+/// What `pixelpipe-ingest url` is asked to build.
+#[derive(Debug, Clone, Default)]
+pub struct LinkRequest {
+    /// Where the edge is reached, e.g. `https://px.shop.example`.
+    pub base_url: String,
+    /// Site id.
+    pub site: String,
+    /// Hit kind (`e`), e.g. `open`; `None` leaves the edge's default (`pageview`, or `click`
+    /// on `/c`).
+    pub kind: Option<String>,
+    /// Further parameters in order (`campaign`, `msg`, custom properties...).
+    pub params: Vec<(String, String)>,
+    /// Build a click URL (`/c`) redirecting here, instead of a pixel URL.
+    pub click_target: Option<String>,
+    /// Sign the URL.
+    pub sign: bool,
+    /// Sign with this key instead of `links.sign_with`.
+    pub key_id: Option<String>,
+    /// The signature stops being valid after this time.
+    pub expires_at_unix_secs: Option<u64>,
+    /// When the email is sent, so that opens too soon after can be flagged.
+    pub sent_at_unix_secs: Option<u64>,
+}
+
+/// The `<img>` tag for a pixel URL in an HTML email: 1x1, no border, empty alt text so that a
+/// mail client that blocks images shows nothing.
+pub fn img_tag(url: &str) -> String {
+    let escaped = url
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!(
+        "<img src=\"{escaped}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> LinksConfig {
+        let mut c = LinksConfig {
+            keys: [
+                ("k1".to_owned(), "first-secret-0123456789".to_owned()),
+                ("k2".to_owned(), "second-secret-0123456789".to_owned()),
+            ]
+            .into(),
+            sign_with: "k2".into(),
+            redirect_allowlist: vec!["shop.example".into(), ".cdn.example".into()],
+            ..LinksConfig::default()
+        };
+        c.sites.insert(
+            "strict".into(),
+            SiteLinks {
+                unsigned_conversions: Some(ConversionPolicy::Drop),
+                redirect_allowlist: Some(vec![]),
+            },
+        );
+        c
+    }
+
+    #[test]
+    fn settings_errors_name_the_setting() {
+        let mut c = config();
+        c.sign_with = "k9".into();
+        assert_eq!(c.check().unwrap_err().0, "links.sign_with");
+        let mut c = config();
+        c.keys.insert("k3".into(), "short".into());
+        let (setting, reason) = c.check().unwrap_err();
+        assert!(
+            setting == "links.keys" && reason.contains("\"k3\""),
+            "{reason}"
+        );
+        let mut c = config();
+        c.redirect_allowlist.push("https://evil.example/".into());
+        assert_eq!(c.check().unwrap_err().0, "links.redirect_allowlist");
+        let mut c = config();
+        c.sites.get_mut("strict").unwrap().redirect_allowlist = Some(vec!["Bad Host".into()]);
+        assert_eq!(
+            c.check().unwrap_err().0,
+            "links.sites.strict.redirect_allowlist"
+        );
+        let c = LinksConfig {
+            unsigned_conversions: ConversionPolicy::Flag,
+            ..LinksConfig::default()
+        };
+        assert_eq!(c.check().unwrap_err().0, "links.unsigned_conversions");
+        assert!(config().check().is_ok());
+    }
+
+    #[test]
+    fn built_urls_verify_and_carry_what_was_asked() {
+        let links = Links::new(&config()).unwrap();
+        let url = links
+            .build(&LinkRequest {
+                base_url: "https://px.example/".into(),
+                site: "shop".into(),
+                kind: Some("open".into()),
+                params: vec![("campaign".into(), "spring sale".into())],
+                sign: true,
+                sent_at_unix_secs: Some(1_800_000_000),
+                expires_at_unix_secs: Some(4_000_000_000),
+                ..LinkRequest::default()
+            })
+            .unwrap();
+        assert!(url.starts_with("https://px.example/p.gif?site=shop&e=open&campaign=spring%20sale&st=1800000000&kid=k2&exp=4000000000&sig="), "{url}");
+        let query = url.split_once('?').unwrap().1;
+        assert_eq!(
+            links.verify("/p.gif", query, 1_800_000_100),
+            Some(Signature::Valid)
+        );
+        assert_eq!(
+            links.verify("/p.gif", "site=shop&e=open", 0),
+            None,
+            "unsigned"
+        );
+        // A click URL covers its target.
+        let click = links
+            .build(&LinkRequest {
+                base_url: "https://px.example".into(),
+                site: "shop".into(),
+                click_target: Some("https://elsewhere.example/offer?id=7".into()),
+                sign: true,
+                key_id: Some("k1".into()),
+                ..LinkRequest::default()
+            })
+            .unwrap();
+        let query = click.split_once('?').unwrap().1;
+        assert!(click.starts_with("https://px.example/c?"), "{click}");
+        assert_eq!(links.verify("/c", query, 0), Some(Signature::Valid));
+        let tampered = query.replace("elsewhere.example", "evil.example");
+        assert_eq!(links.verify("/c", &tampered, 0), Some(Signature::Invalid));
+    }
+
+    #[test]
+    fn builder_refuses_what_would_not_mean_anything() {
+        let links = Links::new(&config()).unwrap();
+        let base = LinkRequest {
+            base_url: "https://px.example".into(),
+            site: "shop".into(),
+            ..LinkRequest::default()
+        };
+        for (req, needle) in [
+            (
+                LinkRequest {
+                    sent_at_unix_secs: Some(1),
+                    ..base.clone()
+                },
+                "--sign",
+            ),
+            (
+                LinkRequest {
+                    expires_at_unix_secs: Some(1),
+                    ..base.clone()
+                },
+                "--sign",
+            ),
+            (
+                LinkRequest {
+                    click_target: Some("//evil.example".into()),
+                    ..base.clone()
+                },
+                "click target",
+            ),
+            (
+                LinkRequest {
+                    sign: true,
+                    key_id: Some("nope".into()),
+                    ..base.clone()
+                },
+                "nope",
+            ),
+        ] {
+            let e = links.build(&req).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn per_site_policy_and_allowlist() {
+        let links = Links::new(&config()).unwrap();
+        assert_eq!(links.conversion_policy("shop"), ConversionPolicy::Accept);
+        assert_eq!(links.conversion_policy("strict"), ConversionPolicy::Drop);
+        assert!(links.redirect_allowed(Some("shop"), "shop.example"));
+        assert!(links.redirect_allowed(None, "img.cdn.example"));
+        assert!(!links.redirect_allowed(Some("shop"), "evil.example"));
+        assert!(
+            !links.redirect_allowed(Some("strict"), "shop.example"),
+            "the site's own (empty) list replaces the global one"
+        );
+    }
+
+    #[test]
+    fn img_tags_escape_the_url() {
+        assert_eq!(
+            img_tag("https://px.example/p.gif?a=1&b=\"x\""),
+            "<img src=\"https://px.example/p.gif?a=1&amp;b=&quot;x&quot;\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">"
+        );
+    }
+}
