@@ -3,12 +3,16 @@
 //!
 //! Looked up in the batcher threads before the privacy policy minimises the address, so the raw
 //! IP need never leave the edge. A configured database that is missing is a warning and empty
-//! fields; one that exists but cannot be read is a start-up error naming the setting. Databases are
-//! read once at start (restart the edge to load new ones). This module does not decide what is
-//! kept (see `privacy`).
+//! fields; one that exists but cannot be read is a start-up error naming the setting.
+//!
+//! Databases are replaced while the edge runs ([`Geo::reload_if_changed`], every
+//! `geoip.reload_interval_ms`): MaxMind ships weekly updates, and `geoipupdate` replaces the file in
+//! place. A new file that cannot be read is logged and counted, and the old database stays in use.
+//! This module does not decide what is kept (see `privacy`).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use maxminddb::{geoip2, Reader};
 use serde::{Deserialize, Serialize};
@@ -17,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::wire::Hit;
 
 /// The `[geoip]` settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeoConfig {
     /// City (or country) database, e.g. `GeoLite2-City.mmdb`. Empty: no place lookup. Default
@@ -25,38 +29,146 @@ pub struct GeoConfig {
     pub city_db_path: String,
     /// ASN database, e.g. `GeoLite2-ASN.mmdb`. Empty: no ASN lookup. Default empty.
     pub asn_db_path: String,
+    /// How often the database files are checked for a new version (modification time or size
+    /// changed), which is then loaded without a restart. 0 turns reloading off. Default 60000.
+    pub reload_interval_ms: u64,
 }
 
-/// The databases, opened.
+impl Default for GeoConfig {
+    fn default() -> Self {
+        GeoConfig {
+            city_db_path: String::new(),
+            asn_db_path: String::new(),
+            reload_interval_ms: 60_000,
+        }
+    }
+}
+
+/// One database: its reader and the file version it was read from.
+struct Db {
+    reader: Reader<Vec<u8>>,
+    stamp: Stamp,
+}
+
+/// What says a file changed: its modification time and length.
+type Stamp = (Option<SystemTime>, u64);
+
+/// The databases in use; replaced whole on reload, sharing the one that did not change.
+#[derive(Default)]
+struct Databases {
+    city: Option<Arc<Db>>,
+    asn: Option<Arc<Db>>,
+}
+
+/// The databases, opened, and the settings to reload them.
 pub struct Geo {
-    city: Option<Reader<Vec<u8>>>,
-    asn: Option<Reader<Vec<u8>>>,
+    current: RwLock<Arc<Databases>>,
+    config: GeoConfig,
+    /// Serialises reloads (one reloader thread in practice; tests call it directly).
+    reloading: Mutex<()>,
 }
 
 impl std::fmt::Debug for Geo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dbs = self.databases();
         f.debug_struct("Geo")
-            .field("city", &self.city.is_some())
-            .field("asn", &self.asn.is_some())
+            .field("city", &dbs.city.is_some())
+            .field("asn", &dbs.asn.is_some())
             .finish()
     }
+}
+
+/// What [`Geo::reload_if_changed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// No file changed.
+    Unchanged,
+    /// At least one database was replaced.
+    Reloaded,
+    /// A changed file could not be read; the database in use was kept.
+    Failed,
 }
 
 impl Geo {
     /// Opens the configured databases.
     pub fn open(c: &GeoConfig) -> Result<Geo> {
-        Ok(Geo {
+        let dbs = Databases {
             city: open_one(&c.city_db_path, "geoip.city_db_path")?,
             asn: open_one(&c.asn_db_path, "geoip.asn_db_path")?,
+        };
+        Ok(Geo {
+            current: RwLock::new(Arc::new(dbs)),
+            config: c.clone(),
+            reloading: Mutex::new(()),
         })
     }
 
     /// No databases: lookups do nothing.
     pub fn none() -> Geo {
         Geo {
-            city: None,
-            asn: None,
+            current: RwLock::new(Arc::new(Databases::default())),
+            config: GeoConfig::default(),
+            reloading: Mutex::new(()),
         }
+    }
+
+    /// The configured reload interval, `None` when reloading is off or nothing is configured.
+    pub fn reload_interval(&self) -> Option<std::time::Duration> {
+        let c = &self.config;
+        (c.reload_interval_ms > 0 && !(c.city_db_path.is_empty() && c.asn_db_path.is_empty()))
+            .then(|| std::time::Duration::from_millis(c.reload_interval_ms))
+    }
+
+    fn databases(&self) -> Arc<Databases> {
+        // A poisoned lock only means a reader panicked; the databases themselves are intact.
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Loads every configured database whose file changed since it was read. A file that is now
+    /// missing or unreadable is logged and the database in use is kept: a half-written download
+    /// must not empty the place columns.
+    pub fn reload_if_changed(&self) -> Reload {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.databases();
+        let mut outcome = Reload::Unchanged;
+        let mut next = |db: &Option<Arc<Db>>, path: &str, setting: &str| -> Option<Arc<Db>> {
+            let stamp = stamp(path);
+            let unchanged = match (db, stamp) {
+                (_, None) => true, // missing now: keep what we have
+                (Some(db), Some(s)) => db.stamp == s,
+                (None, Some(_)) => false,
+            };
+            if path.is_empty() || unchanged {
+                return None;
+            }
+            match Reader::open_readfile(path) {
+                Ok(reader) => {
+                    tracing::info!(setting, path, "GeoIP database reloaded");
+                    outcome = match outcome {
+                        Reload::Failed => Reload::Failed,
+                        _ => Reload::Reloaded,
+                    };
+                    stamp.map(|stamp| Arc::new(Db { reader, stamp }))
+                }
+                Err(e) => {
+                    tracing::error!(setting, path, error = %e, "new GeoIP database unreadable; keeping the one in use");
+                    outcome = Reload::Failed;
+                    None
+                }
+            }
+        };
+        let city = next(&old.city, &self.config.city_db_path, "geoip.city_db_path");
+        let asn = next(&old.asn, &self.config.asn_db_path, "geoip.asn_db_path");
+        if city.is_none() && asn.is_none() {
+            return outcome;
+        }
+        // Databases are replaced whole; the Arc lets lookups in flight finish on the old ones.
+        let merged = Databases {
+            city: city.or_else(|| old.city.clone()),
+            asn: asn.or_else(|| old.asn.clone()),
+        };
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(merged);
+        outcome
     }
 
     /// Fills the hit's place fields from its client IP. Lookup errors (a damaged record) leave
@@ -65,10 +177,11 @@ impl Geo {
         let Some(ip) = hit.client_ip.map(|ip| ip.to_canonical()) else {
             return;
         };
-        if let Some(place) = self
+        let dbs = self.databases();
+        if let Some(place) = dbs
             .city
             .as_ref()
-            .and_then(|r| lookup::<geoip2::City>(r, ip))
+            .and_then(|db| lookup::<geoip2::City>(&db.reader, ip))
         {
             hit.geo_country = place.country.iso_code.map(str::to_owned);
             hit.geo_region = place
@@ -78,7 +191,11 @@ impl Geo {
                 .map(str::to_owned);
             hit.geo_city = place.city.names.english.map(str::to_owned);
         }
-        if let Some(asn) = self.asn.as_ref().and_then(|r| lookup::<geoip2::Asn>(r, ip)) {
+        if let Some(asn) = dbs
+            .asn
+            .as_ref()
+            .and_then(|db| lookup::<geoip2::Asn>(&db.reader, ip))
+        {
             hit.asn = asn.autonomous_system_number;
             hit.as_org = asn.autonomous_system_organization.map(str::to_owned);
         }
@@ -89,24 +206,31 @@ fn lookup<'a, T: Deserialize<'a>>(reader: &'a Reader<Vec<u8>>, ip: IpAddr) -> Op
     reader.lookup(ip).ok()?.decode::<T>().ok().flatten()
 }
 
-fn open_one(path: &str, setting: &str) -> Result<Option<Reader<Vec<u8>>>> {
+fn stamp(path: &str) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok(), meta.len()))
+}
+
+fn open_one(path: &str, setting: &str) -> Result<Option<Arc<Db>>> {
     if path.is_empty() {
         return Ok(None);
     }
-    if !Path::new(path).exists() {
+    let Some(stamp) = stamp(path) else {
         tracing::warn!(
             setting,
             path,
-            "GeoIP database not found; its fields stay empty"
+            "GeoIP database not found; its fields stay empty until it appears"
         );
         return Ok(None);
-    }
-    Reader::open_readfile(path).map(Some).map_err(|e| {
-        Error::config(
-            setting,
-            format!("{path} is not a readable MaxMind database: {e}"),
-        )
-    })
+    };
+    Reader::open_readfile(path)
+        .map(|reader| Some(Arc::new(Db { reader, stamp })))
+        .map_err(|e| {
+            Error::config(
+                setting,
+                format!("{path} is not a readable MaxMind database: {e}"),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -122,6 +246,7 @@ mod tests {
         Geo::open(&GeoConfig {
             city_db_path: data("GeoIP2-City-Test.mmdb"),
             asn_db_path: data("GeoLite2-ASN-Test.mmdb"),
+            ..GeoConfig::default()
         })
         .unwrap()
     }
@@ -190,6 +315,7 @@ mod tests {
         let g = Geo::open(&GeoConfig {
             city_db_path: "/nonexistent/City.mmdb".into(),
             asn_db_path: String::new(),
+            ..GeoConfig::default()
         })
         .unwrap();
         let mut h = bare_hit("81.2.69.142");
@@ -203,6 +329,7 @@ mod tests {
             let opened = Geo::open(&GeoConfig {
                 city_db_path: path.clone(),
                 asn_db_path: String::new(),
+                ..GeoConfig::default()
             });
             match opened {
                 Err(e) => {
@@ -224,8 +351,54 @@ mod tests {
         let e = Geo::open(&GeoConfig {
             city_db_path: not_a_db,
             asn_db_path: String::new(),
+            ..GeoConfig::default()
         })
         .expect_err("not a database");
         assert!(e.to_string().contains("geoip.city_db_path"), "{e}");
+    }
+
+    #[test]
+    fn a_replaced_database_is_loaded_and_a_broken_one_is_not() {
+        let dir = std::env::temp_dir().join(format!("pixelpipe-geo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let live = dir.join("City.mmdb");
+        // Start with the ASN database under the city name: no city answers.
+        std::fs::copy(data("GeoLite2-ASN-Test.mmdb"), &live).unwrap();
+        let g = Geo::open(&GeoConfig {
+            city_db_path: live.to_string_lossy().into_owned(),
+            asn_db_path: data("GeoLite2-ASN-Test.mmdb"),
+            ..GeoConfig::default()
+        })
+        .unwrap();
+        let city_of = |g: &Geo| {
+            let mut h = bare_hit("81.2.69.142");
+            g.enrich(&mut h);
+            (h.geo_city, h.asn)
+        };
+        assert_eq!(city_of(&g), (None, None));
+        assert_eq!(g.reload_if_changed(), Reload::Unchanged);
+
+        // geoipupdate's way: write a new file beside it, rename it over the old one.
+        let next = dir.join("City.mmdb.new");
+        std::fs::copy(data("GeoIP2-City-Test.mmdb"), &next).unwrap();
+        std::fs::rename(&next, &live).unwrap();
+        assert_eq!(g.reload_if_changed(), Reload::Reloaded);
+        assert_eq!(city_of(&g).0.as_deref(), Some("London"));
+        let asn_of = |g: &Geo| {
+            let mut h = bare_hit("1.128.0.1");
+            g.enrich(&mut h);
+            h.asn
+        };
+        assert_eq!(asn_of(&g), Some(1221), "the unchanged database is kept");
+
+        // A broken download: logged, counted by the caller, and the good database stays.
+        std::fs::write(&live, b"half a download").unwrap();
+        assert_eq!(g.reload_if_changed(), Reload::Failed);
+        assert_eq!(city_of(&g).0.as_deref(), Some("London"));
+        // Removed: the one in use stays too.
+        std::fs::remove_file(&live).unwrap();
+        assert_eq!(g.reload_if_changed(), Reload::Unchanged);
+        assert_eq!(city_of(&g).0.as_deref(), Some("London"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -121,6 +121,9 @@ pub async fn run_with_producer(
         config.queue.high_water_percent,
         metrics.clone(),
     );
+    let geo = Arc::new(geo::Geo::open(&config.geoip)?);
+    let (stop_reload, reload_stopped) = watch::channel(false);
+    let reloader = tokio::spawn(reload_geo(geo.clone(), metrics.clone(), reload_stopped));
     let batchers = Batchers::spawn(
         rx,
         producer.clone(),
@@ -130,7 +133,7 @@ pub async fn run_with_producer(
             message_key: config.kafka.message_key,
             drain_timeout: Duration::from_millis(config.kafka.flush_timeout_ms),
             privacy: privacy::Privacy::new(config.privacy.clone()),
-            geo: Arc::new(geo::Geo::open(&config.geoip)?),
+            geo,
         },
         metrics.clone(),
     )
@@ -229,9 +232,33 @@ pub async fn run_with_producer(
         invalid = report.invalid,
         "edge stopped"
     );
+    let _ = stop_reload.send(true);
+    let _ = reloader.await;
     let _ = stop_admin.send(true);
     join(admin).await?;
     Ok(report)
+}
+
+/// Checks the GeoIP files every `geoip.reload_interval_ms` and loads new versions, until `stop`.
+/// The file reading runs on a blocking thread: a city database is tens of megabytes.
+async fn reload_geo(geo: Arc<geo::Geo>, metrics: Metrics, mut stop: watch::Receiver<bool>) {
+    let Some(interval) = geo.reload_interval() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let g = geo.clone();
+        match tokio::task::spawn_blocking(move || g.reload_if_changed()).await {
+            Ok(geo::Reload::Unchanged) => {}
+            Ok(geo::Reload::Reloaded) => metrics.geoip_reloads.with_label_values(&["ok"]).inc(),
+            Ok(geo::Reload::Failed) | Err(_) => {
+                metrics.geoip_reloads.with_label_values(&["failed"]).inc()
+            }
+        }
+    }
 }
 
 async fn join(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {

@@ -87,6 +87,8 @@ pub struct Metrics {
     signatures: IntCounterVec,
     /// `GET /c` requests refused, by reason (see [`CLICK_REFUSED_REASONS`]).
     clicks_refused: IntCounterVec,
+    /// GeoIP database reloads, by result (`ok`, `failed`: the old database stayed in use).
+    pub geoip_reloads: IntCounterVec,
     hot: Hot,
 }
 
@@ -220,6 +222,11 @@ impl Metrics {
                 "GET /c requests answered 400 instead of a redirect, by reason.",
                 &["reason"],
             ),
+            geoip_reloads: counter_vec(
+                "pixelpipe_ingest_geoip_reloads_total",
+                "GeoIP database reloads, by result; failed keeps the database in use.",
+                &["result"],
+            ),
             registry,
             hot: Hot {
                 pixel_ok: requests.with_label_values(&["pixel", "200"]),
@@ -238,6 +245,9 @@ impl Metrics {
         // Every reason exists from the start (at zero), so alerts see the series before the event.
         for r in DROP_REASONS {
             m.hits_dropped.with_label_values(&[r]);
+        }
+        for r in ["ok", "failed"] {
+            m.geoip_reloads.with_label_values(&[r]);
         }
         for r in CLICK_REFUSED_REASONS {
             m.clicks_refused.with_label_values(&[r]);
