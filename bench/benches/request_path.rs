@@ -1,5 +1,5 @@
 //! The hot path of one pixel request, without sockets: parse the request, build the hit, enqueue
-//! it. And, separately, the batcher's per-hit costs: the privacy policy, and encoding for Kafka.
+//! it; and the same for a signed email pixel, whose HMAC the edge checks on that path. And, separately, the batcher's per-hit costs: the privacy policy, and encoding for Kafka.
 //!
 //! `cargo bench -p pixelpipe-bench --bench request_path`
 
@@ -16,6 +16,7 @@ use hyper::Request;
 use pixelpipe_bench::sample_request;
 use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
 use pixelpipe_ingest::geo::{Geo, GeoConfig};
+use pixelpipe_ingest::links::{LinkRequest, Links};
 use pixelpipe_ingest::metrics::Metrics;
 use pixelpipe_ingest::privacy::{IpMode, Privacy, PrivacyConfig};
 use pixelpipe_ingest::queue::HitQueue;
@@ -81,6 +82,62 @@ fn request_path(c: &mut Criterion) {
         )
     });
 
+    // The same path for a signed email pixel: the edge checks the HMAC on the request path.
+    let mut signed_config = Config::default();
+    signed_config
+        .links
+        .keys
+        .insert("k1".into(), "bench-signing-secret-0123".into());
+    let links = Links::new(&signed_config.links).unwrap();
+    let (signed_queue, signed_rx) = HitQueue::new(1 << 16, 80, Metrics::new());
+    let signed_edge = Edge::new(
+        &signed_config,
+        signed_queue,
+        Arc::new(NullProducer),
+        Metrics::new(),
+    )
+    .unwrap();
+    let signed_url = links
+        .build(&LinkRequest {
+            base_url: String::new(),
+            site: "shop".into(),
+            kind: Some("open".into()),
+            params: vec![
+                ("campaign".into(), "spring-sale".into()),
+                ("msg".into(), "0190a5d2-7c1e-7b3e".into()),
+            ],
+            sign: true,
+            sent_at_unix_secs: Some(1_790_000_000),
+            expires_at_unix_secs: Some(4_000_000_000),
+            ..LinkRequest::default()
+        })
+        .unwrap();
+    let signed_request = || {
+        Request::builder()
+            .method("GET")
+            .uri(signed_url.as_str())
+            .header("host", "px.example")
+            .header("user-agent", pixelpipe_bench::USER_AGENTS[1])
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    group.bench_function("signed_pixel_request_to_enqueued_hit", |b| {
+        b.iter_batched(
+            signed_request,
+            |req| {
+                let resp = runtime.block_on(signed_edge.handle(req, peer));
+                let hit = signed_rx.try_recv().expect("the signed hit was enqueued");
+                assert_eq!(hit.signature.as_deref(), Some("valid"));
+                resp
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let query = signed_url.split_once('?').unwrap().1.to_owned();
+    group.bench_function("verify_signature", |b| {
+        b.iter(|| links.verify("/p.gif", &query, 1_800_000_000))
+    });
+
     let hit = {
         runtime.block_on(edge.handle(pixel_request(5), peer));
         rx.try_recv().unwrap()
@@ -121,6 +178,7 @@ fn request_path(c: &mut Criterion) {
     let geo = Geo::open(&GeoConfig {
         city_db_path: format!("{data}/GeoIP2-City-Test.mmdb"),
         asn_db_path: format!("{data}/GeoLite2-ASN-Test.mmdb"),
+        ..GeoConfig::default()
     })
     .unwrap();
     let mut located = hit.clone();

@@ -70,6 +70,14 @@ clickhouse-client --format PrettyCompactNoEscapes -q "
   GROUP BY kind, campaign
   ORDER BY kind, campaign"
 
+step "who fetched them: traffic class, device and browser (added by the sink)"
+clickhouse-client --format PrettyCompactNoEscapes -q "
+  SELECT traffic_class, class_reason, device_type, browser, count() AS hits
+  FROM pixelpipe.hits FINAL
+  WHERE edge_id = '$RUN'
+  GROUP BY traffic_class, class_reason, device_type, browser
+  ORDER BY hits DESC"
+
 step "stopping the edge and the sink (SIGTERM: drain, flush, commit)"
 trap - EXIT
 stop_all
