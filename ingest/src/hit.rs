@@ -17,6 +17,7 @@ use hyper::header::{HeaderMap, HeaderName, ACCEPT_LANGUAGE, HOST, REFERER, USER_
 use uuid::{NoContext, Timestamp, Uuid};
 
 use crate::config::LimitsConfig;
+use crate::form;
 use crate::links;
 use crate::signing::{self, Signature};
 use crate::wire::{Hit, Transport, SCHEMA_VERSION};
@@ -492,40 +493,13 @@ pub fn apply_query(draft: &mut Draft<'_>, query: &str) -> Result<(), InvalidReas
     if query.len() > draft.limits.max_query_bytes {
         return Err(InvalidReason::QueryTooLong);
     }
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match (percent_decode(k), percent_decode(v)) {
-            (Some(k), Some(v)) => draft.param(&k, &v),
-            _ => draft.cut(CutReason::BadEncoding),
+    for pair in form::pairs(query) {
+        match pair {
+            Some((k, v)) => draft.param(&k, &v),
+            None => draft.cut(CutReason::BadEncoding),
         }
     }
     Ok(())
-}
-
-/// Decodes `application/x-www-form-urlencoded` text (`+` is a space). `None` for a malformed
-/// escape or bytes that are not UTF-8.
-pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Some(Cow::Borrowed(s));
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hi = (hex[0] as char).to_digit(16)?;
-                let lo = (hex[1] as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// Applies one JSON object of a `/collect` body. Numbers and booleans are read as their text;
@@ -827,19 +801,5 @@ mod tests {
         .collect();
         assert_eq!(props, want);
         assert_eq!(cuts.get(CutReason::BadType), 2);
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a+b%20c").as_deref(), Some("a b c"));
-        assert_eq!(percent_decode("%E2%82%AC").as_deref(), Some("€"));
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("%2"), None);
-        assert_eq!(percent_decode("%g0"), None);
-        assert_eq!(
-            percent_decode("%C0%AF"),
-            None,
-            "overlong UTF-8 is not UTF-8"
-        );
     }
 }

@@ -18,6 +18,7 @@ pub mod batcher;
 pub mod client_ip;
 pub mod config;
 pub mod error;
+pub mod form;
 pub mod geo;
 pub mod hit;
 pub mod kafka;

@@ -272,7 +272,7 @@ mod tests {
     #[test]
     fn decoded_userinfo_is_refused() {
         // `u=https://good.com%40evil.com` reaches parse_target decoded, with a plain `@`.
-        let decoded = crate::hit::percent_decode("https://good.com%40evil.com").unwrap();
+        let decoded = crate::form::percent_decode("https://good.com%40evil.com").unwrap();
         assert_eq!(refused(&decoded), "userinfo");
     }
 

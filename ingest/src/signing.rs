@@ -16,7 +16,7 @@ use std::fmt;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::hit::percent_decode;
+use crate::form;
 
 /// Query parameter naming the key a URL was signed with.
 pub const KID_PARAM: &str = "kid";
@@ -249,14 +249,9 @@ impl Keyring {
     /// `=` and form-decoded (`+` is a space); a part that does not decode makes the URL
     /// [`Signature::Invalid`]. Empty pairs (`a=1&&b=2`) are skipped, as the pixel parser does.
     pub fn verify_query(&self, path: &str, raw_query: &str, now_unix_secs: u64) -> Signature {
-        let mut decoded = Vec::new();
-        for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match (percent_decode(name), percent_decode(value)) {
-                (Some(name), Some(value)) => decoded.push((name, value)),
-                _ => return Signature::Invalid,
-            }
-        }
+        let Some(decoded) = form::pairs(raw_query).collect::<Option<Vec<_>>>() else {
+            return Signature::Invalid;
+        };
         let params: Vec<(&str, &str)> = decoded.iter().map(|(n, v)| (&**n, &**v)).collect();
         self.verify(path, &params, now_unix_secs)
     }

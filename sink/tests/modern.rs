@@ -120,7 +120,7 @@ fn capture_one(listener: std::net::TcpListener) -> (String, Vec<u8>) {
 
 /// The column list of `INSERT INTO t(a,b,c) FORMAT RowBinary` in a percent-encoded request line.
 fn insert_columns(request_line: &str) -> Vec<String> {
-    let decoded = pixelpipe_ingest::hit::percent_decode(request_line)
+    let decoded = pixelpipe_ingest::form::percent_decode(request_line)
         .unwrap()
         .into_owned();
     let list = decoded
