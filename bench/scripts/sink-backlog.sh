@@ -2,6 +2,7 @@
 # Measures the sink draining a backlog: fills a fresh topic through the edge with the sample mix,
 # then starts the sink and times how long ClickHouse takes to hold every hit.
 #   bench/scripts/sink-backlog.sh [REQUESTS]       (default 100000 requests = 110000 hits)
+# SINK_BIN=path runs another sink binary (to compare two builds side by side).
 # Needs release builds (cargo build --release -p pixelpipe-ingest -p pixelpipe-sink -p pixelpipe-bench)
 # and starts the local broker and ClickHouse if they are not running.
 source "$(dirname "${BASH_SOURCE[0]}")/../../deploy/local/lib.sh"
@@ -30,7 +31,7 @@ grep -a "edge stopped" "$STATE_DIR/bench-edge.log" | grep -oE '(accepted|deliver
 
 step "draining it with one sink into ClickHouse 18.16"
 start=$(date +%s.%N)
-PIXELPIPE_LOG=warn "$BIN/pixelpipe-sink" --set "kafka.brokers=$KAFKA_ADDR" --set "kafka.topic=$TOPIC" \
+PIXELPIPE_LOG=warn "${SINK_BIN:-$BIN/pixelpipe-sink}" --set "kafka.brokers=$KAFKA_ADDR" --set "kafka.topic=$TOPIC" \
   --set "clickhouse.table_prefix=${RUN}_" --set admin.listen_addr=127.0.0.1:19091 >"$STATE_DIR/bench-sink.log" 2>&1 &
 sink=$!
 stored=0
