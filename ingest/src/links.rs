@@ -143,13 +143,10 @@ impl Links {
         })
     }
 
-    /// The signature status of a request's query, `None` when it carries no `sig` (the common,
-    /// unsigned case costs a scan for `sig=` and nothing else).
-    pub fn verify(&self, path: &str, raw_query: &str, now_unix_secs: u64) -> Option<Signature> {
-        let signed = raw_query
-            .split('&')
-            .any(|p| p.starts_with("sig=") || p == "sig");
-        signed.then(|| self.keyring.verify_query(path, raw_query, now_unix_secs))
+    /// The signature status of a request's query ([`Signature::Absent`] without `sig`). The edge
+    /// calls it only for queries whose parser saw a `sig`, so unsigned pixels pay nothing.
+    pub fn verify(&self, path: &str, raw_query: &str, now_unix_secs: u64) -> Signature {
+        self.keyring.verify_query(path, raw_query, now_unix_secs)
     }
 
     /// The conversion policy of `site`.
@@ -328,11 +325,11 @@ mod tests {
         let query = url.split_once('?').unwrap().1;
         assert_eq!(
             links.verify("/p.gif", query, 1_800_000_100),
-            Some(Signature::Valid)
+            Signature::Valid
         );
         assert_eq!(
             links.verify("/p.gif", "site=shop&e=open", 0),
-            None,
+            Signature::Absent,
             "unsigned"
         );
         // A click URL covers its target.
@@ -348,9 +345,9 @@ mod tests {
             .unwrap();
         let query = click.split_once('?').unwrap().1;
         assert!(click.starts_with("https://px.example/c?"), "{click}");
-        assert_eq!(links.verify("/c", query, 0), Some(Signature::Valid));
+        assert_eq!(links.verify("/c", query, 0), Signature::Valid);
         let tampered = query.replace("elsewhere.example", "evil.example");
-        assert_eq!(links.verify("/c", &tampered, 0), Some(Signature::Invalid));
+        assert_eq!(links.verify("/c", &tampered, 0), Signature::Invalid);
     }
 
     #[test]

@@ -190,12 +190,13 @@ impl Edge {
     ) -> Result<Option<Signature>, InvalidReason> {
         let query = req.uri().query().unwrap_or("");
         apply_query(draft, query)?;
-        let signature = self.links.verify(req.uri().path(), query, now_ms / 1000);
-        if let Some(signature) = signature {
-            self.metrics.signature(signature);
-            draft.signature(signature);
+        if !draft.is_signed() {
+            return Ok(None);
         }
-        Ok(signature)
+        let signature = self.links.verify(req.uri().path(), query, now_ms / 1000);
+        self.metrics.signature(signature);
+        draft.signature(signature);
+        Ok(Some(signature))
     }
 
     async fn collect<B>(

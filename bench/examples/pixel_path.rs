@@ -1,0 +1,69 @@
+//! Runs a fixed number of pixel requests through `Edge::handle`, for instruction counts that do
+//! not depend on how busy the machine is (criterion's timings on a shared 2-core box do):
+//!
+//! ```sh
+//! cargo build --release -p pixelpipe-bench --example pixel_path
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out target/release/examples/pixel_path 20000
+//! callgrind_annotate /tmp/cg.out | head -20     # PROGRAM TOTALS / requests = instructions per request
+//! ```
+//!
+//! Set-up (building the requests) is included in the total; run it twice with different counts and
+//! take the difference to get the per-request figure alone.
+
+// A measuring tool: a failed set-up should stop it loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use pixelpipe_bench::sample_request;
+use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
+use pixelpipe_ingest::metrics::Metrics;
+use pixelpipe_ingest::queue::HitQueue;
+use pixelpipe_ingest::service::Edge;
+use pixelpipe_ingest::Config;
+
+struct NullProducer;
+
+impl HitProducer for NullProducer {
+    fn send(&self, _: Option<&[u8]>, _: &[u8]) -> Result<(), BufferFull> {
+        Ok(())
+    }
+    fn flush(&self, _: Duration) {}
+    fn connected(&self) -> bool {
+        true
+    }
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map_or(10_000, |a| a.parse().expect("a request count"));
+    let metrics = Metrics::new();
+    let (queue, rx) = HitQueue::new(1 << 16, 80, metrics.clone());
+    let edge = Edge::new(&Config::default(), queue, Arc::new(NullProducer), metrics).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let peer = "203.0.113.9".parse().unwrap();
+    let mut served = 0u64;
+    for i in (0..n).filter(|i| i % 10 != 9) {
+        let s = sample_request(i);
+        let req = Request::builder()
+            .method("GET")
+            .uri(s.target)
+            .header("host", "px.example")
+            .header("user-agent", s.user_agent)
+            .header("referer", "https://blog.example/")
+            .header("accept-language", "en-GB,en;q=0.9")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = runtime.block_on(edge.handle(req, peer));
+        served += u64::from(resp.status().is_success());
+        let _ = rx.try_recv();
+    }
+    println!("{served} pixel requests served");
+}
