@@ -64,8 +64,9 @@ struct Databases {
 pub struct Geo {
     current: RwLock<Arc<Databases>>,
     config: GeoConfig,
-    /// Serialises reloads (one reloader thread in practice; tests call it directly).
-    reloading: Mutex<()>,
+    /// Serialises reloads, and remembers the file versions that failed to load (city, ASN) so a
+    /// broken file is not read again at every check.
+    reloading: Mutex<[Option<Stamp>; 2]>,
 }
 
 impl std::fmt::Debug for Geo {
@@ -79,14 +80,13 @@ impl std::fmt::Debug for Geo {
 }
 
 /// What [`Geo::reload_if_changed`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reload {
-    /// No file changed.
-    Unchanged,
-    /// At least one database was replaced.
-    Reloaded,
-    /// A changed file could not be read; the database in use was kept.
-    Failed,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reload {
+    /// Databases replaced by a new version of their file.
+    pub loaded: u32,
+    /// New versions that could not be read (the database in use was kept). Each broken version
+    /// is tried, logged and counted once, not at every check.
+    pub failed: u32,
 }
 
 impl Geo {
@@ -99,7 +99,7 @@ impl Geo {
         Ok(Geo {
             current: RwLock::new(Arc::new(dbs)),
             config: c.clone(),
-            reloading: Mutex::new(()),
+            reloading: Mutex::new([None, None]),
         })
     }
 
@@ -108,7 +108,7 @@ impl Geo {
         Geo {
             current: RwLock::new(Arc::new(Databases::default())),
             config: GeoConfig::default(),
-            reloading: Mutex::new(()),
+            reloading: Mutex::new([None, None]),
         }
     }
 
@@ -128,47 +128,56 @@ impl Geo {
     /// missing or unreadable is logged and the database in use is kept: a half-written download
     /// must not empty the place columns.
     pub fn reload_if_changed(&self) -> Reload {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failed_versions = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.databases();
-        let mut outcome = Reload::Unchanged;
-        let mut next = |db: &Option<Arc<Db>>, path: &str, setting: &str| -> Option<Arc<Db>> {
-            let stamp = stamp(path);
-            let unchanged = match (db, stamp) {
-                (_, None) => true, // missing now: keep what we have
-                (Some(db), Some(s)) => db.stamp == s,
-                (None, Some(_)) => false,
-            };
-            if path.is_empty() || unchanged {
+        let mut report = Reload::default();
+        let mut next = |db: &Option<Arc<Db>>,
+                        path: &str,
+                        setting: &str,
+                        failed: &mut Option<Stamp>|
+         -> Option<Arc<Db>> {
+            // Missing now: keep what we have. Unchanged, or the version that already failed: done.
+            let stamp = stamp(path).filter(|s| Some(*s) != *failed)?;
+            if path.is_empty() || db.as_ref().is_some_and(|db| db.stamp == stamp) {
                 return None;
             }
             match Reader::open_readfile(path) {
                 Ok(reader) => {
                     tracing::info!(setting, path, "GeoIP database reloaded");
-                    outcome = match outcome {
-                        Reload::Failed => Reload::Failed,
-                        _ => Reload::Reloaded,
-                    };
-                    stamp.map(|stamp| Arc::new(Db { reader, stamp }))
+                    report.loaded += 1;
+                    *failed = None;
+                    Some(Arc::new(Db { reader, stamp }))
                 }
                 Err(e) => {
                     tracing::error!(setting, path, error = %e, "new GeoIP database unreadable; keeping the one in use");
-                    outcome = Reload::Failed;
+                    report.failed += 1;
+                    *failed = Some(stamp);
                     None
                 }
             }
         };
-        let city = next(&old.city, &self.config.city_db_path, "geoip.city_db_path");
-        let asn = next(&old.asn, &self.config.asn_db_path, "geoip.asn_db_path");
-        if city.is_none() && asn.is_none() {
-            return outcome;
+        let [city_failed, asn_failed] = &mut *failed_versions;
+        let city = next(
+            &old.city,
+            &self.config.city_db_path,
+            "geoip.city_db_path",
+            city_failed,
+        );
+        let asn = next(
+            &old.asn,
+            &self.config.asn_db_path,
+            "geoip.asn_db_path",
+            asn_failed,
+        );
+        if city.is_some() || asn.is_some() {
+            // Databases are replaced whole; the Arc lets lookups in flight finish on the old ones.
+            let merged = Databases {
+                city: city.or_else(|| old.city.clone()),
+                asn: asn.or_else(|| old.asn.clone()),
+            };
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(merged);
         }
-        // Databases are replaced whole; the Arc lets lookups in flight finish on the old ones.
-        let merged = Databases {
-            city: city.or_else(|| old.city.clone()),
-            asn: asn.or_else(|| old.asn.clone()),
-        };
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(merged);
-        outcome
+        report
     }
 
     /// Fills the hit's place fields from its client IP. Lookup errors (a damaged record) leave
@@ -376,13 +385,14 @@ mod tests {
             (h.geo_city, h.asn)
         };
         assert_eq!(city_of(&g), (None, None));
-        assert_eq!(g.reload_if_changed(), Reload::Unchanged);
+        let report = |loaded, failed| Reload { loaded, failed };
+        assert_eq!(g.reload_if_changed(), report(0, 0));
 
         // geoipupdate's way: write a new file beside it, rename it over the old one.
         let next = dir.join("City.mmdb.new");
         std::fs::copy(data("GeoIP2-City-Test.mmdb"), &next).unwrap();
         std::fs::rename(&next, &live).unwrap();
-        assert_eq!(g.reload_if_changed(), Reload::Reloaded);
+        assert_eq!(g.reload_if_changed(), report(1, 0));
         assert_eq!(city_of(&g).0.as_deref(), Some("London"));
         let asn_of = |g: &Geo| {
             let mut h = bare_hit("1.128.0.1");
@@ -393,11 +403,16 @@ mod tests {
 
         // A broken download: logged, counted by the caller, and the good database stays.
         std::fs::write(&live, b"half a download").unwrap();
-        assert_eq!(g.reload_if_changed(), Reload::Failed);
+        assert_eq!(g.reload_if_changed(), report(0, 1));
         assert_eq!(city_of(&g).0.as_deref(), Some("London"));
+        assert_eq!(
+            g.reload_if_changed(),
+            report(0, 0),
+            "a broken version is tried once"
+        );
         // Removed: the one in use stays too.
         std::fs::remove_file(&live).unwrap();
-        assert_eq!(g.reload_if_changed(), Reload::Unchanged);
+        assert_eq!(g.reload_if_changed(), report(0, 0));
         assert_eq!(city_of(&g).0.as_deref(), Some("London"));
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -322,17 +322,23 @@ impl<'a> Draft<'a> {
     /// Applies one decoded parameter. Well-known names fill typed fields; every other name is
     /// kept as a custom property. Empty values are treated as absent.
     pub fn param(&mut self, key: &str, value: &str) {
+        if matches!(key, "cb" | "_") {
+            // Cache busters exist only to defeat caches; they carry nothing to store. Not counted
+            // against `max_params` either: anyone may add them to a signed URL, so counting them
+            // would let a stranger push signed parameters out.
+            return;
+        }
+        if key == signing::SIG_PARAM {
+            // Noted here, while the query is parsed anyway, so unsigned pixels need no second scan;
+            // and before the limit, so a signature past it is still checked (and found wanting).
+            self.signed = true;
+        }
         self.params += 1;
         if self.params > self.limits.max_params {
             self.cuts.add(CutReason::TooManyParams);
             return;
         }
-        if key == signing::SIG_PARAM {
-            // Noted here, while the query is parsed anyway, so unsigned pixels need no second scan.
-            self.signed = true;
-        }
-        if key.is_empty() || value.is_empty() || matches!(key, "cb" | "_") {
-            // Cache busters exist only to defeat caches; they carry nothing to store.
+        if key.is_empty() || value.is_empty() {
             return;
         }
         if key.len() > self.limits.max_key_bytes {
@@ -343,7 +349,11 @@ impl<'a> Draft<'a> {
             // The signature's own parameters say nothing about the visitor (see `links`).
             signing::KID_PARAM | signing::EXP_PARAM | signing::SIG_PARAM => return,
             links::SENT_AT_PARAM => {
+                // Seconds, and not in the future beyond a day of clock skew: a time in
+                // milliseconds or from a broken clock would make every open look instant.
+                let latest = self.fields.received_at_ms / 1000 + 86_400;
                 match value.trim().parse::<u64>() {
+                    Ok(secs) if secs > latest => self.cuts.add(CutReason::BadNumber),
                     Ok(secs) if self.sent_at_secs.is_none() => self.sent_at_secs = Some(secs),
                     Ok(_) => self.cuts.add(CutReason::Duplicate),
                     Err(_) => self.cuts.add(CutReason::BadNumber),
@@ -441,13 +451,23 @@ impl<'a> Draft<'a> {
         self.kind.get_or_insert_with(|| kind.to_owned());
     }
 
-    /// Records what the edge found checking the URL's signature. The send time (`st`) is
-    /// believed only from a valid one.
-    pub fn signature(&mut self, signature: Signature) {
+    /// Records what the edge found checking the URL's signature, and returns what was recorded
+    /// (a valid MAC over parameters the draft could not all keep counts as invalid). The send
+    /// time (`st`) is believed only from a valid one.
+    pub fn signature(&mut self, signature: Signature) -> Signature {
+        // The MAC covers the whole query, but the draft keeps only what fits its limits: if a
+        // signed parameter was left out, what is stored is not what was signed.
+        let dropped_some =
+            self.cuts.get(CutReason::TooManyParams) + self.cuts.get(CutReason::KeyTooLong) > 0;
+        let signature = match signature {
+            Signature::Valid if dropped_some => Signature::Invalid,
+            s => s,
+        };
         self.fields.signature = Some(signature.as_str().to_owned());
         if signature == Signature::Valid {
             self.fields.sent_at_ms = self.sent_at_secs.map(|s| s.saturating_mul(1000));
         }
+        signature
     }
 
     /// Records a field that was dropped before it could be applied.

@@ -163,13 +163,21 @@ fn set_path(
         Some(toml::Value::Boolean(_)) => {
             toml::Value::Boolean(text.trim().parse().map_err(|_| bad("true or false"))?)
         }
-        Some(toml::Value::Array(_)) => toml::Value::Array(
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.into()))
-                .collect(),
-        ),
+        // A comma-separated list, typed like the default's items (numbers stay numbers).
+        Some(toml::Value::Array(items)) => {
+            let numbers = matches!(items.first(), Some(toml::Value::Integer(_)));
+            let parts = text.split(',').map(str::trim).filter(|s| !s.is_empty());
+            if numbers {
+                toml::Value::Array(
+                    parts
+                        .map(|s| s.parse().map(toml::Value::Integer))
+                        .collect::<Result<_, _>>()
+                        .map_err(|_| bad("a comma-separated list of whole numbers"))?,
+                )
+            } else {
+                toml::Value::Array(parts.map(|s| toml::Value::String(s.into())).collect())
+            }
+        }
         Some(toml::Value::Table(_)) => {
             return Err(Error::config(
                 setting,

@@ -253,11 +253,17 @@ async fn reload_geo(geo: Arc<geo::Geo>, metrics: Metrics, mut stop: watch::Recei
         }
         let g = geo.clone();
         match tokio::task::spawn_blocking(move || g.reload_if_changed()).await {
-            Ok(geo::Reload::Unchanged) => {}
-            Ok(geo::Reload::Reloaded) => metrics.geoip_reloads.with_label_values(&["ok"]).inc(),
-            Ok(geo::Reload::Failed) | Err(_) => {
-                metrics.geoip_reloads.with_label_values(&["failed"]).inc()
+            Ok(report) => {
+                let count = |result: &str, n: u32| {
+                    metrics
+                        .geoip_reloads
+                        .with_label_values(&[result])
+                        .inc_by(u64::from(n))
+                };
+                count("ok", report.loaded);
+                count("failed", report.failed);
             }
+            Err(e) => tracing::error!(error = %e, "GeoIP reload panicked"),
         }
     }
 }

@@ -17,6 +17,20 @@ pub const SENT_AT_PARAM: &str = "st";
 /// Query parameter with a click's target URL.
 pub const TARGET_PARAM: &str = "u";
 
+/// Parameters [`Links::build`] sets itself (or that are never signed), so a caller cannot pass them
+/// as plain parameters.
+const RESERVED: [&str; 9] = [
+    "site",
+    "e",
+    TARGET_PARAM,
+    SENT_AT_PARAM,
+    signing::KID_PARAM,
+    signing::EXP_PARAM,
+    signing::SIG_PARAM,
+    "cb",
+    "_",
+];
+
 /// What happens to a conversion that is not validly signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +79,18 @@ pub struct LinksConfig {
 impl LinksConfig {
     /// Checks the settings; the error names the wrong one.
     pub fn check(&self) -> Result<(), (String, String)> {
+        if let Some(id) = self
+            .keys
+            .keys()
+            .find(|id| id.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            // PIXELPIPE_LINKS__KEYS__<ID> arrives lower-cased; one spelling keeps the two sources
+            // naming the same key.
+            return Err((
+                "links.keys".into(),
+                format!("key id {id:?} must be lower case"),
+            ));
+        }
         let ring = self.keyring()?;
         if !self.sign_with.is_empty() && !self.keys.contains_key(&self.sign_with) {
             return Err((
@@ -169,6 +195,19 @@ impl Links {
 
     /// Builds a pixel or click URL (see [`LinkRequest`]).
     pub fn build(&self, req: &LinkRequest) -> Result<String, String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, _) in &req.params {
+            if RESERVED.contains(&name.as_str()) {
+                return Err(format!(
+                    "parameter {name:?} is set by its own option or by the edge, not as a parameter"
+                ));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(format!(
+                    "parameter {name:?} is given twice: a signed URL names each parameter once"
+                ));
+            }
+        }
         let mut params: Vec<(String, String)> = vec![("site".into(), req.site.clone())];
         if let Some(kind) = &req.kind {
             params.push(("e".into(), kind.clone()));
@@ -283,6 +322,13 @@ mod tests {
         c.sign_with = "k9".into();
         assert_eq!(c.check().unwrap_err().0, "links.sign_with");
         let mut c = config();
+        c.keys.insert("K4".into(), "long-enough-secret-0123".into());
+        let (setting, reason) = c.check().unwrap_err();
+        assert!(
+            setting == "links.keys" && reason.contains("lower case"),
+            "{reason}"
+        );
+        let mut c = config();
         c.keys.insert("k3".into(), "short".into());
         let (setting, reason) = c.check().unwrap_err();
         assert!(
@@ -387,6 +433,20 @@ mod tests {
                     ..base.clone()
                 },
                 "nope",
+            ),
+            (
+                LinkRequest {
+                    params: vec![("e".into(), "conversion".into())],
+                    ..base.clone()
+                },
+                "own option",
+            ),
+            (
+                LinkRequest {
+                    params: vec![("plan".into(), "a".into()), ("plan".into(), "b".into())],
+                    ..base.clone()
+                },
+                "twice",
             ),
         ] {
             let e = links.build(&req).unwrap_err();

@@ -28,8 +28,9 @@ pub const ROUTES: [&str; 10] = [
 ];
 
 /// Reasons `GET /c` refused to redirect: the target's syntax (see `redirect::TargetError`), a
-/// host not on the allowlist, a bad signature, or an unreadable query.
-pub const CLICK_REFUSED_REASONS: [&str; 10] = [
+/// host not on the allowlist, a bad signature, an unreadable query, or a click that is not a
+/// valid hit (no site).
+pub const CLICK_REFUSED_REASONS: [&str; 11] = [
     "missing",
     "too_long",
     "bad_character",
@@ -40,6 +41,7 @@ pub const CLICK_REFUSED_REASONS: [&str; 10] = [
     "not_allowed",
     "bad_signature",
     "query_too_long",
+    "invalid_hit",
 ];
 
 /// Reasons a valid hit was dropped before reaching Kafka's client: the queue was full, it was

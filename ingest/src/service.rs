@@ -118,7 +118,9 @@ impl Edge {
         meta.head_request = head;
         let mut draft = Draft::new(&meta, Transport::Pixel, &self.edge_id, &self.limits);
         match self.apply_signed_query(req, &mut draft, meta.received_at_ms) {
-            Ok(_) => self.finish(draft),
+            Ok(_) => {
+                self.finish(draft);
+            }
             Err(reason) => self.metrics.invalid(reason),
         }
         Ok(gif_response())
@@ -163,7 +165,11 @@ impl Edge {
             return Err(self.refuse_click(reason, why));
         }
         draft.default_kind("click");
-        self.finish(draft);
+        if !self.finish(draft) {
+            // Counted as invalid by `finish`; a redirect with no record would be an untracked
+            // way through the edge.
+            return Err(self.refuse_click("invalid_hit", "the click has no valid site or kind"));
+        }
         let mut r = empty(StatusCode::FOUND);
         let h = r.headers_mut();
         h.insert(
@@ -193,10 +199,10 @@ impl Edge {
         if !draft.is_signed() {
             return Ok(None);
         }
-        let signature = self.links.verify(req.uri().path(), query, now_ms / 1000);
-        self.metrics.signature(signature);
-        draft.signature(signature);
-        Ok(Some(signature))
+        let checked = self.links.verify(req.uri().path(), query, now_ms / 1000);
+        let recorded = draft.signature(checked);
+        self.metrics.signature(recorded);
+        Ok(Some(recorded))
     }
 
     async fn collect<B>(
@@ -322,8 +328,8 @@ impl Edge {
     }
 
     /// Validates a draft, applies the site's conversion policy and offers the hit; every outcome
-    /// is counted.
-    fn finish(&self, draft: Draft<'_>) {
+    /// is counted. Returns whether the hit was valid (whatever became of it after).
+    fn finish(&self, draft: Draft<'_>) -> bool {
         let (result, cuts) = draft.finish();
         match result {
             Ok(mut hit) => {
@@ -337,14 +343,18 @@ impl Edge {
                                 .hits_dropped
                                 .with_label_values(&["unsigned_conversion"])
                                 .inc();
-                            return;
+                            return true;
                         }
                     }
                 }
                 // A dropped hit is counted by the queue; the client gets its answer regardless.
                 self.queue.offer(hit);
+                true
             }
-            Err(reason) => self.metrics.invalid(reason),
+            Err(reason) => {
+                self.metrics.invalid(reason);
+                false
+            }
         }
     }
 
@@ -980,7 +990,12 @@ mod link_tests {
                 "{uri}"
             );
         }
+        // An allowed target, but no site: not recorded, so not redirected either.
+        let (status, _, _) = call(&f, req("GET", "/c?u=https%3A%2F%2Fshop.example%2F", "")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(f.rx.try_recv().is_err());
         let text = f.metrics.render();
+        assert!(text.contains("pixelpipe_ingest_clicks_refused_total{reason=\"invalid_hit\"} 1"));
         assert!(
             text.contains("pixelpipe_ingest_clicks_refused_total{reason=\"not_allowed\"} 2"),
             "{text}"
@@ -999,7 +1014,8 @@ mod link_tests {
             ("https://shop.example\\@evil.com", "bad_character"),
             ("https://shop.example@evil.com", "userinfo"),
             ("https://shop.example:x@evil.com/", "userinfo"),
-            ("https://shop.example%40evil.com", "userinfo"),
+            // Sent as `%2540`: one decoding leaves `%40` in the host, which is refused as such.
+            ("https://shop.example%40evil.com", "bad_host"),
             ("https://shop.example/\r\nSet-Cookie: a=b", "bad_character"),
             (
                 "https://shop.example/%0d%0aSet-Cookie:a=b",
@@ -1012,6 +1028,8 @@ mod link_tests {
             ("", "missing"),
         ] {
             let encoded: String = target.bytes().map(|b| format!("%{b:02X}")).collect();
+            let series = format!("pixelpipe_ingest_clicks_refused_total{{reason=\"{reason}\"}}");
+            let before = counter(&f, &series);
             let (status, headers, _) =
                 call(&f, req("GET", &format!("/c?site=shop&u={encoded}"), "")).await;
             if reason == "not_allowed_if_decoded_twice" {
@@ -1024,15 +1042,22 @@ mod link_tests {
             }
             assert_eq!(status, StatusCode::BAD_REQUEST, "{target:?}");
             assert!(headers.get(header::LOCATION).is_none());
-            let text = f.metrics.render();
-            assert!(
-                text.contains(&format!(
-                    "pixelpipe_ingest_clicks_refused_total{{reason=\"{reason}\"}}"
-                )),
-                "{reason}"
+            assert_eq!(
+                counter(&f, &series),
+                before + 1,
+                "{target:?} refused as {reason}"
             );
         }
         assert!(f.rx.try_recv().is_err(), "no refused click was stored");
+    }
+
+    /// The value of one counter series in the metrics text (0 when absent).
+    fn counter(f: &super::tests::Fixture, series: &str) -> u64 {
+        f.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     #[test]
@@ -1084,6 +1109,64 @@ mod link_tests {
         call(&f, req("GET", "/p.gif?site=shop&e=open&st=5", "")).await;
         let hit = f.rx.try_recv().unwrap();
         assert_eq!((hit.signature, hit.sent_at_ms), (None, None));
+    }
+
+    #[tokio::test]
+    async fn a_signed_url_cannot_be_reshaped_by_its_holder() {
+        let config = links_config();
+        let f = fixture(config.clone(), 64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let open = signed(
+            &config,
+            LinkRequest {
+                kind: Some("open".into()),
+                params: vec![("plan".into(), "basic".into())],
+                ..link("shop")
+            },
+        );
+        let mut got = Vec::new();
+        for uri in [
+            // A second value for a signed name, placed first so the parser would keep it.
+            open.replace("?site=shop", "?plan=pro&site=shop"),
+            // Cache busters are free to add, and do not push signed parameters past the limit.
+            format!("{open}{}", "&cb=1".repeat(80)),
+            // A signed URL whose own parameters exceed the limit stores less than was signed.
+            signed(
+                &config,
+                LinkRequest {
+                    params: (0..70).map(|i| (format!("p{i}"), "x".into())).collect(),
+                    ..link("shop")
+                },
+            ),
+        ] {
+            assert_eq!(call(&f, req("GET", &uri, "")).await.0, StatusCode::OK);
+            let hit = f.rx.try_recv().unwrap();
+            got.push(hit.signature.unwrap_or_default());
+        }
+        assert_eq!(got, vec!["invalid", "valid", "invalid"]);
+
+        // A send time in milliseconds, or far in the future, is not a send time.
+        for st in [now * 1000, now + 3 * 86_400] {
+            let uri = signed(
+                &config,
+                LinkRequest {
+                    kind: Some("open".into()),
+                    sent_at_unix_secs: Some(st),
+                    ..link("shop")
+                },
+            );
+            call(&f, req("GET", &uri, "")).await;
+            let hit = f.rx.try_recv().unwrap();
+            assert_eq!(
+                (hit.signature.as_deref(), hit.sent_at_ms),
+                (Some("valid"), None),
+                "{st}"
+            );
+            assert_eq!(hit.cut_fields, 1, "counted as a bad number");
+        }
     }
 
     #[tokio::test]

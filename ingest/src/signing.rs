@@ -210,8 +210,8 @@ impl Keyring {
     ///
     /// In order: no `sig` is [`Signature::Absent`]; a repeated `sig`, `kid` or `exp`, or a
     /// missing `kid`, is [`Signature::Invalid`]; a `kid` the ring does not hold is
-    /// [`Signature::UnknownKey`]; a `sig` that is not 32 hex digits or does not match is
-    /// [`Signature::Invalid`]. Only once the MAC matches is `exp` read, so a forged expiry cannot
+    /// [`Signature::UnknownKey`]; any signed parameter named twice, or a `sig` that is not 32 hex
+    /// digits or does not match, is [`Signature::Invalid`]. Only once the MAC matches is `exp` read, so a forged expiry cannot
     /// be told apart from any other forgery: not a decimal number is `Invalid`, earlier than now
     /// is [`Signature::Expired`]. Otherwise [`Signature::Valid`].
     pub fn verify(&self, path: &str, params: &[(&str, &str)], now_unix_secs: u64) -> Signature {
@@ -228,6 +228,11 @@ impl Keyring {
         let Some(key) = self.key(kid) else {
             return Signature::UnknownKey;
         };
+        if repeats_a_name(params) {
+            // The canonical form sorts, so with a name twice the holder could reorder the values
+            // and choose which one the edge keeps: a signed URL names each parameter once.
+            return Signature::Invalid;
+        }
         let Some(tag) = hex_decode_tag(sig) else {
             return Signature::Invalid;
         };
@@ -255,6 +260,17 @@ impl Keyring {
         let params: Vec<(&str, &str)> = decoded.iter().map(|(n, v)| (&**n, &**v)).collect();
         self.verify(path, &params, now_unix_secs)
     }
+}
+
+/// Whether a parameter covered by the signature appears more than once.
+fn repeats_a_name(params: &[(&str, &str)]) -> bool {
+    let mut names: Vec<&str> = params
+        .iter()
+        .map(|(n, _)| *n)
+        .filter(|n| !UNSIGNED_PARAMS.contains(n))
+        .collect();
+    names.sort_unstable();
+    names.windows(2).any(|w| w[0] == w[1])
 }
 
 /// The text that is signed: `path + "?" + pairs`, where pairs are the decoded `params` without

@@ -100,8 +100,8 @@ pub struct ClickHouseConfig {
     /// Apply pending migrations when the sink starts (they are idempotent). Default true.
     pub migrate_on_start: bool,
     /// Days a row of `<prefix>hits` is kept: a table TTL on servers that have one, brought in
-    /// line at every start; on 18.16, `pixelpipe-sink retention` deletes older rows. 0 keeps rows
-    /// forever. Default 400.
+    /// line when the sink migrates; on 18.16, `pixelpipe-sink retention` drops the months past
+    /// it. 0 keeps rows forever. Default 400.
     pub retention_days: u32,
     /// The same for `<prefix>bad_hits`, whose raw payloads are kept only to be looked at.
     /// Default 30.
@@ -363,6 +363,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("batch.max_age_ms"), "{e}");
+        let e = load(&[("enrich.datacenter_asns", "16509, x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("enrich.datacenter_asns"), "{e}");
+    }
+
+    #[test]
+    fn number_lists_come_from_the_environment_as_numbers() {
+        let env = vec![(
+            "PIXELPIPE_ENRICH__DATACENTER_ASNS".to_string(),
+            "16509, 15169".to_string(),
+        )];
+        let c = SinkConfig::load(None, env, &[]).unwrap();
+        assert_eq!(c.enrich.datacenter_asns, vec![16509, 15169]);
     }
 
     #[test]

@@ -204,9 +204,12 @@ impl Enricher {
         {
             return class("bot", "datacenter_asn");
         }
-        if hit
-            .sent_at_ms
-            .is_some_and(|sent| hit.received_at_ms.saturating_sub(sent) < self.machine_open_ms)
+        // Only an email open can come too soon after sending; a click or conversion URL carrying
+        // the same send time says nothing about how fast a person reads.
+        if hit.kind == "open"
+            && hit
+                .sent_at_ms
+                .is_some_and(|sent| hit.received_at_ms.saturating_sub(sent) < self.machine_open_ms)
         {
             return class("scanner", "open_soon_after_send");
         }
@@ -533,6 +536,8 @@ pub(crate) mod tests {
         // A send time after the open (clock skew) is as suspicious as an instant open.
         h.sent_at_ms = Some(h.received_at_ms + 5_000);
         assert_eq!(e.classify(&h, None).reason, "open_soon_after_send");
+        h.kind = "click".into();
+        assert_eq!(e.classify(&h, None).reason, "no_rule_matched", "opens only");
     }
 
     #[test]

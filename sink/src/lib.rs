@@ -60,7 +60,9 @@ async fn migrate_with(
 /// Deletes rows past each table's retention (`pixelpipe-sink retention`, for servers without
 /// TTL); returns the statements sent.
 pub async fn delete_expired(config: &SinkConfig) -> Result<Vec<String>> {
-    retention::delete_expired(&store::client(&config.clickhouse), &config.clickhouse).await
+    let client = store::client(&config.clickhouse);
+    let flavour = Flavour::detect(&client).await?;
+    retention::delete_expired(&client, &config.clickhouse, flavour).await
 }
 
 /// Runs the sink until `shutdown` completes. ClickHouse being unreachable at start is waited

@@ -1,6 +1,6 @@
 //! How long each table keeps its rows, and the two ways that is enforced: a table TTL on servers
-//! that have one, brought in line with the configuration at every start, and an explicit delete
-//! (`pixelpipe-sink retention`) for ClickHouse 18.16, which has no TTL, run from a timer.
+//! that have one, brought in line with the configuration when the sink migrates, and an explicit
+//! clean-up (`pixelpipe-sink retention`) for ClickHouse 18.16, which has no TTL, run from a timer.
 //!
 //! It owns the per-table rule ([`rules`]) and the statements; `schema` owns the tables themselves.
 
@@ -27,8 +27,19 @@ impl Rule {
         format!("{} + toIntervalDay({})", self.column, self.days)
     }
 
+    /// Sets the table's TTL to this rule (modern servers).
+    pub fn modify_ttl_statement(&self) -> String {
+        format!("ALTER TABLE {} MODIFY TTL {}", self.table, self.ttl())
+    }
+
+    /// Removes the table's TTL, for a retention of 0 days (modern servers).
+    pub fn remove_ttl_statement(&self) -> String {
+        format!("ALTER TABLE {} REMOVE TTL", self.table)
+    }
+
     /// Deletes the rows past retention. A mutation: the server applies it in the background, part
-    /// by part, and the statement returns once it is queued.
+    /// by part, and the statement returns once it is queued. Used for `bad_hits` (see
+    /// [`delete_expired`]).
     pub fn delete_statement(&self) -> String {
         format!(
             "ALTER TABLE {} DELETE WHERE {} < now() - toIntervalDay({})",
@@ -81,10 +92,10 @@ pub async fn sync_ttl(
             .await?;
         let has_ttl = create.contains(" TTL ");
         let sql = match rule.days {
-            0 if has_ttl => format!("ALTER TABLE {} REMOVE TTL", rule.table),
+            0 if has_ttl => rule.remove_ttl_statement(),
             0 => continue,
             _ if create.contains(&format!("TTL {}", rule.ttl())) => continue,
-            _ => format!("ALTER TABLE {} MODIFY TTL {}", rule.table, rule.ttl()),
+            _ => rule.modify_ttl_statement(),
         };
         client.query(&sql).execute().await?;
         tracing::info!(table = %rule.table, days = rule.days, "table TTL brought in line with the configuration");
@@ -93,15 +104,63 @@ pub async fn sync_ttl(
     Ok(changed)
 }
 
-/// Queues the deletion of every row past its table's retention; returns the statements sent.
-/// Works on every server; modern ones do the same by themselves through the TTL.
-pub async fn delete_expired(client: &Client, c: &ClickHouseConfig) -> Result<Vec<String>> {
+/// On 18.16, removes what is past each table's retention and returns the statements sent; on a
+/// modern server does nothing, because the TTL does it.
+///
+/// 18.16 has no `IN PARTITION` for mutations, so a `DELETE` rewrites every part of the table: too
+/// heavy to run nightly on `hits`. `hits` is partitioned by month, so whole months that lie
+/// entirely before the cut-off are dropped instead (`DROP PARTITION` only unlinks files); rows are
+/// then kept up to a month longer than `retention_days`. `bad_hits` is small and unpartitioned:
+/// its old rows are deleted exactly, and only when there are any.
+pub async fn delete_expired(
+    client: &Client,
+    c: &ClickHouseConfig,
+    flavour: Flavour,
+) -> Result<Vec<String>> {
+    if flavour == Flavour::Modern {
+        tracing::info!("modern server: the table TTLs delete old rows; nothing to do");
+        return Ok(Vec::new());
+    }
     let mut sent = Vec::new();
-    for rule in rules(c).into_iter().filter(|r| r.days > 0) {
-        let sql = rule.delete_statement();
-        client.query(&sql).execute().await?;
-        tracing::info!(table = %rule.table, days = rule.days, "queued deletion of expired rows");
-        sent.push(sql);
+    let [hits, bad_hits] = <[Rule; 2]>::try_from(rules(c)).expect("two tables");
+    if hits.days > 0 {
+        let (db, name) = hits
+            .table
+            .split_once('.')
+            .expect("tables are database.name");
+        let months: Vec<String> = client
+            .query(&format!(
+                "SELECT DISTINCT partition FROM system.parts
+                 WHERE database = '{db}' AND table = '{name}' AND active
+                   AND toUInt32(partition) < toYYYYMM(now() - toIntervalDay({}))
+                 ORDER BY partition",
+                hits.days
+            ))
+            .fetch_all()
+            .await?;
+        for month in months {
+            // Partition ids are toYYYYMM numbers read from the server itself.
+            let sql = format!("ALTER TABLE {} DROP PARTITION {month}", hits.table);
+            client.query(&sql).execute().await?;
+            sent.push(sql);
+        }
+    }
+    if bad_hits.days > 0 {
+        let old: u64 = client
+            .query(&format!(
+                "SELECT count() FROM {} WHERE {} < now() - toIntervalDay({})",
+                bad_hits.table, bad_hits.column, bad_hits.days
+            ))
+            .fetch_one()
+            .await?;
+        if old > 0 {
+            let sql = bad_hits.delete_statement();
+            client.query(&sql).execute().await?;
+            sent.push(sql);
+        }
+    }
+    for sql in &sent {
+        tracing::info!(%sql, "retention");
     }
     Ok(sent)
 }

@@ -206,15 +206,8 @@ async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
         bad_hits_retention_days: 7,
         ..config.clone()
     });
-    std::fs::write(
-        dir.join("retention.sql"),
-        format!(
-            "ALTER TABLE {} MODIFY TTL {}",
-            rules[1].table,
-            rules[1].ttl()
-        ),
-    )
-    .unwrap();
+    std::fs::write(dir.join("retention.sql"), rules[1].modify_ttl_statement()).unwrap();
+    std::fs::write(dir.join("remove.sql"), rules[1].remove_ttl_statement()).unwrap();
     let script = format!(
         r#"
 import json
@@ -231,6 +224,8 @@ print(s.query("SELECT version() AS v", "JSONEachRow"), end="")
 for stmt in open("retention.sql").read().split(";\n"):
     s.query(stmt)
 print(s.query("SELECT name, create_table_query FROM system.tables WHERE database = 'pixelpipe' AND name IN ('{name}', '{bad_name}') ORDER BY name", "JSONEachRow"), end="")
+s.query(open("remove.sql").read())
+print(s.query("SELECT name, create_table_query FROM system.tables WHERE database = 'pixelpipe' AND name = '{bad_name}'", "JSONEachRow"), end="")
 print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, ip_hash, anonymized, geo_country, geo_region, geo_city, asn, as_org, prefetch, browser, browser_version, os, os_version, device_type, traffic_class, class_reason, signature, toUnixTimestamp(sent_at) AS sent_at, unverified, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
 "#,
         table = tables.hits(),
@@ -266,7 +261,10 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
         let create = line["create_table_query"].as_str().unwrap();
         assert!(create.contains(&format!("TTL {}", rule.ttl())), "{create}");
     }
-    let back = &lines[3..];
+    // And a retention of 0 removes the TTL again (`sync_ttl`'s other statement).
+    let removed = lines[3]["create_table_query"].as_str().unwrap();
+    assert!(!removed.contains(" TTL "), "{removed}");
+    let back = &lines[4..];
     assert_eq!(back.len(), rows.len());
     for (got, want) in back.iter().zip(&rows) {
         assert_eq!(got["event_id"], want.event_id.to_string());
