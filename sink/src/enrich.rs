@@ -76,6 +76,11 @@ const SCANNERS: &[(&str, &str)] = &[
     ("Trend Micro", "trend_micro"),
     ("Sophos", "sophos"),
     ("Forcepoint", "forcepoint"),
+    ("Microsoft-URLAnalyzer", "microsoft_safe_links"),
+    ("SafeLinks", "microsoft_safe_links"),
+    ("IronPort", "cisco_ironport"),
+    ("FortiMail", "fortinet"),
+    ("FireEye", "fireeye"),
 ];
 
 /// Headless and automation browsers, which uap-core reports as ordinary browsers.
@@ -493,6 +498,11 @@ pub(crate) mod tests {
             (YAHOO_PROXY, ("email_proxy", "yahoo_mail_proxy")),
             (APPLE_MPP, ("email_proxy", "apple_mail_privacy")),
             (BARRACUDA, ("scanner", "barracuda")),
+            (
+                "Microsoft-URLAnalyzer/1.0",
+                ("scanner", "microsoft_safe_links"),
+            ),
+            ("Cisco IronPort Web Security", ("scanner", "cisco_ironport")),
             ("curl/8.5.0", ("bot", "http_library")),
             ("python-requests/2.31.0", ("bot", "http_library")),
         ] {
