@@ -7,14 +7,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http_body_util::Full;
 use hyper::Request;
-use pixelpipe_bench::sample_request;
-use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
+use pixelpipe_bench::{pixel_request, NullProducer};
 use pixelpipe_ingest::geo::{Geo, GeoConfig};
 use pixelpipe_ingest::links::{LinkRequest, Links};
 use pixelpipe_ingest::metrics::Metrics;
@@ -22,31 +20,6 @@ use pixelpipe_ingest::privacy::{IpMode, Privacy, PrivacyConfig};
 use pixelpipe_ingest::queue::HitQueue;
 use pixelpipe_ingest::service::Edge;
 use pixelpipe_ingest::{wire, Config};
-
-struct NullProducer;
-
-impl HitProducer for NullProducer {
-    fn send(&self, _: Option<&[u8]>, _: &[u8]) -> Result<(), BufferFull> {
-        Ok(())
-    }
-    fn flush(&self, _: Duration) {}
-    fn connected(&self) -> bool {
-        true
-    }
-}
-
-fn pixel_request(i: u64) -> Request<Full<Bytes>> {
-    let s = sample_request(i);
-    Request::builder()
-        .method("GET")
-        .uri(s.target)
-        .header("host", "px.example")
-        .header("user-agent", s.user_agent)
-        .header("referer", "https://blog.example/")
-        .header("accept-language", "en-GB,en;q=0.9")
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
 
 fn request_path(c: &mut Criterion) {
     let config = Config::default();

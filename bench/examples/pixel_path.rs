@@ -14,29 +14,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::Request;
-use pixelpipe_bench::sample_request;
-use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
+use pixelpipe_bench::{pixel_request, NullProducer};
 use pixelpipe_ingest::metrics::Metrics;
 use pixelpipe_ingest::queue::HitQueue;
 use pixelpipe_ingest::service::Edge;
 use pixelpipe_ingest::Config;
-
-struct NullProducer;
-
-impl HitProducer for NullProducer {
-    fn send(&self, _: Option<&[u8]>, _: &[u8]) -> Result<(), BufferFull> {
-        Ok(())
-    }
-    fn flush(&self, _: Duration) {}
-    fn connected(&self) -> bool {
-        true
-    }
-}
 
 fn main() {
     let n: u64 = std::env::args()
@@ -51,16 +34,7 @@ fn main() {
     let peer = "203.0.113.9".parse().unwrap();
     let mut served = 0u64;
     for i in (0..n).filter(|i| i % 10 != 9) {
-        let s = sample_request(i);
-        let req = Request::builder()
-            .method("GET")
-            .uri(s.target)
-            .header("host", "px.example")
-            .header("user-agent", s.user_agent)
-            .header("referer", "https://blog.example/")
-            .header("accept-language", "en-GB,en;q=0.9")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let req = pixel_request(i);
         let resp = runtime.block_on(edge.handle(req, peer));
         served += u64::from(resp.status().is_success());
         let _ = rx.try_recv();

@@ -1,9 +1,44 @@
 //! Traffic for benchmarks and demos: a deterministic mix of realistic pixel and beacon hits.
 //!
-//! Shared by the criterion benchmarks and the `pixelpipe-loadgen` binary so both exercise the
-//! same requests. It does not measure anything itself.
+//! Shared by the criterion benchmarks, the instruction-count example and the `pixelpipe-loadgen`
+//! binary so all of them exercise the same requests. It does not measure anything itself.
 
 #![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
+
+/// A producer that takes every hit and sends nothing, so a measurement covers the edge alone.
+pub struct NullProducer;
+
+impl HitProducer for NullProducer {
+    fn send(&self, _: Option<&[u8]>, _: &[u8]) -> Result<(), BufferFull> {
+        Ok(())
+    }
+    fn flush(&self, _: Duration) {}
+    fn connected(&self) -> bool {
+        true
+    }
+}
+
+/// The `i`-th request of the mix as an in-memory `GET`, with the headers a browser sends (meant
+/// for the pixel requests of the mix; see [`sample_request`]).
+pub fn pixel_request(i: u64) -> Request<Full<Bytes>> {
+    let s = sample_request(i);
+    Request::builder()
+        .method("GET")
+        .uri(s.target)
+        .header("host", "px.example")
+        .header("user-agent", s.user_agent)
+        .header("referer", "https://blog.example/")
+        .header("accept-language", "en-GB,en;q=0.9")
+        .body(Full::new(Bytes::new()))
+        .expect("the sample requests are valid")
+}
 
 /// One request of the mix.
 #[derive(Debug, Clone, PartialEq)]

@@ -441,6 +441,11 @@ impl<'a> Draft<'a> {
         self.target.as_deref()
     }
 
+    /// When the edge received the request, ms since the epoch.
+    pub fn received_at_ms(&self) -> u64 {
+        self.fields.received_at_ms
+    }
+
     /// Whether the query carried a `sig` parameter.
     pub fn is_signed(&self) -> bool {
         self.signed

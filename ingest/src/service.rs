@@ -109,15 +109,8 @@ impl Edge {
     }
 
     fn pixel<B>(&self, req: &Request<B>, peer: IpAddr) -> Result<Response<ResponseBody>, Error> {
-        let head = match *req.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => return Err(Error::MethodNotAllowed { allow: "GET, HEAD" }),
-        };
-        let mut meta = self.meta(req, peer);
-        meta.head_request = head;
-        let mut draft = Draft::new(&meta, Transport::Pixel, &self.edge_id, &self.limits);
-        match self.apply_signed_query(req, &mut draft, meta.received_at_ms) {
+        let mut draft = self.get_draft(req, peer)?;
+        match self.apply_signed_query(req, &mut draft) {
             Ok(_) => {
                 self.finish(draft);
             }
@@ -130,15 +123,8 @@ impl Edge {
     /// signed or on the site's allowlist; anything else is answered 400 and counted, so the edge
     /// can never be used as an open redirect.
     fn click<B>(&self, req: &Request<B>, peer: IpAddr) -> Result<Response<ResponseBody>, Error> {
-        let head = match *req.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => return Err(Error::MethodNotAllowed { allow: "GET, HEAD" }),
-        };
-        let mut meta = self.meta(req, peer);
-        meta.head_request = head;
-        let mut draft = Draft::new(&meta, Transport::Pixel, &self.edge_id, &self.limits);
-        let signature = match self.apply_signed_query(req, &mut draft, meta.received_at_ms) {
+        let mut draft = self.get_draft(req, peer)?;
+        let signature = match self.apply_signed_query(req, &mut draft) {
             Ok(signature) => signature,
             Err(reason) => {
                 self.metrics.invalid(reason);
@@ -187,19 +173,37 @@ impl Edge {
         Error::ClickRefused(why.to_owned())
     }
 
+    /// The start of every GET route that records a hit (`/p.gif`, `/c`): `GET` or `HEAD` only,
+    /// and a draft from the request's headers.
+    fn get_draft<B>(&self, req: &Request<B>, peer: IpAddr) -> Result<Draft<'_>, Error> {
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return Err(Error::MethodNotAllowed { allow: "GET, HEAD" }),
+        };
+        let mut meta = self.meta(req, peer);
+        meta.head_request = head;
+        Ok(Draft::new(
+            &meta,
+            Transport::Pixel,
+            &self.edge_id,
+            &self.limits,
+        ))
+    }
+
     /// Applies a GET query to a draft and checks the URL's signature when it has one.
     fn apply_signed_query<B>(
         &self,
         req: &Request<B>,
         draft: &mut Draft<'_>,
-        now_ms: u64,
     ) -> Result<Option<Signature>, InvalidReason> {
         let query = req.uri().query().unwrap_or("");
         apply_query(draft, query)?;
         if !draft.is_signed() {
             return Ok(None);
         }
-        let checked = self.links.verify(req.uri().path(), query, now_ms / 1000);
+        let now_secs = draft.received_at_ms() / 1000;
+        let checked = self.links.verify(req.uri().path(), query, now_secs);
         let recorded = draft.signature(checked);
         self.metrics.signature(recorded);
         Ok(Some(recorded))

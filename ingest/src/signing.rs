@@ -292,14 +292,7 @@ pub fn canonical(path: &str, params: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(path.len() + 1 + 16 * signed.len());
     out.push_str(path);
     out.push('?');
-    for (i, (name, value)) in signed.into_iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        encode_into(&mut out, name);
-        out.push('=');
-        encode_into(&mut out, value);
-    }
+    push_pairs(&mut out, signed);
     out
 }
 
@@ -307,15 +300,23 @@ pub fn canonical(path: &str, params: &[(&str, &str)]) -> String {
 /// encoder as [`canonical`].
 pub fn query_string(params: &[(String, String)]) -> String {
     let mut out = String::new();
-    for (i, (name, value)) in params.iter().enumerate() {
+    push_pairs(
+        &mut out,
+        params.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+    );
+    out
+}
+
+/// Appends `name=value` pairs joined by `&`, each side encoded with [`encode_into`].
+fn push_pairs<'a>(out: &mut String, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
         if i > 0 {
             out.push('&');
         }
-        encode_into(&mut out, name);
+        encode_into(out, name);
         out.push('=');
-        encode_into(&mut out, value);
+        encode_into(out, value);
     }
-    out
 }
 
 /// A full URL: `base` (one trailing `/` removed) + `path` + `?` + [`query_string`]`(params)`.

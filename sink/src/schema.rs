@@ -146,13 +146,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 4,
         name: "visitor id",
-        steps: |t, _, _| {
-            vec![Step::AddColumn {
-                table: t.hits(),
-                column: "visitor_id",
-                definition: "String DEFAULT ''".into(),
-            }]
-        },
+        steps: |t, _, _| vec![add_hits_column(t, "visitor_id", "String DEFAULT ''")],
     },
     Migration {
         version: 5,
@@ -161,13 +155,18 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-fn v5(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
-    let lc = format!("{} DEFAULT ''", f.low_cardinality());
-    let column = |column, definition: &str| Step::AddColumn {
+/// `ALTER TABLE <prefix>hits ADD COLUMN`, skipped when it exists.
+fn add_hits_column(t: &Tables, column: &'static str, definition: &str) -> Step {
+    Step::AddColumn {
         table: t.hits(),
         column,
         definition: definition.to_owned(),
-    };
+    }
+}
+
+fn v5(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
+    let lc = format!("{} DEFAULT ''", f.low_cardinality());
+    let column = |column, definition: &str| add_hits_column(t, column, definition);
     vec![
         column("prefetch", "UInt8 DEFAULT 0"),
         column("browser", &lc),
@@ -185,11 +184,7 @@ fn v5(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
 
 fn v3(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
     let lc = format!("{} DEFAULT ''", f.low_cardinality());
-    let column = |column, definition: &str| Step::AddColumn {
-        table: t.hits(),
-        column,
-        definition: definition.to_owned(),
-    };
+    let column = |column, definition: &str| add_hits_column(t, column, definition);
     vec![
         column("geo_country", &lc),
         column("geo_region", &lc),
@@ -201,16 +196,8 @@ fn v3(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
 
 fn v2(t: &Tables, _f: Flavour, _retention_days: u32) -> Vec<Step> {
     vec![
-        Step::AddColumn {
-            table: t.hits(),
-            column: "ip_hash",
-            definition: "String DEFAULT ''".into(),
-        },
-        Step::AddColumn {
-            table: t.hits(),
-            column: "anonymized",
-            definition: "UInt8 DEFAULT 0".into(),
-        },
+        add_hits_column(t, "ip_hash", "String DEFAULT ''"),
+        add_hits_column(t, "anonymized", "UInt8 DEFAULT 0"),
     ]
 }
 
