@@ -12,11 +12,12 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http_body_util::Full;
 use hyper::Request;
-use pixelpipe_bench::{pixel_request, NullProducer};
+use pixelpipe_bench::pixel_request;
 use pixelpipe_ingest::geo::{Geo, GeoConfig};
 use pixelpipe_ingest::links::{LinkRequest, Links};
 use pixelpipe_ingest::metrics::Metrics;
 use pixelpipe_ingest::privacy::{IpMode, Privacy, PrivacyConfig};
+use pixelpipe_ingest::produce::testing::RecordingProducer;
 use pixelpipe_ingest::queue::HitQueue;
 use pixelpipe_ingest::service::Edge;
 use pixelpipe_ingest::{wire, Config};
@@ -25,7 +26,13 @@ fn request_path(c: &mut Criterion) {
     let config = Config::default();
     let metrics = Metrics::new();
     let (queue, rx) = HitQueue::new(1 << 16, 80, metrics.clone());
-    let edge = Edge::new(&config, queue, Arc::new(NullProducer), metrics).unwrap();
+    let edge = Edge::new(
+        &config,
+        queue,
+        Arc::new(RecordingProducer::default()),
+        metrics,
+    )
+    .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -66,7 +73,7 @@ fn request_path(c: &mut Criterion) {
     let signed_edge = Edge::new(
         &signed_config,
         signed_queue,
-        Arc::new(NullProducer),
+        Arc::new(RecordingProducer::default()),
         Metrics::new(),
     )
     .unwrap();
@@ -100,7 +107,7 @@ fn request_path(c: &mut Criterion) {
             |req| {
                 let resp = runtime.block_on(signed_edge.handle(req, peer));
                 let hit = signed_rx.try_recv().expect("the signed hit was enqueued");
-                assert_eq!(hit.signature.as_deref(), Some("valid"));
+                assert_eq!(hit.signature.map(wire::Signature::as_str), Some("valid"));
                 resp
             },
             criterion::BatchSize::SmallInput,

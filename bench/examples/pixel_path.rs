@@ -15,8 +15,9 @@
 
 use std::sync::Arc;
 
-use pixelpipe_bench::{pixel_request, NullProducer};
+use pixelpipe_bench::pixel_request;
 use pixelpipe_ingest::metrics::Metrics;
+use pixelpipe_ingest::produce::testing::RecordingProducer;
 use pixelpipe_ingest::queue::HitQueue;
 use pixelpipe_ingest::service::Edge;
 use pixelpipe_ingest::Config;
@@ -27,7 +28,13 @@ fn main() {
         .map_or(10_000, |a| a.parse().expect("a request count"));
     let metrics = Metrics::new();
     let (queue, rx) = HitQueue::new(1 << 16, 80, metrics.clone());
-    let edge = Edge::new(&Config::default(), queue, Arc::new(NullProducer), metrics).unwrap();
+    let edge = Edge::new(
+        &Config::default(),
+        queue,
+        Arc::new(RecordingProducer::default()),
+        metrics,
+    )
+    .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -5,25 +5,9 @@
 
 #![forbid(unsafe_code)]
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
-use pixelpipe_ingest::batcher::{BufferFull, HitProducer};
-
-/// A producer that takes every hit and sends nothing, so a measurement covers the edge alone.
-pub struct NullProducer;
-
-impl HitProducer for NullProducer {
-    fn send(&self, _: Option<&[u8]>, _: &[u8]) -> Result<(), BufferFull> {
-        Ok(())
-    }
-    fn flush(&self, _: Duration) {}
-    fn connected(&self) -> bool {
-        true
-    }
-}
 
 /// The `i`-th request of the mix as an in-memory `GET`, with the headers a browser sends (meant
 /// for the pixel requests of the mix; see [`sample_request`]).

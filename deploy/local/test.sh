@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: starts the services the integration tests talk to over
-# loopback (installing them the first time), then `cargo test --workspace`.
-# Extra arguments go to cargo test, e.g. `deploy/local/test.sh -p pixelpipe-ingest`.
+# loopback (installing them the first time), then `cargo test --workspace --features integration`.
+# Without that feature (a plain `cargo test`) the tests that need these services are listed as
+# ignored, each saying what it needs.
+# Extra arguments go to cargo test, e.g. `deploy/local/test.sh -p pixelpipe-sink` or a test name.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need cargo "Install Rust first (https://rustup.rs)."
@@ -17,6 +19,6 @@ export TEST_CHDB_PYTHON
 TEST_CHROMIUM="$("$ROOT/deploy/local/chromium.sh" path)"
 export TEST_CHROMIUM
 
-step "running cargo test --workspace"
+step "running cargo test --workspace --features integration"
 cd "$ROOT"
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --features integration "$@"

@@ -6,7 +6,8 @@
 //!
 //! This module owns the stop-and-drain rule: on stop every hit already in the channel is still
 //! produced, within `kafka.flush_timeout_ms`; anything left after that is counted
-//! `dropped{reason="shutdown"}`. It does not know Kafka: I/O sits behind [`HitProducer`].
+//! `dropped{reason="shutdown"}`. It does not know Kafka: I/O sits behind
+//! [`HitProducer`](crate::produce::HitProducer).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,26 +17,11 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::config::MessageKey;
 use crate::geo::Geo;
+use crate::hit::DropReason;
 use crate::metrics::Metrics;
 use crate::privacy::{Privacy, Verdict};
+use crate::produce::{BufferFull, SharedProducer};
 use crate::wire::{self, Hit};
-
-/// The producer's buffer is full; the hit was not taken.
-#[derive(Debug)]
-pub struct BufferFull;
-
-/// Where encoded hits go. Delivery outcomes are the producer's to count.
-pub trait HitProducer: Send + Sync + 'static {
-    /// Queues one encoded hit for delivery without blocking.
-    fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), BufferFull>;
-    /// Waits up to `timeout` for every queued hit to be delivered or failed.
-    fn flush(&self, timeout: Duration);
-    /// Whether the producer is connected to at least one broker.
-    fn connected(&self) -> bool;
-}
-
-/// A producer shared by the batchers and the readiness check.
-pub type SharedProducer = Arc<dyn HitProducer>;
 
 /// How the batcher threads run.
 #[derive(Debug, Clone)]
@@ -64,7 +50,7 @@ impl Batchers {
     /// Starts the threads.
     pub fn spawn(
         rx: Receiver<Hit>,
-        producer: Arc<dyn HitProducer>,
+        producer: SharedProducer,
         settings: BatcherSettings,
         metrics: Metrics,
     ) -> std::io::Result<Batchers> {
@@ -106,7 +92,7 @@ impl Batchers {
 struct Worker {
     rx: Receiver<Hit>,
     stop: Receiver<()>,
-    producer: Arc<dyn HitProducer>,
+    producer: SharedProducer,
     settings: BatcherSettings,
     metrics: Metrics,
     buf: Vec<u8>,
@@ -124,8 +110,7 @@ impl Worker {
                 recv(self.stop) -> _ => break,
             }
             batch.extend(self.rx.try_iter().take(self.settings.batch_max_hits - 1));
-            self.metrics.batch_size.observe(batch.len() as f64);
-            self.metrics.queue_depth.set(self.rx.len() as i64);
+            self.metrics.batch_taken(batch.len(), self.rx.len());
             batch.retain_mut(|hit| self.prepare(hit));
             let given_up = batch.iter().position(|hit| !self.produce(hit, None));
             match given_up {
@@ -152,15 +137,12 @@ impl Worker {
                 self.produce_or_drop(&hit, deadline);
             }
         }
-        self.metrics.queue_depth.set(self.rx.len() as i64);
+        self.metrics.queued(self.rx.len());
     }
 
     fn produce_or_drop(&mut self, hit: &Hit, deadline: Instant) {
         if !self.produce(hit, Some(deadline)) {
-            self.metrics
-                .hits_dropped
-                .with_label_values(&["shutdown"])
-                .inc();
+            self.metrics.dropped(DropReason::Shutdown);
         }
     }
 
@@ -172,7 +154,7 @@ impl Worker {
         match self.settings.privacy.apply(hit) {
             Verdict::Keep => true,
             Verdict::Drop(reason) => {
-                self.metrics.hits_dropped.with_label_values(&[reason]).inc();
+                self.metrics.dropped(reason);
                 false
             }
         }
@@ -220,42 +202,13 @@ impl Worker {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::privacy::{IpMode, PrivacyConfig, SignalPolicy};
+    use crate::privacy::{visitor_id, IpMode, PrivacyConfig, SignalPolicy};
+    use crate::produce::testing::RecordingProducer;
     use crate::queue::HitQueue;
-    use crate::wire::tests_support::sample_hit;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Mutex;
-
-    /// A message as the producer saw it: key and payload.
-    pub(crate) type Sent = (Option<Vec<u8>>, Vec<u8>);
-
-    /// Records what it is sent; can pretend to be full.
-    #[derive(Default)]
-    pub(crate) struct RecordingProducer {
-        pub(crate) sent: Mutex<Vec<Sent>>,
-        pub(crate) full: AtomicBool,
-        pub(crate) refused: AtomicUsize,
-    }
-
-    impl HitProducer for RecordingProducer {
-        fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), BufferFull> {
-            if self.full.load(Ordering::SeqCst) {
-                self.refused.fetch_add(1, Ordering::SeqCst);
-                return Err(BufferFull);
-            }
-            self.sent
-                .lock()
-                .unwrap()
-                .push((key.map(<[u8]>::to_vec), payload.to_vec()));
-            Ok(())
-        }
-        fn flush(&self, _timeout: Duration) {}
-        fn connected(&self) -> bool {
-            true
-        }
-    }
+    use crate::wire::testing::sample_hit;
+    use std::sync::atomic::Ordering;
 
     fn settings(key: MessageKey) -> BatcherSettings {
         BatcherSettings {
@@ -356,16 +309,6 @@ pub(crate) mod tests {
             "{text}"
         );
     }
-}
-
-#[cfg(test)]
-mod prepare_once_tests {
-    use super::tests::RecordingProducer;
-    use super::*;
-    use crate::privacy::{visitor_id, PrivacyConfig};
-    use crate::queue::HitQueue;
-    use crate::wire::tests_support::sample_hit;
-    use std::sync::atomic::Ordering;
 
     /// A hit whose send was interrupted by stop goes through the drain; its place and privacy
     /// must not be computed again from the already minimised address.

@@ -1,8 +1,8 @@
 //! The edge's one configuration struct, where its values come from, and its validation.
 //!
 //! Layers, later wins: built-in defaults, a TOML file, `PIXELPIPE_*` environment variables, then
-//! command-line overrides (the mechanism is `layers`, shared with the sink). The structs below are
-//! the one list of settings.
+//! command-line overrides (the mechanism is `pixelpipe_common::layers`, shared with the sink). The
+//! structs below are the one list of settings.
 //!
 //! This module does not open sockets or clients; it only says what they should be.
 
@@ -10,12 +10,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use pixelpipe_common::layers::{self, check, ConfigError, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::client_ip::TrustedProxies;
-use crate::error::{Error, Result};
 use crate::geo::GeoConfig;
-use crate::layers::check;
 use crate::links::LinksConfig;
 use crate::privacy::PrivacyConfig;
 
@@ -275,7 +274,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, String)],
     ) -> Result<Config> {
-        crate::layers::load_validated(file, env, overrides)
+        layers::load_validated(file, env, overrides)
     }
 
     /// HTTP threads to run: `http.worker_threads`, or one per core when it is 0.
@@ -292,15 +291,11 @@ impl Config {
     }
 }
 
-impl crate::layers::Validate for Config {
+impl layers::Validate for Config {
     /// Checks every setting once, so a wrong one fails at start and says which it is.
     fn validate(&self) -> Result<()> {
-        self.privacy
-            .check()
-            .map_err(|(setting, reason)| Error::config(setting, reason))?;
-        self.links
-            .check()
-            .map_err(|(setting, reason)| Error::config(setting, reason))?;
+        self.privacy.check()?;
+        self.links.check()?;
         check(
             !self.edge_id.trim().is_empty(),
             "edge_id",
@@ -333,7 +328,7 @@ impl crate::layers::Validate for Config {
             "must be at least 1",
         )?;
         TrustedProxies::parse(&h.trusted_proxies)
-            .map_err(|reason| Error::config("http.trusted_proxies", reason))?;
+            .map_err(|reason| ConfigError::setting("http.trusted_proxies", reason))?;
         check(
             h.listen_addr != self.admin.listen_addr || h.listen_addr.port() == 0,
             "admin.listen_addr",

@@ -1,7 +1,24 @@
-//! `application/x-www-form-urlencoded` decoding, the way query strings are read everywhere in the
-//! edge (parameters of a hit, and the signed form of a URL). A leaf: no other module of the crate.
+//! Query strings in and out: `application/x-www-form-urlencoded` decoding, the way the edge reads
+//! every query (parameters of a hit, the signed form of a URL), and the one percent-encoding it
+//! writes (signed forms, URLs built by `pixelpipe-ingest url`). A leaf: no other module of the
+//! crate.
+//!
+//! Encoding is the `percent-encoding` crate's. Decoding is our own because it is stricter than
+//! the libraries: `percent-encoding` passes a malformed escape (`%zz`, a lone `%`) through as
+//! text and `form_urlencoded` also replaces invalid UTF-8, while the edge must refuse both so that
+//! the field is dropped and counted as `bad_encoding`, never stored altered.
 
 use std::borrow::Cow;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+
+/// Bytes written as `%XX`: all but ASCII letters, digits and `-._~` (RFC 3986's unreserved set),
+/// so an encoded name or value never contains `&`, `=`, `+` or `%` of its own.
+const ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Decodes `application/x-www-form-urlencoded` text (`+` is a space). `None` for a malformed
 /// escape or bytes that are not UTF-8.
@@ -39,9 +56,61 @@ pub fn pairs(query: &str) -> impl Iterator<Item = Option<(Cow<'_, str>, Cow<'_, 
     })
 }
 
+/// Appends `s` with every byte but ASCII letters, digits and `-._~` as `%XX` (uppercase hex).
+pub fn push_encoded(out: &mut String, s: &str) {
+    out.extend(percent_encoding::utf8_percent_encode(s, ENCODED));
+}
+
+/// Appends `name=value` pairs joined by `&`, each side encoded with [`push_encoded`].
+pub fn push_pairs<'a>(out: &mut String, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        push_encoded(out, name);
+        out.push('=');
+        push_encoded(out, value);
+    }
+}
+
+/// Encodes decoded `params` as a query string (without `?`), in the given order.
+pub fn query_string(params: &[(String, String)]) -> String {
+    let mut out = String::new();
+    push_pairs(
+        &mut out,
+        params.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+    );
+    out
+}
+
+/// A full URL: `base` (one trailing `/` removed) + `path` + `?` + [`query_string`]`(params)`.
+/// `path` is used as is, so it should start with `/` and need no encoding.
+pub fn url(base: &str, path: &str, params: &[(String, String)]) -> String {
+    let base = base.strip_suffix('/').unwrap_or(base);
+    format!("{base}{path}?{}", query_string(params))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_leaves_only_unreserved_bytes() {
+        let mut out = String::new();
+        push_encoded(&mut out, "a-b._~ +&=%/é");
+        assert_eq!(out, "a-b._~%20%2B%26%3D%25%2F%C3%A9");
+        let params = vec![
+            ("q".to_owned(), "x y".to_owned()),
+            ("é".to_owned(), String::new()),
+        ];
+        assert_eq!(query_string(&params), "q=x%20y&%C3%A9=");
+        let encoded = query_string(&params);
+        let back: Vec<_> = pairs(&encoded).map(Option::unwrap).collect();
+        assert_eq!(
+            back,
+            vec![("q".into(), "x y".into()), ("é".into(), "".into())]
+        );
+    }
 
     #[test]
     fn percent_decoding() {

@@ -17,8 +17,8 @@ use std::time::SystemTime;
 use maxminddb::{geoip2, Reader};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
 use crate::wire::Hit;
+use pixelpipe_common::layers::ConfigError;
 
 /// The `[geoip]` settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +91,7 @@ pub struct Reload {
 
 impl Geo {
     /// Opens the configured databases.
-    pub fn open(c: &GeoConfig) -> Result<Geo> {
+    pub fn open(c: &GeoConfig) -> Result<Geo, ConfigError> {
         let dbs = Databases {
             city: open_one(&c.city_db_path, "geoip.city_db_path")?,
             asn: open_one(&c.asn_db_path, "geoip.asn_db_path")?,
@@ -220,7 +220,7 @@ fn stamp(path: &str) -> Option<Stamp> {
     Some((meta.modified().ok(), meta.len()))
 }
 
-fn open_one(path: &str, setting: &str) -> Result<Option<Arc<Db>>> {
+fn open_one(path: &str, setting: &str) -> Result<Option<Arc<Db>>, ConfigError> {
     if path.is_empty() {
         return Ok(None);
     }
@@ -235,7 +235,7 @@ fn open_one(path: &str, setting: &str) -> Result<Option<Arc<Db>>> {
     Reader::open_readfile(path)
         .map(|reader| Some(Arc::new(Db { reader, stamp })))
         .map_err(|e| {
-            Error::config(
+            ConfigError::setting(
                 setting,
                 format!("{path} is not a readable MaxMind database: {e}"),
             )
@@ -245,7 +245,7 @@ fn open_one(path: &str, setting: &str) -> Result<Option<Arc<Db>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::tests_support::sample_hit;
+    use crate::wire::testing::sample_hit;
 
     fn data(name: &str) -> String {
         format!("{}/tests/data/geoip/{name}", env!("CARGO_MANIFEST_DIR"))

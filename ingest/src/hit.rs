@@ -1,5 +1,5 @@
-//! Turning one request into a [`Hit`]: parameter names, typed fields, limits, and the reasons a
-//! hit is invalid or a field is cut.
+//! Turning one request into a [`Hit`]: typed fields, limits, and the reasons a hit is invalid, a
+//! field is cut, or a valid hit is dropped.
 //!
 //! Pure and synchronous: no I/O, no locks, nothing awaited, so it runs on the request path and is
 //! tested without sockets. It does not decide what happens to a finished hit (see `queue`) nor
@@ -18,12 +18,15 @@ use uuid::{NoContext, Timestamp, Uuid};
 
 use crate::config::LimitsConfig;
 use crate::form;
-use crate::links;
-use crate::signing::{self, Signature};
-use crate::wire::{Hit, Transport, SCHEMA_VERSION};
+use crate::params;
+use crate::wire::{Hit, Signature, Transport, SCHEMA_VERSION};
 
 /// The kind a hit gets when it names none.
 pub const DEFAULT_KIND: &str = "pageview";
+/// The kind of a hit recorded by `GET /c` that names none.
+pub const CLICK_KIND: &str = "click";
+/// The kind whose hits a site may require to be signed (`links.unsigned_conversions`).
+pub const CONVERSION_KIND: &str = "conversion";
 
 /// Why a hit was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +110,52 @@ impl CutReason {
             CutReason::BadCurrency => "bad_currency",
             CutReason::BadType => "bad_type",
             CutReason::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// Why a valid hit never reached the producer (the `reason` label of
+/// `pixelpipe_ingest_hits_dropped_total`). Each dropped hit is counted under exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The channel to the batchers was full.
+    QueueFull,
+    /// Still waiting when shutdown ran out of time, or offered after the batchers stopped.
+    Shutdown,
+    /// `Sec-GPC: 1` on a site whose policy drops it.
+    Gpc,
+    /// `DNT: 1` on a site whose policy drops it.
+    Dnt,
+    /// The consent parameter said no, on a site whose policy drops it.
+    NoConsent,
+    /// The opt-out cookie, on a site whose policy drops it.
+    Optout,
+    /// A conversion without a valid signature on a site whose policy drops it.
+    UnsignedConversion,
+}
+
+impl DropReason {
+    /// Every reason, in declaration order (`as usize` indexes it).
+    pub const ALL: [DropReason; 7] = [
+        DropReason::QueueFull,
+        DropReason::Shutdown,
+        DropReason::Gpc,
+        DropReason::Dnt,
+        DropReason::NoConsent,
+        DropReason::Optout,
+        DropReason::UnsignedConversion,
+    ];
+
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Shutdown => "shutdown",
+            DropReason::Gpc => "gpc",
+            DropReason::Dnt => "dnt",
+            DropReason::NoConsent => "no_consent",
+            DropReason::Optout => "optout",
+            DropReason::UnsignedConversion => "unsigned_conversion",
         }
     }
 }
@@ -322,13 +371,13 @@ impl<'a> Draft<'a> {
     /// Applies one decoded parameter. Well-known names fill typed fields; every other name is
     /// kept as a custom property. Empty values are treated as absent.
     pub fn param(&mut self, key: &str, value: &str) {
-        if matches!(key, "cb" | "_") {
+        if matches!(key, params::CACHE_BUSTER | params::CACHE_BUSTER_UNDERSCORE) {
             // Cache busters exist only to defeat caches; they carry nothing to store. Not counted
             // against `max_params` either: anyone may add them to a signed URL, so counting them
             // would let a stranger push signed parameters out.
             return;
         }
-        if key == signing::SIG_PARAM {
+        if key == params::SIGNATURE {
             // Noted here, while the query is parsed anyway, so unsigned pixels need no second scan;
             // and before the limit, so a signature past it is still checked (and found wanting).
             self.signed = true;
@@ -347,8 +396,8 @@ impl<'a> Draft<'a> {
         }
         match key {
             // The signature's own parameters say nothing about the visitor (see `links`).
-            signing::KID_PARAM | signing::EXP_PARAM | signing::SIG_PARAM => return,
-            links::SENT_AT_PARAM => {
+            params::KEY_ID | params::EXPIRES | params::SIGNATURE => return,
+            params::SENT_AT => {
                 // Seconds, and not in the future beyond a day of clock skew: a time in
                 // milliseconds or from a broken clock would make every open look instant.
                 let latest = self.fields.received_at_ms / 1000 + 86_400;
@@ -360,7 +409,7 @@ impl<'a> Draft<'a> {
                 }
                 return;
             }
-            links::TARGET_PARAM => {
+            params::TARGET => {
                 // Kept whole: a cut target would redirect somewhere else.
                 if self.target.is_some() {
                     self.cuts.add(CutReason::Duplicate);
@@ -374,20 +423,20 @@ impl<'a> Draft<'a> {
         let value = bounded(value, self.limits.max_value_bytes, &mut self.cuts);
         let f = &mut self.fields;
         let slot = match key {
-            "e" => &mut self.kind,
-            "site" => &mut self.site_id,
-            "url" => &mut f.url,
-            "ref" => &mut f.page_referrer,
-            "title" => &mut f.title,
-            "uid" => &mut f.user_id,
-            "campaign" | "utm_campaign" => &mut f.campaign,
-            "source" | "utm_source" => &mut f.source,
-            "medium" | "utm_medium" => &mut f.medium,
-            "content" | "utm_content" => &mut f.content,
-            "term" | "utm_term" => &mut f.term,
-            "variant" => &mut f.variant,
-            "msg" => &mut f.message_id,
-            "value" => {
+            params::KIND => &mut self.kind,
+            params::SITE => &mut self.site_id,
+            params::URL => &mut f.url,
+            params::PAGE_REFERRER => &mut f.page_referrer,
+            params::TITLE => &mut f.title,
+            params::USER_ID => &mut f.user_id,
+            params::CAMPAIGN | params::UTM_CAMPAIGN => &mut f.campaign,
+            params::SOURCE | params::UTM_SOURCE => &mut f.source,
+            params::MEDIUM | params::UTM_MEDIUM => &mut f.medium,
+            params::CONTENT | params::UTM_CONTENT => &mut f.content,
+            params::TERM | params::UTM_TERM => &mut f.term,
+            params::VARIANT => &mut f.variant,
+            params::MESSAGE_ID => &mut f.message_id,
+            params::VALUE => {
                 match value.trim().parse::<f64>() {
                     Ok(v) if v.is_finite() && f.value.is_none() => f.value = Some(v),
                     Ok(v) if v.is_finite() => self.cuts.add(CutReason::Duplicate),
@@ -395,7 +444,7 @@ impl<'a> Draft<'a> {
                 }
                 return;
             }
-            "currency" => {
+            params::CURRENCY => {
                 let code = value.trim();
                 if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_alphabetic()) {
                     self.cuts.add(CutReason::BadCurrency);
@@ -468,7 +517,7 @@ impl<'a> Draft<'a> {
             Signature::Valid if dropped_some => Signature::Invalid,
             s => s,
         };
-        self.fields.signature = Some(signature.as_str().to_owned());
+        self.fields.signature = Some(signature);
         if signature == Signature::Valid {
             self.fields.sent_at_ms = self.sent_at_secs.map(|s| s.saturating_mul(1000));
         }

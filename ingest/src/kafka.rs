@@ -14,10 +14,10 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
-use crate::batcher::{BufferFull, HitProducer};
 use crate::config::KafkaConfig;
 use crate::error::Result;
 use crate::metrics::Metrics;
+use crate::produce::{BufferFull, DeliveryFailure, HitProducer};
 
 /// The librdkafka properties the edge sets, in order; `kafka.properties` are applied after them
 /// and win.
@@ -56,15 +56,15 @@ pub struct EdgeContext {
 
 impl ClientContext for EdgeContext {
     fn stats(&self, stats: Statistics) {
-        self.metrics.producer_queue.set(stats.msg_cnt as i64);
+        self.metrics.producer_queue(stats.msg_cnt as i64);
         let mut up = false;
         for broker in stats.brokers.values().filter(|b| b.source != "internal") {
             up |= broker.state == "UP";
             if let Some(rtt) = &broker.rtt {
+                // librdkafka reports microseconds.
+                let micros = u64::try_from(rtt.avg).unwrap_or(0);
                 self.metrics
-                    .broker_rtt
-                    .with_label_values(&[broker.name.as_str()])
-                    .set(rtt.avg as f64 / 1e6);
+                    .broker_rtt(&broker.name, Duration::from_micros(micros));
             }
         }
         if up != self.connected.swap(up, Ordering::Relaxed) {
@@ -82,18 +82,9 @@ impl ProducerContext for EdgeContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, handed_over: Box<Instant>) {
         match result {
-            Ok(_) => {
-                self.metrics.delivered.inc();
-                self.metrics
-                    .delivery_latency
-                    .observe(handed_over.elapsed().as_secs_f64());
-            }
+            Ok(_) => self.metrics.delivered(handed_over.elapsed()),
             Err((error, _)) => {
-                let reason = error.rdkafka_error_code().map_or("other", error_label);
-                self.metrics
-                    .delivery_failed
-                    .with_label_values(&[reason])
-                    .inc();
+                self.metrics.delivery_failed(failure(error));
                 self.log_failure(error);
             }
         }
@@ -117,18 +108,20 @@ impl EdgeContext {
     }
 }
 
-/// A bounded label for a librdkafka error code.
-fn error_label(code: RDKafkaErrorCode) -> &'static str {
-    match code {
-        RDKafkaErrorCode::MessageTimedOut => "timed_out",
-        RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight => "purged",
-        RDKafkaErrorCode::MessageSizeTooLarge => "too_large",
-        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
-            "unknown_topic"
+/// The bounded reason for a librdkafka error.
+fn failure(error: &KafkaError) -> DeliveryFailure {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => DeliveryFailure::TimedOut,
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => {
+            DeliveryFailure::Purged
         }
-        RDKafkaErrorCode::TopicAuthorizationFailed => "not_authorized",
-        RDKafkaErrorCode::QueueFull => "queue_full",
-        _ => "other",
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => DeliveryFailure::TooLarge,
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            DeliveryFailure::UnknownTopic
+        }
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed) => DeliveryFailure::NotAuthorized,
+        Some(RDKafkaErrorCode::QueueFull) => DeliveryFailure::QueueFull,
+        _ => DeliveryFailure::Other,
     }
 }
 
@@ -168,14 +161,9 @@ impl HitProducer for KafkaProducer {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(BufferFull),
             Err((error, record)) => {
                 // Not retryable (e.g. a message over message.max.bytes): count it as failed now.
-                let reason = error.rdkafka_error_code().map_or("other", error_label);
-                self.producer
-                    .context()
-                    .metrics
-                    .delivery_failed
-                    .with_label_values(&[reason])
-                    .inc();
-                self.producer.context().log_failure(&error);
+                let context = self.producer.context();
+                context.metrics.delivery_failed(failure(&error));
+                context.log_failure(&error);
                 drop(record);
                 Ok(())
             }

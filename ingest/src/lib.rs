@@ -5,12 +5,13 @@
 //! request ─► service (parse, build Hit) ─► queue (bounded channel, try_send) ─► batcher threads
 //!    ▲                                        │ full: counted, GIF still served      │ encode (wire)
 //!    └──────── 43-byte GIF, never waits ──────┘                                      ▼
-//!                                                               kafka (ThreadedProducer, delivery callback)
+//!                                                    produce::HitProducer ◄─ kafka (ThreadedProducer)
 //! ```
 //!
 //! [`run`] wires the parts together and owns the shutdown order; `main.rs` only parses the
 //! configuration, sets up logging and binds. Tests and benches drive [`run_with_producer`] or
-//! [`service::Edge`] directly.
+//! [`service::Edge`] directly. What the sink shares with the edge (the wire format, configuration
+//! layering, the admin listener) is the `pixelpipe-common` crate; [`wire`] is re-exported here.
 
 #![forbid(unsafe_code)]
 
@@ -22,33 +23,36 @@ pub mod form;
 pub mod geo;
 pub mod hit;
 pub mod kafka;
-pub mod layers;
 pub mod links;
 pub mod metrics;
+pub mod params;
 pub mod privacy;
-pub mod process;
+pub mod produce;
 pub mod queue;
 pub mod redirect;
+pub mod response;
 pub mod server;
 pub mod service;
 pub mod signing;
-pub mod wire;
+
+pub use pixelpipe_common::wire;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pixelpipe_common::{admin, http, layers};
 use tokio::sync::watch;
 
 pub use config::{Config, RuntimeLayout};
 pub use error::{Error, Result};
+pub use metrics::Report;
 
-use batcher::SharedProducer;
 use batcher::{BatcherSettings, Batchers};
 use kafka::KafkaProducer;
 use metrics::Metrics;
+use produce::SharedProducer;
 use queue::HitQueue;
-use server::ServeSettings;
 use service::Edge;
 
 /// The sockets the edge serves, bound by the caller (so tests can bind port 0).
@@ -67,9 +71,9 @@ impl Listeners {
             RuntimeLayout::MultiThread => 1,
             RuntimeLayout::PerCore => config.http_threads(),
         };
-        let mut admin = server::bind(config.admin.listen_addr, 1, "admin.listen_addr")?;
+        let mut admin = http::bind(config.admin.listen_addr, 1, "admin.listen_addr")?;
         Ok(Listeners {
-            public: server::bind(config.http.listen_addr, public_sockets, "http.listen_addr")?,
+            public: http::bind(config.http.listen_addr, public_sockets, "http.listen_addr")?,
             admin: admin.remove(0),
         })
     }
@@ -78,21 +82,6 @@ impl Listeners {
     pub fn public_addr(&self) -> Option<std::net::SocketAddr> {
         self.public.first()?.local_addr().ok()
     }
-}
-
-/// What became of the hits during the edge's life, as logged at shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
-    /// Hits handed to the queue.
-    pub accepted: u64,
-    /// Hits Kafka confirmed.
-    pub delivered: u64,
-    /// Hits Kafka did not take (timed out, purged at exit, rejected).
-    pub failed: u64,
-    /// Valid hits dropped before the producer (queue full, shutdown).
-    pub dropped: u64,
-    /// Hits not stored because they were invalid.
-    pub invalid: u64,
 }
 
 /// Runs the edge with a Kafka producer until `shutdown` completes.
@@ -138,10 +127,7 @@ pub async fn run_with_producer(
         },
         metrics.clone(),
     )
-    .map_err(|source| Error::Io {
-        context: "starting batcher threads".into(),
-        source,
-    })?;
+    .map_err(|source| Error::io("starting batcher threads", source))?;
     let edge = Arc::new(Edge::new(
         &config,
         queue,
@@ -159,13 +145,13 @@ pub async fn run_with_producer(
             let edge = edge.clone();
             async move { edge.handle(req, peer.ip()).await }
         };
-        let settings = ServeSettings::from_http(&config.http);
+        let settings = server::serve_settings(&config.http);
         match config.http.runtime_layout {
             // The caller's runtime is the multi-thread one (main.rs sizes it).
             RuntimeLayout::MultiThread => {
                 let tasks: Vec<_> = (listeners.public.into_iter())
                     .map(|l| {
-                        tokio::spawn(server::serve(
+                        tokio::spawn(http::serve(
                             l,
                             handler.clone(),
                             settings.clone(),
@@ -176,7 +162,9 @@ pub async fn run_with_producer(
                     .collect();
                 tokio::spawn(async move {
                     for t in tasks {
-                        join(t).await?;
+                        t.await.map_err(|e| {
+                            http::IoError::new("server task", std::io::Error::other(e.to_string()))
+                        })??;
                     }
                     Ok(())
                 })
@@ -193,7 +181,7 @@ pub async fn run_with_producer(
     let admin = {
         let m = metrics.clone();
         let grace = std::time::Duration::from_millis(config.http.shutdown_grace_ms);
-        tokio::spawn(server::serve_metrics(
+        tokio::spawn(admin::serve_metrics(
             listeners.admin,
             move || m.render(),
             grace,
@@ -219,10 +207,7 @@ pub async fn run_with_producer(
         drop(producer);
     })
     .await
-    .map_err(|e| Error::Io {
-        context: "draining batchers".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    .map_err(|e| Error::io("draining batchers", std::io::Error::other(e.to_string())))?;
 
     let report = metrics.report();
     tracing::info!(
@@ -253,24 +238,14 @@ async fn reload_geo(geo: Arc<geo::Geo>, metrics: Metrics, mut stop: watch::Recei
         }
         let g = geo.clone();
         match tokio::task::spawn_blocking(move || g.reload_if_changed()).await {
-            Ok(report) => {
-                let count = |result: &str, n: u32| {
-                    metrics
-                        .geoip_reloads
-                        .with_label_values(&[result])
-                        .inc_by(u64::from(n))
-                };
-                count("ok", report.loaded);
-                count("failed", report.failed);
-            }
+            Ok(report) => metrics.geoip_reloads(report.loaded, report.failed),
             Err(e) => tracing::error!(error = %e, "GeoIP reload panicked"),
         }
     }
 }
 
-async fn join(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
-    task.await.map_err(|e| Error::Io {
-        context: "server task".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?
+async fn join(task: tokio::task::JoinHandle<Result<(), http::IoError>>) -> Result<()> {
+    Ok(task
+        .await
+        .map_err(|e| Error::io("server task", std::io::Error::other(e.to_string())))??)
 }

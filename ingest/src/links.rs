@@ -2,33 +2,35 @@
 //! what a URL's signature means for a hit, which click targets may be redirected to, and the
 //! builder behind `pixelpipe-ingest url`.
 //!
-//! The cryptography is `signing`'s and the target syntax `redirect`'s; this module only decides.
-//! It does not touch requests or metrics (`service` does).
+//! The cryptography is `signing`'s and the target syntax `redirect`'s; this module only decides:
+//! [`Links::admit`] for a finished hit, [`Links::check_click`] for a click's redirect. It does not
+//! touch requests or metrics (`service` does).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
+use pixelpipe_common::layers::{check, ConfigError};
 use serde::{Deserialize, Serialize};
 
-use crate::redirect::host_allowed;
-use crate::signing::{self, Keyring, Signature};
-
-/// Query parameter with the send time of an email (Unix seconds), trusted only when signed.
-pub const SENT_AT_PARAM: &str = "st";
-/// Query parameter with a click's target URL.
-pub const TARGET_PARAM: &str = "u";
+use crate::form;
+use crate::hit::{DropReason, CONVERSION_KIND};
+use crate::params;
+use crate::redirect::{host_allowed, parse_target, Target, TargetError};
+use crate::signing::Keyring;
+use crate::wire::{Hit, Signature};
 
 /// Parameters [`Links::build`] sets itself (or that are never signed), so a caller cannot pass them
 /// as plain parameters.
 const RESERVED: [&str; 9] = [
-    "site",
-    "e",
-    TARGET_PARAM,
-    SENT_AT_PARAM,
-    signing::KID_PARAM,
-    signing::EXP_PARAM,
-    signing::SIG_PARAM,
-    "cb",
-    "_",
+    params::SITE,
+    params::KIND,
+    params::TARGET,
+    params::SENT_AT,
+    params::KEY_ID,
+    params::EXPIRES,
+    params::SIGNATURE,
+    params::CACHE_BUSTER,
+    params::CACHE_BUSTER_UNDERSCORE,
 ];
 
 /// What happens to a conversion that is not validly signed.
@@ -78,26 +80,25 @@ pub struct LinksConfig {
 
 impl LinksConfig {
     /// Checks the settings; the error names the wrong one.
-    pub fn check(&self) -> Result<(), (String, String)> {
+    pub fn check(&self) -> Result<(), ConfigError> {
+        // PIXELPIPE_LINKS__KEYS__<ID> arrives lower-cased; one spelling keeps the two sources
+        // naming the same key.
         if let Some(id) = self
             .keys
             .keys()
             .find(|id| id.bytes().any(|b| b.is_ascii_uppercase()))
         {
-            // PIXELPIPE_LINKS__KEYS__<ID> arrives lower-cased; one spelling keeps the two sources
-            // naming the same key.
-            return Err((
-                "links.keys".into(),
+            return Err(ConfigError::setting(
+                "links.keys",
                 format!("key id {id:?} must be lower case"),
             ));
         }
         let ring = self.keyring()?;
-        if !self.sign_with.is_empty() && !self.keys.contains_key(&self.sign_with) {
-            return Err((
-                "links.sign_with".into(),
-                format!("names no key in links.keys ({:?})", self.sign_with),
-            ));
-        }
+        check(
+            self.sign_with.is_empty() || self.keys.contains_key(&self.sign_with),
+            "links.sign_with",
+            &format!("names no key in links.keys ({:?})", self.sign_with),
+        )?;
         let lists = std::iter::once((
             "links.redirect_allowlist".to_owned(),
             &self.redirect_allowlist,
@@ -109,7 +110,7 @@ impl LinksConfig {
         }));
         for (setting, list) in lists {
             if let Some(bad) = list.iter().find(|e| !valid_allowlist_entry(e)) {
-                return Err((
+                return Err(ConfigError::setting(
                     setting,
                     format!("{bad:?} is not a host name (or .domain for its subdomains)"),
                 ));
@@ -124,20 +125,18 @@ impl LinksConfig {
                 .map(|p| (format!("links.sites.{site}.unsigned_conversions"), p))
         }));
         for (setting, policy) in requires {
-            if policy != ConversionPolicy::Accept && ring.is_empty() {
-                return Err((
-                    setting,
-                    "requires signed conversions, but links.keys is empty: none could be valid"
-                        .into(),
-                ));
-            }
+            check(
+                policy == ConversionPolicy::Accept || !ring.is_empty(),
+                &setting,
+                "requires signed conversions, but links.keys is empty: none could be valid",
+            )?;
         }
         Ok(())
     }
 
-    fn keyring(&self) -> Result<Keyring, (String, String)> {
+    fn keyring(&self) -> Result<Keyring, ConfigError> {
         Keyring::new(self.keys.clone().into_iter().collect())
-            .map_err(|e| ("links.keys".to_owned(), e.to_string()))
+            .map_err(|e| ConfigError::setting("links.keys", e.to_string()))
     }
 }
 
@@ -161,7 +160,7 @@ pub struct Links {
 
 impl Links {
     /// From checked settings.
-    pub fn new(config: &LinksConfig) -> Result<Links, (String, String)> {
+    pub fn new(config: &LinksConfig) -> Result<Links, ConfigError> {
         config.check()?;
         Ok(Links {
             keyring: config.keyring()?,
@@ -193,6 +192,41 @@ impl Links {
         host_allowed(host, list)
     }
 
+    /// Applies the site's conversion policy to a finished hit: a conversion without a valid
+    /// signature is kept (`accept`), kept with `unverified` set (`flag`), or refused with
+    /// [`DropReason::UnsignedConversion`] (`drop`). Every other hit passes untouched.
+    pub fn admit(&self, hit: &mut Hit) -> Result<(), DropReason> {
+        if hit.kind != CONVERSION_KIND || hit.signature == Some(Signature::Valid) {
+            return Ok(());
+        }
+        match self.conversion_policy(&hit.site_id) {
+            ConversionPolicy::Accept => Ok(()),
+            ConversionPolicy::Flag => {
+                hit.unverified = true;
+                Ok(())
+            }
+            ConversionPolicy::Drop => Err(DropReason::UnsignedConversion),
+        }
+    }
+
+    /// Whether `GET /c` may redirect to `target` for `site`, given what the edge found checking
+    /// the URL's signature (`None`: not signed): a valid signature, computed over the whole query
+    /// and so covering `u`, admits any target; otherwise the host must be on the site's allowlist.
+    pub fn check_click(
+        &self,
+        site: Option<&str>,
+        target: &Target,
+        signature: Option<Signature>,
+    ) -> Result<(), ClickRefusal> {
+        if signature == Some(Signature::Valid) || self.redirect_allowed(site, &target.host) {
+            return Ok(());
+        }
+        Err(match signature {
+            Some(_) => ClickRefusal::BadSignature,
+            None => ClickRefusal::NotAllowed,
+        })
+    }
+
     /// Builds a pixel or click URL (see [`LinkRequest`]).
     pub fn build(&self, req: &LinkRequest) -> Result<String, String> {
         let mut seen = std::collections::BTreeSet::new();
@@ -208,15 +242,15 @@ impl Links {
                 ));
             }
         }
-        let mut params: Vec<(String, String)> = vec![("site".into(), req.site.clone())];
+        let mut params: Vec<(String, String)> = vec![(params::SITE.into(), req.site.clone())];
         if let Some(kind) = &req.kind {
-            params.push(("e".into(), kind.clone()));
+            params.push((params::KIND.into(), kind.clone()));
         }
         params.extend(req.params.iter().cloned());
         let path = match &req.click_target {
             Some(target) => {
-                crate::redirect::parse_target(target).map_err(|e| format!("click target: {e}"))?;
-                params.push((TARGET_PARAM.into(), target.clone()));
+                parse_target(target).map_err(|e| format!("click target: {e}"))?;
+                params.push((params::TARGET.into(), target.clone()));
                 "/c"
             }
             None => "/p.gif",
@@ -225,7 +259,7 @@ impl Links {
             if !req.sign {
                 return Err("a send time is only trusted when signed: add --sign".into());
             }
-            params.push((SENT_AT_PARAM.into(), sent.to_string()));
+            params.push((params::SENT_AT.into(), sent.to_string()));
         }
         if req.sign {
             if self.config.keys.is_empty() {
@@ -250,7 +284,63 @@ impl Links {
         } else if req.expires_at_unix_secs.is_some() {
             return Err("an expiry only means something on a signed URL: add --sign".into());
         }
-        Ok(signing::url(&req.base_url, path, &params))
+        Ok(form::url(&req.base_url, path, &params))
+    }
+}
+
+/// Why `GET /c` answered 400 instead of redirecting (the `reason` label of
+/// `pixelpipe_ingest_clicks_refused_total`). Its text is the one-line body of the answer; it never
+/// repeats the target, which is attacker-controlled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClickRefusal {
+    /// The target is not a safe absolute URL (see `redirect`).
+    Target(TargetError),
+    /// Not signed, and the target's host is not on the site's redirect allowlist.
+    NotAllowed,
+    /// The signature is not valid, and the target's host is not on the allowlist.
+    BadSignature,
+    /// The query is longer than `limits.max_query_bytes`.
+    QueryTooLong,
+    /// The click is not a valid hit (no site, or a bad kind): it would be recorded nowhere, so it
+    /// is not an untracked way through the edge either.
+    InvalidHit,
+}
+
+impl ClickRefusal {
+    /// The labels of the refusals that are not about the target's syntax (those are
+    /// [`TargetError::REASONS`]), to pre-register metric labels.
+    pub const POLICY_REASONS: [&'static str; 4] = [
+        "not_allowed",
+        "bad_signature",
+        "query_too_long",
+        "invalid_hit",
+    ];
+
+    /// Metric label value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClickRefusal::Target(e) => e.as_str(),
+            ClickRefusal::NotAllowed => "not_allowed",
+            ClickRefusal::BadSignature => "bad_signature",
+            ClickRefusal::QueryTooLong => "query_too_long",
+            ClickRefusal::InvalidHit => "invalid_hit",
+        }
+    }
+}
+
+impl fmt::Display for ClickRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClickRefusal::Target(e) => e.fmt(f),
+            ClickRefusal::NotAllowed => {
+                f.write_str("the target host is not on this site's redirect allowlist")
+            }
+            ClickRefusal::BadSignature => {
+                f.write_str("the link's signature is not valid and the target host is not allowed")
+            }
+            ClickRefusal::QueryTooLong => f.write_str("the query is too long"),
+            ClickRefusal::InvalidHit => f.write_str("the click has no valid site or kind"),
+        }
     }
 }
 
@@ -318,37 +408,38 @@ mod tests {
 
     #[test]
     fn settings_errors_name_the_setting() {
+        let setting = |c: &LinksConfig| match c.check().unwrap_err() {
+            ConfigError::Setting { setting, reason } => (setting, reason),
+            other => panic!("{other}"),
+        };
         let mut c = config();
         c.sign_with = "k9".into();
-        assert_eq!(c.check().unwrap_err().0, "links.sign_with");
+        assert_eq!(setting(&c).0, "links.sign_with");
         let mut c = config();
         c.keys.insert("K4".into(), "long-enough-secret-0123".into());
-        let (setting, reason) = c.check().unwrap_err();
+        let (name, reason) = setting(&c);
         assert!(
-            setting == "links.keys" && reason.contains("lower case"),
+            name == "links.keys" && reason.contains("lower case"),
             "{reason}"
         );
         let mut c = config();
         c.keys.insert("k3".into(), "short".into());
-        let (setting, reason) = c.check().unwrap_err();
+        let (name, reason) = setting(&c);
         assert!(
-            setting == "links.keys" && reason.contains("\"k3\""),
+            name == "links.keys" && reason.contains("\"k3\""),
             "{reason}"
         );
         let mut c = config();
         c.redirect_allowlist.push("https://evil.example/".into());
-        assert_eq!(c.check().unwrap_err().0, "links.redirect_allowlist");
+        assert_eq!(setting(&c).0, "links.redirect_allowlist");
         let mut c = config();
         c.sites.get_mut("strict").unwrap().redirect_allowlist = Some(vec!["Bad Host".into()]);
-        assert_eq!(
-            c.check().unwrap_err().0,
-            "links.sites.strict.redirect_allowlist"
-        );
+        assert_eq!(setting(&c).0, "links.sites.strict.redirect_allowlist");
         let c = LinksConfig {
             unsigned_conversions: ConversionPolicy::Flag,
             ..LinksConfig::default()
         };
-        assert_eq!(c.check().unwrap_err().0, "links.unsigned_conversions");
+        assert_eq!(setting(&c).0, "links.unsigned_conversions");
         assert!(config().check().is_ok());
     }
 
@@ -465,6 +556,69 @@ mod tests {
         assert!(
             !links.redirect_allowed(Some("strict"), "shop.example"),
             "the site's own (empty) list replaces the global one"
+        );
+    }
+
+    #[test]
+    fn admission_applies_the_conversion_policy_to_unsigned_conversions_only() {
+        let mut c = config();
+        c.sites.insert(
+            "flagged".into(),
+            SiteLinks {
+                unsigned_conversions: Some(ConversionPolicy::Flag),
+                ..SiteLinks::default()
+            },
+        );
+        let links = Links::new(&c).unwrap();
+        let hit = |site: &str, kind: &str, signature: Option<Signature>| {
+            let mut h = crate::wire::testing::sample_hit();
+            (h.site_id, h.kind, h.signature, h.unverified) =
+                (site.into(), kind.into(), signature, false);
+            h
+        };
+        let admitted = |mut h: Hit| links.admit(&mut h).map(|()| h.unverified);
+        assert_eq!(admitted(hit("shop", "conversion", None)), Ok(false));
+        assert_eq!(admitted(hit("flagged", "conversion", None)), Ok(true));
+        assert_eq!(
+            admitted(hit("flagged", "conversion", Some(Signature::Expired))),
+            Ok(true)
+        );
+        assert_eq!(
+            admitted(hit("strict", "conversion", Some(Signature::Invalid))),
+            Err(DropReason::UnsignedConversion)
+        );
+        assert_eq!(
+            admitted(hit("strict", "conversion", Some(Signature::Valid))),
+            Ok(false)
+        );
+        assert_eq!(admitted(hit("strict", "open", None)), Ok(false));
+    }
+
+    #[test]
+    fn clicks_redirect_when_signed_or_allowed() {
+        let links = Links::new(&config()).unwrap();
+        let target = |url: &str| parse_target(url).unwrap();
+        let (allowed, elsewhere) = (
+            target("https://shop.example/a"),
+            target("https://partner.example/"),
+        );
+        assert_eq!(links.check_click(Some("shop"), &allowed, None), Ok(()));
+        assert_eq!(
+            links.check_click(Some("shop"), &elsewhere, Some(Signature::Valid)),
+            Ok(())
+        );
+        assert_eq!(
+            links.check_click(Some("shop"), &elsewhere, None),
+            Err(ClickRefusal::NotAllowed)
+        );
+        assert_eq!(
+            links.check_click(Some("shop"), &elsewhere, Some(Signature::Expired)),
+            Err(ClickRefusal::BadSignature)
+        );
+        assert_eq!(
+            links.check_click(Some("strict"), &allowed, None),
+            Err(ClickRefusal::NotAllowed),
+            "the site's own (empty) list"
         );
     }
 

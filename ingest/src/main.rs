@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use pixelpipe_common::process;
 use pixelpipe_ingest::links::{img_tag, LinkRequest, Links};
 use pixelpipe_ingest::{run, Config, Listeners, RuntimeLayout};
 
@@ -14,7 +15,7 @@ use pixelpipe_ingest::{run, Config, Listeners, RuntimeLayout};
 #[command(version)]
 struct Cli {
     #[command(flatten)]
-    settings: pixelpipe_ingest::process::ConfigArgs,
+    settings: process::ConfigArgs,
     /// Shorthand for `--set http.listen_addr=ADDR`.
     #[arg(long, value_name = "ADDR")]
     listen_addr: Option<String>,
@@ -109,8 +110,7 @@ fn build_url(config: &Config, a: UrlArgs) -> Result<String, String> {
     params.extend(a.campaign.map(|c| ("campaign".to_owned(), c)));
     params.extend(a.msg.map(|m| ("msg".to_owned(), m)));
     params.extend(a.params);
-    let links =
-        Links::new(&config.links).map_err(|(setting, reason)| format!("{setting}: {reason}"))?;
+    let links = Links::new(&config.links).map_err(|e| e.to_string())?;
     let url = links.build(&LinkRequest {
         base_url: a.base,
         site: a.site,
@@ -127,7 +127,7 @@ fn build_url(config: &Config, a: UrlArgs) -> Result<String, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    pixelpipe_ingest::process::init_logging();
+    process::init_logging();
 
     let mut overrides = Vec::new();
     for (name, value) in [
@@ -181,15 +181,8 @@ fn serve(config: Config) -> pixelpipe_ingest::Result<()> {
     let runtime = builder
         .enable_all()
         .build()
-        .map_err(|source| pixelpipe_ingest::Error::Io {
-            context: "starting the runtime".into(),
-            source,
-        })?;
+        .map_err(|source| pixelpipe_ingest::Error::io("starting the runtime", source))?;
     runtime
-        .block_on(run(
-            config,
-            listeners,
-            pixelpipe_ingest::process::shutdown_signal(),
-        ))
+        .block_on(run(config, listeners, process::shutdown_signal()))
         .map(|_| ())
 }

@@ -1,62 +1,81 @@
-//! Every metric the edge exports, declared in one place.
+//! Every metric the edge exports, declared in one place, and the shutdown [`Report`] read from
+//! them.
 //!
-//! Names follow `pixelpipe_ingest_<noun>_<unit>[_total]`; every label has a fixed, small set of
-//! values (routes, statuses, reasons, broker names), so cardinality cannot grow with traffic. Each
-//! [`Metrics`] owns its registry, so tests and benches run side by side without sharing counters.
-//! Every hit that is not delivered to Kafka is counted here under exactly one reason.
+//! Names follow `pixelpipe_ingest_<noun>_<unit>[_total]`; every label comes from an enum (routes,
+//! reasons, transports, signature outcomes) or a small fixed set (statuses, broker names), so
+//! cardinality cannot grow with traffic. Each [`Metrics`] owns its registry, so tests and benches
+//! run side by side without sharing counters. Every hit that is not delivered to Kafka is counted
+//! here under exactly one reason. The fields are private: callers say what happened through a
+//! method, and this module alone knows which series that touches.
+
+use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
-use crate::hit::{CutReason, Cuts, InvalidReason};
-use crate::wire::Transport;
+use pixelpipe_common::http::ConnectionMetrics;
 
-/// The `transport` label of a hit.
-pub fn transport_label(t: Transport) -> &'static str {
-    match t {
-        Transport::Pixel => "pixel",
-        Transport::Beacon => "beacon",
+use crate::hit::{CutReason, Cuts, DropReason, InvalidReason};
+use crate::links::ClickRefusal;
+use crate::produce::DeliveryFailure;
+use crate::redirect::TargetError;
+use crate::wire::{Signature, Transport};
+
+/// The edge's routes, as the `route` label of `pixelpipe_ingest_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/p.gif`.
+    Pixel,
+    /// `/c`.
+    Click,
+    /// `/collect`.
+    Collect,
+    /// `/px.js`.
+    Script,
+    /// `/healthz`.
+    Healthz,
+    /// `/readyz`.
+    Readyz,
+    /// `/optout`.
+    Optout,
+    /// `/optin`.
+    Optin,
+    /// Any other path.
+    Other,
+}
+
+impl Route {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Pixel => "pixel",
+            Route::Click => "click",
+            Route::Collect => "collect",
+            Route::Script => "script",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Optout => "optout",
+            Route::Optin => "optin",
+            Route::Other => "other",
+        }
     }
 }
 
-/// Routes as metric labels.
-pub const ROUTES: [&str; 10] = [
-    "pixel", "click", "collect", "script", "healthz", "readyz", "optout", "optin", "other",
-    "metrics",
-];
-
-/// Reasons `GET /c` refused to redirect: the target's syntax (see `redirect::TargetError`), a
-/// host not on the allowlist, a bad signature, an unreadable query, or a click that is not a
-/// valid hit (no site).
-pub const CLICK_REFUSED_REASONS: [&str; 11] = [
-    "missing",
-    "too_long",
-    "bad_character",
-    "not_http",
-    "userinfo",
-    "bad_host",
-    "bad_port",
-    "not_allowed",
-    "bad_signature",
-    "query_too_long",
-    "invalid_hit",
-];
-
-/// Reasons a valid hit was dropped before reaching Kafka's client: the queue was full, it was
-/// still queued when shutdown ran out of time, or the site's policy drops hits with that privacy
-/// signal (`gpc`, `dnt`, `no_consent`, `optout`), or drops conversions that are not validly
-/// signed (`unsigned_conversion`).
-pub const DROP_REASONS: [&str; 7] = [
-    "queue_full",
-    "shutdown",
-    "gpc",
-    "dnt",
-    "no_consent",
-    "optout",
-    "unsigned_conversion",
-];
+/// What became of the hits during the edge's life, as logged at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Hits handed to the queue.
+    pub accepted: u64,
+    /// Hits Kafka confirmed.
+    pub delivered: u64,
+    /// Hits Kafka did not take (timed out, purged at exit, rejected).
+    pub failed: u64,
+    /// Valid hits dropped before the producer (queue full, shutdown, policy).
+    pub dropped: u64,
+    /// Hits not stored because they were invalid.
+    pub invalid: u64,
+}
 
 /// The edge's metrics.
 #[derive(Clone)]
@@ -65,32 +84,19 @@ pub struct Metrics {
     requests: IntCounterVec,
     hits_accepted: IntCounterVec,
     hits_invalid: IntCounterVec,
-    /// Valid hits lost before the producer, by reason (see [`DROP_REASONS`]).
-    pub hits_dropped: IntCounterVec,
-    /// Hits waiting in the channel.
-    pub queue_depth: IntGauge,
-    /// Hits per batcher wake-up.
-    pub batch_size: Histogram,
-    /// Hits confirmed by Kafka.
-    pub delivered: IntCounter,
-    /// Hits Kafka did not take, by librdkafka error code.
-    pub delivery_failed: IntCounterVec,
-    /// From hand-over to the producer until Kafka confirmed it.
-    pub delivery_latency: Histogram,
-    /// Messages in librdkafka's queue (from its statistics).
-    pub producer_queue: IntGauge,
-    /// Broker round-trip time, average over the last statistics window, by broker.
-    pub broker_rtt: GaugeVec,
-    /// Connections open now.
-    pub connections_open: IntGauge,
-    /// Connections closed at once because `http.max_connections` were open.
-    pub connections_rejected: IntCounter,
-    /// Signed URLs checked, by result (`valid`, `invalid`, `expired`, `unknown_key`).
+    hits_dropped: IntCounterVec,
+    queue_depth: IntGauge,
+    batch_size: Histogram,
+    delivered: IntCounter,
+    delivery_failed: IntCounterVec,
+    delivery_latency: Histogram,
+    producer_queue: IntGauge,
+    broker_rtt: GaugeVec,
+    connections_open: IntGauge,
+    connections_rejected: IntCounter,
     signatures: IntCounterVec,
-    /// `GET /c` requests refused, by reason (see [`CLICK_REFUSED_REASONS`]).
     clicks_refused: IntCounterVec,
-    /// GeoIP database reloads, by result (`ok`, `failed`: the old database stayed in use).
-    pub geoip_reloads: IntCounterVec,
+    geoip_reloads: IntCounterVec,
     hot: Hot,
 }
 
@@ -100,44 +106,41 @@ pub struct Metrics {
 struct Hot {
     pixel_ok: IntCounter,
     collect_ok: IntCounter,
-    accepted: [IntCounter; 2],
+    accepted: [IntCounter; Transport::ALL.len()],
     invalid: [IntCounter; InvalidReason::ALL.len()],
     cut: [IntCounter; CutReason::ALL.len()],
-    queue_full: IntCounter,
+    dropped: [IntCounter; DropReason::ALL.len()],
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone())).expect("unique metric");
             c
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
         };
         let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            reg(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
         let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            reg(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
+            reg(
+                &registry,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                    .expect("valid metric"),
+            )
         };
         let latency_buckets = vec![
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -189,23 +192,23 @@ impl Metrics {
             delivery_latency: histogram(
                 "pixelpipe_ingest_kafka_delivery_seconds",
                 "From hand-over to the producer until Kafka confirmed the hit.",
-                latency_buckets.clone(),
+                latency_buckets,
             ),
             producer_queue: gauge(
                 "pixelpipe_ingest_kafka_queue_messages",
                 "Messages in librdkafka's queue.",
             ),
-            broker_rtt: {
-                let g = GaugeVec::new(
-                    Opts::new("pixelpipe_ingest_kafka_broker_rtt_seconds",
-                        "Broker round-trip time, librdkafka's average over its last statistics window."),
+            broker_rtt: reg(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "pixelpipe_ingest_kafka_broker_rtt_seconds",
+                        "Broker round-trip time, librdkafka's average over its last statistics window.",
+                    ),
                     &["broker"],
-                ).expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
+                )
+                .expect("valid metric"),
+            ),
             connections_open: gauge(
                 "pixelpipe_ingest_connections_open",
                 "HTTP connections open now.",
@@ -230,32 +233,32 @@ impl Metrics {
                 &["result"],
             ),
             registry,
+            // Resolving a label creates its series at zero, so every reason exists from the
+            // start and alerts see the series before the event.
             hot: Hot {
-                pixel_ok: requests.with_label_values(&["pixel", "200"]),
-                collect_ok: requests.with_label_values(&["collect", "204"]),
-                accepted: [Transport::Pixel, Transport::Beacon]
-                    .map(|t| hits_accepted.with_label_values(&[transport_label(t)])),
+                pixel_ok: requests.with_label_values(&[Route::Pixel.as_str(), "200"]),
+                collect_ok: requests.with_label_values(&[Route::Collect.as_str(), "204"]),
+                accepted: Transport::ALL.map(|t| hits_accepted.with_label_values(&[t.as_str()])),
                 invalid: InvalidReason::ALL.map(|r| hits_invalid.with_label_values(&[r.as_str()])),
                 cut: CutReason::ALL.map(|r| fields_cut.with_label_values(&[r.as_str()])),
-                queue_full: hits_dropped.with_label_values(&["queue_full"]),
+                dropped: DropReason::ALL.map(|r| hits_dropped.with_label_values(&[r.as_str()])),
             },
             requests,
             hits_accepted,
             hits_invalid,
             hits_dropped,
         };
-        // Every reason exists from the start (at zero), so alerts see the series before the event.
-        for r in DROP_REASONS {
-            m.hits_dropped.with_label_values(&[r]);
-        }
         for r in ["ok", "failed"] {
             m.geoip_reloads.with_label_values(&[r]);
         }
-        for r in CLICK_REFUSED_REASONS {
+        for r in TargetError::REASONS
+            .iter()
+            .chain(&ClickRefusal::POLICY_REASONS)
+        {
             m.clicks_refused.with_label_values(&[r]);
         }
-        for s in crate::signing::Signature::ALL {
-            if s != crate::signing::Signature::Absent {
+        for s in Signature::ALL {
+            if s != Signature::Absent {
                 m.signatures.with_label_values(&[s.as_str()]);
             }
         }
@@ -263,13 +266,13 @@ impl Metrics {
     }
 
     /// Counts an answered request.
-    pub fn request(&self, route: &'static str, status: hyper::StatusCode) {
+    pub fn request(&self, route: Route, status: hyper::StatusCode) {
         match (route, status.as_u16()) {
-            ("pixel", 200) => self.hot.pixel_ok.inc(),
-            ("collect", 204) => self.hot.collect_ok.inc(),
+            (Route::Pixel, 200) => self.hot.pixel_ok.inc(),
+            (Route::Collect, 204) => self.hot.collect_ok.inc(),
             (route, _) => self
                 .requests
-                .with_label_values(&[route, status.as_str()])
+                .with_label_values(&[route.as_str(), status.as_str()])
                 .inc(),
         }
     }
@@ -284,34 +287,6 @@ impl Metrics {
         self.hot.invalid[reason as usize].inc();
     }
 
-    /// Counts a checked URL signature.
-    pub fn signature(&self, result: crate::signing::Signature) {
-        self.signatures.with_label_values(&[result.as_str()]).inc();
-    }
-
-    /// Counts a refused click redirect.
-    pub fn click_refused(&self, reason: &'static str) {
-        self.clicks_refused.with_label_values(&[reason]).inc();
-    }
-
-    /// Counts a valid hit dropped because the queue was full.
-    pub fn queue_full(&self) {
-        self.hot.queue_full.inc();
-    }
-
-    /// The connection metrics of the public listener.
-    pub fn connections(&self) -> ConnectionMetrics {
-        ConnectionMetrics {
-            open: self.connections_open.clone(),
-            rejected: self.connections_rejected.clone(),
-        }
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        render(&self.registry)
-    }
-
     /// Counts the cut fields of one hit by reason.
     pub fn cuts(&self, cuts: &Cuts) {
         if cuts.total() == 0 {
@@ -324,30 +299,85 @@ impl Metrics {
             }
         }
     }
-}
 
-/// The two connection metrics a listener keeps, so any service (the edge, the sink's admin
-/// listener) can hand in its own.
-#[derive(Clone)]
-pub struct ConnectionMetrics {
-    /// Connections open now.
-    pub open: prometheus::IntGauge,
-    /// Connections closed at once because the cap was reached.
-    pub rejected: prometheus::IntCounter,
-}
+    /// Counts a valid hit that never reached the producer.
+    pub fn dropped(&self, reason: DropReason) {
+        self.hot.dropped[reason as usize].inc();
+    }
 
-/// The Prometheus text exposition of a registry (every pixelpipe service's `/metrics`).
-pub fn render(registry: &Registry) -> String {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .expect("text encoding");
-    String::from_utf8(out).expect("exposition is UTF-8")
-}
+    /// Counts a checked URL signature.
+    pub fn signature(&self, result: Signature) {
+        self.signatures.with_label_values(&[result.as_str()]).inc();
+    }
 
-impl Metrics {
+    /// Counts a refused click redirect.
+    pub fn click_refused(&self, reason: &ClickRefusal) {
+        self.clicks_refused
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Records one batcher wake-up: the hits it took, and the hits still waiting after.
+    pub fn batch_taken(&self, hits: usize, still_queued: usize) {
+        self.batch_size.observe(hits as f64);
+        self.queued(still_queued);
+    }
+
+    /// Records the hits waiting in the channel now.
+    pub fn queued(&self, hits: usize) {
+        self.queue_depth.set(hits as i64);
+    }
+
+    /// Counts a hit Kafka confirmed, `latency` after it was handed to the producer.
+    pub fn delivered(&self, latency: Duration) {
+        self.delivered.inc();
+        self.delivery_latency.observe(latency.as_secs_f64());
+    }
+
+    /// Counts a hit the producer did not deliver.
+    pub fn delivery_failed(&self, reason: DeliveryFailure) {
+        self.delivery_failed
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Records the messages in librdkafka's queue (from its statistics).
+    pub fn producer_queue(&self, messages: i64) {
+        self.producer_queue.set(messages);
+    }
+
+    /// Records a broker's average round-trip time over the last statistics window.
+    pub fn broker_rtt(&self, broker: &str, rtt: Duration) {
+        self.broker_rtt
+            .with_label_values(&[broker])
+            .set(rtt.as_secs_f64());
+    }
+
+    /// Counts GeoIP database reloads: `loaded` new versions in use, `failed` ones that could not
+    /// be read (the database in use stayed).
+    pub fn geoip_reloads(&self, loaded: u32, failed: u32) {
+        for (result, n) in [("ok", loaded), ("failed", failed)] {
+            self.geoip_reloads
+                .with_label_values(&[result])
+                .inc_by(u64::from(n));
+        }
+    }
+
+    /// The connection metrics of the public listener.
+    pub fn connections(&self) -> ConnectionMetrics {
+        ConnectionMetrics {
+            open: self.connections_open.clone(),
+            rejected: self.connections_rejected.clone(),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        pixelpipe_common::admin::render(&self.registry)
+    }
+
     /// Totals over all labels, for the shutdown report.
-    pub fn report(&self) -> crate::Report {
+    pub fn report(&self) -> Report {
         fn sum(v: &IntCounterVec) -> u64 {
             use prometheus::core::Collector;
             v.collect()
@@ -356,7 +386,7 @@ impl Metrics {
                 .map(|m| m.get_counter().get_value() as u64)
                 .sum()
         }
-        crate::Report {
+        Report {
             accepted: sum(&self.hits_accepted),
             delivered: self.delivered.get(),
             failed: sum(&self.delivery_failed),
@@ -379,7 +409,7 @@ mod tests {
     #[test]
     fn names_follow_the_convention_and_render() {
         let m = Metrics::new();
-        m.delivered.inc();
+        m.delivered(Duration::from_millis(3));
         let text = m.render();
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
@@ -387,5 +417,46 @@ mod tests {
         }
         assert!(text.contains("pixelpipe_ingest_kafka_delivered_total 1"));
         assert!(text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"queue_full\"} 0"));
+    }
+
+    #[test]
+    fn every_reason_is_a_series_from_the_start() {
+        let text = Metrics::new().render();
+        for r in DropReason::ALL {
+            let series = format!(
+                "pixelpipe_ingest_hits_dropped_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&series), "{series}");
+        }
+        for r in TargetError::REASONS
+            .iter()
+            .chain(&ClickRefusal::POLICY_REASONS)
+        {
+            let series = format!("pixelpipe_ingest_clicks_refused_total{{reason=\"{r}\"}} 0");
+            assert!(text.contains(&series), "{series}");
+        }
+    }
+
+    #[test]
+    fn the_report_sums_every_label() {
+        let m = Metrics::new();
+        m.accepted(Transport::Pixel);
+        m.accepted(Transport::Beacon);
+        m.dropped(DropReason::Gpc);
+        m.dropped(DropReason::QueueFull);
+        m.delivery_failed(DeliveryFailure::TimedOut);
+        m.invalid(InvalidReason::BadSite);
+        m.delivered(Duration::ZERO);
+        assert_eq!(
+            m.report(),
+            Report {
+                accepted: 2,
+                delivered: 1,
+                failed: 1,
+                dropped: 2,
+                invalid: 1
+            }
+        );
     }
 }

@@ -11,9 +11,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hmac::{Hmac, KeyInit, Mac};
+use pixelpipe_common::layers::{check, ConfigError};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::hit::DropReason;
 use crate::wire::Hit;
 
 /// What is kept of the client IP.
@@ -122,38 +124,39 @@ impl Default for PrivacyConfig {
 }
 
 impl PrivacyConfig {
-    /// Checks the settings; the error is `(setting, reason)`.
-    pub fn check(&self) -> Result<(), (String, String)> {
-        let bad = |s: &str, r: &str| Err((s.to_owned(), r.to_owned()));
-        if self.ipv4_prefix_bits > 32 {
-            return bad("privacy.ipv4_prefix_bits", "must be between 0 and 32");
-        }
-        if self.ipv6_prefix_bits > 128 {
-            return bad("privacy.ipv6_prefix_bits", "must be between 0 and 128");
-        }
+    /// Checks the settings; the error names the wrong one.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        check(
+            self.ipv4_prefix_bits <= 32,
+            "privacy.ipv4_prefix_bits",
+            "must be between 0 and 32",
+        )?;
+        check(
+            self.ipv6_prefix_bits <= 128,
+            "privacy.ipv6_prefix_bits",
+            "must be between 0 and 128",
+        )?;
+        check(
+            !self.consent_param.is_empty(),
+            "privacy.consent_param",
+            "must not be empty",
+        )?;
+        check(
+            !self.optout_cookie.is_empty()
+                && self
+                    .optout_cookie
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            "privacy.optout_cookie",
+            "must be letters, digits, '_' or '-'",
+        )?;
         let hashing = self.ip_mode == IpMode::Hash
             || self.sites.values().any(|s| s.ip_mode == Some(IpMode::Hash));
-        if self.consent_param.is_empty() {
-            return bad("privacy.consent_param", "must not be empty");
-        }
-        if self.optout_cookie.is_empty()
-            || !self
-                .optout_cookie
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return bad(
-                "privacy.optout_cookie",
-                "must be letters, digits, '_' or '-'",
-            );
-        }
-        if hashing && self.hash_secret.len() < 16 {
-            return bad(
-                "privacy.hash_secret",
-                "must be at least 16 bytes when ip_mode is hash (globally or for a site)",
-            );
-        }
-        Ok(())
+        check(
+            !hashing || self.hash_secret.len() >= 16,
+            "privacy.hash_secret",
+            "must be at least 16 bytes when ip_mode is hash (globally or for a site)",
+        )
     }
 }
 
@@ -162,9 +165,9 @@ impl PrivacyConfig {
 pub enum Verdict {
     /// Produce the (possibly minimised) hit.
     Keep,
-    /// Do not store it; counted as dropped with this reason (`gpc`, `dnt`, `no_consent`,
-    /// `optout`).
-    Drop(&'static str),
+    /// Do not store it; counted as dropped with this reason (`Gpc`, `Dnt`, `NoConsent`,
+    /// `Optout`).
+    Drop(DropReason),
 }
 
 /// The policy, ready to apply. Each batcher thread owns a clone.
@@ -246,33 +249,34 @@ impl Privacy {
             (
                 signalled(&hit.sec_gpc),
                 pick(site.and_then(|s| s.gpc), self.config.gpc),
-                "gpc",
+                DropReason::Gpc,
             ),
             (
                 signalled(&hit.dnt),
                 pick(site.and_then(|s| s.dnt), self.config.dnt),
-                "dnt",
+                DropReason::Dnt,
             ),
             (
                 consent_denied,
                 pick(site.and_then(|s| s.no_consent), self.config.no_consent),
-                "no_consent",
+                DropReason::NoConsent,
             ),
             (
                 hit.opted_out,
                 pick(site.and_then(|s| s.optout), self.config.optout),
-                "optout",
+                DropReason::Optout,
             ),
         ];
-        let mut strongest = (SignalPolicy::Ignore, "");
+        // The strongest answer of the signals present; the first named wins a tie.
+        let mut strongest: Option<(SignalPolicy, DropReason)> = None;
         for (present, policy, reason) in signals {
-            if present && policy > strongest.0 {
-                strongest = (policy, reason);
+            if present && policy > strongest.map_or(SignalPolicy::Ignore, |s| s.0) {
+                strongest = Some((policy, reason));
             }
         }
-        match strongest.0 {
-            SignalPolicy::Drop => return Verdict::Drop(strongest.1),
-            SignalPolicy::Anonymous => {
+        match strongest {
+            Some((SignalPolicy::Drop, reason)) => return Verdict::Drop(reason),
+            Some((SignalPolicy::Anonymous, _)) => {
                 hit.visitor_id = None;
                 hit.client_ip = None;
                 hit.ip_hash = None;
@@ -286,7 +290,7 @@ impl Privacy {
                 hit.anonymized = true;
                 return Verdict::Keep;
             }
-            SignalPolicy::Ignore => {}
+            Some((SignalPolicy::Ignore, _)) | None => {}
         }
         let Some(ip) = hit.client_ip else {
             return Verdict::Keep;
@@ -399,7 +403,7 @@ fn finish(mut mac: Hmac<Sha256>, parts: &[&[u8]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::tests_support::sample_hit;
+    use crate::wire::testing::sample_hit;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -522,14 +526,14 @@ mod tests {
         h.dnt = Some("1".into());
         assert_eq!(
             policy(|c| c.dnt = SignalPolicy::Drop).apply(&mut h),
-            Verdict::Drop("dnt")
+            Verdict::Drop(DropReason::Dnt)
         );
         let mut h = quiet_hit();
         h.dnt = Some("1".into());
         h.sec_gpc = Some("1".into());
         assert_eq!(
             policy(|c| c.gpc = SignalPolicy::Drop).apply(&mut h),
-            Verdict::Drop("gpc"),
+            Verdict::Drop(DropReason::Gpc),
             "the strongest wins"
         );
         let mut h = quiet_hit();
@@ -567,7 +571,7 @@ mod tests {
         assert_eq!(h.client_ip, None, "sample_hit's site is shop");
         let mut h = quiet_hit();
         h.sec_gpc = Some("1".into());
-        assert_eq!(p.apply(&mut h), Verdict::Drop("gpc"));
+        assert_eq!(p.apply(&mut h), Verdict::Drop(DropReason::Gpc));
         let mut h = quiet_hit();
         h.site_id = "other".into();
         p.apply(&mut h);
@@ -640,7 +644,7 @@ mod tests {
         h.opted_out = true;
         assert_eq!(
             p.apply(&mut h),
-            Verdict::Drop("optout"),
+            Verdict::Drop(DropReason::Optout),
             "opted out: dropped by default"
         );
         let p = policy(|c| {
@@ -655,7 +659,7 @@ mod tests {
             "another parameter name is configured"
         );
         h.props.push(("gdpr".into(), "no".into()));
-        assert_eq!(p.apply(&mut h), Verdict::Drop("no_consent"));
+        assert_eq!(p.apply(&mut h), Verdict::Drop(DropReason::NoConsent));
     }
 
     #[test]
@@ -687,11 +691,15 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
+        let setting = |c: &PrivacyConfig| match c.check().unwrap_err() {
+            ConfigError::Setting { setting, .. } => setting,
+            other => panic!("{other}"),
+        };
         let c = PrivacyConfig {
             ip_mode: IpMode::Hash,
             ..PrivacyConfig::default()
         };
-        assert_eq!(c.check().unwrap_err().0, "privacy.hash_secret");
+        assert_eq!(setting(&c), "privacy.hash_secret");
         let mut c = PrivacyConfig::default();
         c.sites.insert(
             "s".into(),
@@ -701,7 +709,7 @@ mod tests {
             },
         );
         assert_eq!(
-            c.check().unwrap_err().0,
+            setting(&c),
             "privacy.hash_secret",
             "a site's hash mode needs the secret too"
         );
@@ -709,6 +717,6 @@ mod tests {
             ipv6_prefix_bits: 129,
             ..PrivacyConfig::default()
         };
-        assert_eq!(c.check().unwrap_err().0, "privacy.ipv6_prefix_bits");
+        assert_eq!(setting(&c), "privacy.ipv6_prefix_bits");
     }
 }

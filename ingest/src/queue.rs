@@ -10,6 +10,7 @@
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::hit::DropReason;
 use crate::metrics::Metrics;
 use crate::wire::Hit;
 
@@ -27,7 +28,7 @@ pub enum Offer {
     /// In the channel; the batcher will produce it.
     Queued,
     /// Not kept; counted under the given reason.
-    Dropped(&'static str),
+    Dropped(DropReason),
 }
 
 impl HitQueue {
@@ -60,18 +61,14 @@ impl HitQueue {
                 self.metrics.accepted(transport);
                 Offer::Queued
             }
-            Err(TrySendError::Full(hit)) => self.overflow(hit, "queue_full"),
-            Err(TrySendError::Disconnected(hit)) => self.overflow(hit, "shutdown"),
+            Err(TrySendError::Full(hit)) => self.overflow(hit, DropReason::QueueFull),
+            Err(TrySendError::Disconnected(hit)) => self.overflow(hit, DropReason::Shutdown),
         }
     }
 
     /// Where a hit goes that the channel cannot take: today it is counted and dropped.
-    fn overflow(&self, _hit: Hit, reason: &'static str) -> Offer {
-        if reason == "queue_full" {
-            self.metrics.queue_full();
-        } else {
-            self.metrics.hits_dropped.with_label_values(&[reason]).inc();
-        }
+    fn overflow(&self, _hit: Hit, reason: DropReason) -> Offer {
+        self.metrics.dropped(reason);
         Offer::Dropped(reason)
     }
 
@@ -94,7 +91,7 @@ impl HitQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::tests_support::sample_hit;
+    use crate::wire::testing::sample_hit;
 
     #[test]
     fn full_queue_drops_counts_and_reports_high_water() {
@@ -107,7 +104,7 @@ mod tests {
         assert!(q.above_high_water());
         q.offer(sample_hit());
         q.offer(sample_hit());
-        assert_eq!(q.offer(sample_hit()), Offer::Dropped("queue_full"));
+        assert_eq!(q.offer(sample_hit()), Offer::Dropped(DropReason::QueueFull));
         let text = metrics.render();
         assert!(
             text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"queue_full\"} 1"),
@@ -118,6 +115,6 @@ mod tests {
             "{text}"
         );
         drop(rx);
-        assert_eq!(q.offer(sample_hit()), Offer::Dropped("shutdown"));
+        assert_eq!(q.offer(sample_hit()), Offer::Dropped(DropReason::Shutdown));
     }
 }

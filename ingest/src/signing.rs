@@ -17,16 +17,12 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::form;
+use crate::params::{CACHE_BUSTER, CACHE_BUSTER_UNDERSCORE, EXPIRES, KEY_ID, SIGNATURE};
+use crate::wire::Signature;
 
-/// Query parameter naming the key a URL was signed with.
-pub const KID_PARAM: &str = "kid";
-/// Query parameter holding the expiry, in Unix seconds; optional.
-pub const EXP_PARAM: &str = "exp";
-/// Query parameter holding the MAC.
-pub const SIG_PARAM: &str = "sig";
 /// Parameters the signature never covers: the MAC itself, and cache busters that mail clients or
 /// scripts add to URLs after they were signed.
-pub const UNSIGNED_PARAMS: [&str; 3] = [SIG_PARAM, "cb", "_"];
+pub const UNSIGNED_PARAMS: [&str; 3] = [SIGNATURE, CACHE_BUSTER, CACHE_BUSTER_UNDERSCORE];
 
 /// Shortest secret a key may have, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -70,43 +66,6 @@ pub enum KeyError {
         /// The id asked for.
         id: String,
     },
-}
-
-/// The outcome of checking a URL's signature.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signature {
-    /// The URL has no `sig`: it is not signed at all.
-    Absent,
-    /// The MAC matches and the URL has not expired.
-    Valid,
-    /// Malformed or repeated signing parameters, or a MAC that does not match.
-    Invalid,
-    /// The MAC matches but `exp` is in the past.
-    Expired,
-    /// The URL names a key the ring does not hold (for example one retired by rotation).
-    UnknownKey,
-}
-
-impl Signature {
-    /// Every outcome, in declaration order (to pre-register metric labels).
-    pub const ALL: [Signature; 5] = [
-        Signature::Absent,
-        Signature::Valid,
-        Signature::Invalid,
-        Signature::Expired,
-        Signature::UnknownKey,
-    ];
-
-    /// A short label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Signature::Absent => "absent",
-            Signature::Valid => "valid",
-            Signature::Invalid => "invalid",
-            Signature::Expired => "expired",
-            Signature::UnknownKey => "unknown_key",
-        }
-    }
 }
 
 /// One key of the ring. The MAC is keyed once here and cloned per use, which is cheaper than
@@ -178,7 +137,8 @@ impl Keyring {
     /// Signs a URL's parameters in place with key `key_id`: removes any `kid`, `exp` and `sig`
     /// already there, appends `kid`, then `exp` when `expires_at` is given, then `sig` computed
     /// over [`canonical`]`(path, params)`. Values are decoded text; encode them with
-    /// [`query_string`] or [`url`]. `path` must be the path the edge will see, e.g. `/p.gif`.
+    /// `form::query_string` or `form::url`. `path` must be the path the edge will see, e.g.
+    /// `/p.gif`.
     pub fn sign_params(
         &self,
         key_id: &str,
@@ -189,10 +149,10 @@ impl Keyring {
         let key = self.key(key_id).ok_or_else(|| KeyError::UnknownKey {
             id: key_id.to_owned(),
         })?;
-        params.retain(|(name, _)| ![KID_PARAM, EXP_PARAM, SIG_PARAM].contains(&name.as_str()));
-        params.push((KID_PARAM.to_owned(), key_id.to_owned()));
+        params.retain(|(name, _)| ![KEY_ID, EXPIRES, SIGNATURE].contains(&name.as_str()));
+        params.push((KEY_ID.to_owned(), key_id.to_owned()));
         if let Some(exp) = expires_at {
-            params.push((EXP_PARAM.to_owned(), exp.to_string()));
+            params.push((EXPIRES.to_owned(), exp.to_string()));
         }
         let borrowed: Vec<(&str, &str)> = params
             .iter()
@@ -201,7 +161,7 @@ impl Keyring {
         let mut mac = key.mac.clone();
         mac.update(canonical(path, &borrowed).as_bytes());
         let tag = mac.finalize().into_bytes();
-        params.push((SIG_PARAM.to_owned(), hex_lower(&tag[..TAG_LEN])));
+        params.push((SIGNATURE.to_owned(), hex_lower(&tag[..TAG_LEN])));
         Ok(())
     }
 
@@ -216,9 +176,9 @@ impl Keyring {
     /// is [`Signature::Expired`]. Otherwise [`Signature::Valid`].
     pub fn verify(&self, path: &str, params: &[(&str, &str)], now_unix_secs: u64) -> Signature {
         let (sig, kid, exp) = match (
-            only(params, SIG_PARAM),
-            only(params, KID_PARAM),
-            only(params, EXP_PARAM),
+            only(params, SIGNATURE),
+            only(params, KEY_ID),
+            only(params, EXPIRES),
         ) {
             (Only::None, _, _) => return Signature::Absent,
             (Only::One(sig), Only::One(kid), Only::One(exp)) => (sig, kid, Some(exp)),
@@ -292,52 +252,8 @@ pub fn canonical(path: &str, params: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(path.len() + 1 + 16 * signed.len());
     out.push_str(path);
     out.push('?');
-    push_pairs(&mut out, signed);
+    form::push_pairs(&mut out, signed);
     out
-}
-
-/// Encodes decoded `params` as a query string (without `?`), in the given order, with the same
-/// encoder as [`canonical`].
-pub fn query_string(params: &[(String, String)]) -> String {
-    let mut out = String::new();
-    push_pairs(
-        &mut out,
-        params.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-    );
-    out
-}
-
-/// Appends `name=value` pairs joined by `&`, each side encoded with [`encode_into`].
-fn push_pairs<'a>(out: &mut String, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
-    for (i, (name, value)) in pairs.into_iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        encode_into(out, name);
-        out.push('=');
-        encode_into(out, value);
-    }
-}
-
-/// A full URL: `base` (one trailing `/` removed) + `path` + `?` + [`query_string`]`(params)`.
-/// `path` is used as is, so it should start with `/` and need no encoding.
-pub fn url(base: &str, path: &str, params: &[(String, String)]) -> String {
-    let base = base.strip_suffix('/').unwrap_or(base);
-    format!("{base}{path}?{}", query_string(params))
-}
-
-/// Appends `s` with every byte but ASCII letters, digits and `-._~` as `%XX` (uppercase hex).
-fn encode_into(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 0xF)] as char);
-        }
-    }
 }
 
 /// Lowercase hex of `bytes`.
@@ -407,6 +323,7 @@ fn only<'a>(params: &[(&str, &'a str)], name: &str) -> Only<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::form::query_string;
 
     const OLD_SECRET: &str = "old-secret-0123456789";
     const NEW_SECRET: &str = "new-secret-9876543210";
@@ -430,7 +347,7 @@ mod tests {
     fn signed_query(kid: &str, exp: Option<u64>) -> String {
         let mut params = pairs(&[("site", "shop"), ("e", "open"), ("msg", "a b/é")]);
         ring().sign_params(kid, "/p.gif", &mut params, exp).unwrap();
-        let url = url("https://px.example.com/", "/p.gif", &params);
+        let url = crate::form::url("https://px.example.com/", "/p.gif", &params);
         let (base, query) = url.split_once('?').unwrap();
         assert_eq!(base, "https://px.example.com/p.gif");
         query.to_owned()
@@ -674,6 +591,7 @@ mod tests {
 
     #[test]
     fn url_joins_base_and_path() {
+        use crate::form::url;
         let params = pairs(&[("a", "1 2")]);
         assert_eq!(
             url("https://x.test/", "/p", &params),

@@ -9,6 +9,10 @@ use common::*;
 use pixelpipe_ingest::wire::Transport;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
 async fn pixels_and_beacons_arrive_on_the_topic_with_their_fields() {
     let topic = unique_topic("fields");
     create_topic(&topic, 3).await;
@@ -151,6 +155,10 @@ async fn pixels_and_beacons_arrive_on_the_topic_with_their_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
 async fn every_answered_hit_survives_shutdown_in_flight() {
     let topic = unique_topic("shutdown");
     create_topic(&topic, 2).await;
@@ -291,6 +299,10 @@ async fn the_server_enforces_its_limits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
 async fn the_per_core_layout_serves_every_connection() {
     let topic = unique_topic("per-core");
     create_topic(&topic, 2).await;
@@ -318,6 +330,10 @@ async fn the_per_core_layout_serves_every_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
 async fn privacy_policies_decide_what_reaches_kafka() {
     let topic = unique_topic("privacy");
     create_topic(&topic, 2).await;

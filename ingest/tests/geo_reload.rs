@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
 async fn a_new_city_database_is_used_without_a_restart() {
     let topic = unique_topic("georeload");
     create_topic(&topic, 1).await;

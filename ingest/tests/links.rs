@@ -28,6 +28,10 @@ fn url_command(args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
 async fn urls_built_by_the_cli_are_verified_by_the_edge() {
     let topic = unique_topic("links");
     create_topic(&topic, 1).await;
@@ -135,7 +139,11 @@ async fn urls_built_by_the_cli_are_verified_by_the_edge() {
     assert_eq!(hits.len(), 4);
     let by_kind = |kind: &str| hits.iter().filter(|h| h.kind == kind).collect::<Vec<_>>();
     let open = by_kind("open")[0];
-    assert_eq!(open.signature.as_deref(), Some("valid"));
+    assert_eq!(
+        open.signature
+            .map(pixelpipe_ingest::wire::Signature::as_str),
+        Some("valid")
+    );
     assert_eq!(open.message_id.as_deref(), Some("m-7"));
     let sent = open
         .sent_at_ms
@@ -146,11 +154,22 @@ async fn urls_built_by_the_cli_are_verified_by_the_edge() {
         click.url.as_deref(),
         Some("https://partner.example/offer?id=7")
     );
-    assert_eq!(click.signature.as_deref(), Some("valid"));
+    assert_eq!(
+        click
+            .signature
+            .map(pixelpipe_ingest::wire::Signature::as_str),
+        Some("valid")
+    );
     let conversions = by_kind("conversion");
     let verdicts: Vec<(Option<f64>, Option<&str>, bool)> = conversions
         .iter()
-        .map(|h| (h.value, h.signature.as_deref(), h.unverified))
+        .map(|h| {
+            (
+                h.value,
+                h.signature.map(pixelpipe_ingest::wire::Signature::as_str),
+                h.unverified,
+            )
+        })
         .collect();
     assert_eq!(
         verdicts,

@@ -1,15 +1,13 @@
 //! The sink's one configuration struct and its validation. Values come in layers exactly like the
 //! edge's (defaults, TOML file, `PIXELPIPE_*` environment, `--set` flags; see
-//! `pixelpipe_ingest::layers`). This module opens no connection.
+//! `pixelpipe_common::layers`). This module opens no connection.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use pixelpipe_common::layers::{self, check, ConfigError};
 use serde::{Deserialize, Serialize};
-
-use crate::error::Result;
-use pixelpipe_ingest::layers::check;
 
 /// Everything the sink can be told.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -210,10 +208,8 @@ impl SinkConfig {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &[(String, String)],
-    ) -> Result<SinkConfig> {
-        Ok(pixelpipe_ingest::layers::load_validated(
-            file, env, overrides,
-        )?)
+    ) -> Result<SinkConfig, ConfigError> {
+        layers::load_validated(file, env, overrides)
     }
 
     /// The dead-letter topic: `kafka.dead_letter_topic`, or `<topic>.dlq`.
@@ -231,9 +227,9 @@ impl SinkConfig {
     }
 }
 
-impl pixelpipe_ingest::layers::Validate for SinkConfig {
+impl layers::Validate for SinkConfig {
     /// Checks every setting once; the error names the wrong one.
-    fn validate(&self) -> pixelpipe_ingest::Result<()> {
+    fn validate(&self) -> layers::Result<()> {
         let k = &self.kafka;
         check(
             !k.brokers.trim().is_empty(),
@@ -318,7 +314,7 @@ impl pixelpipe_ingest::layers::Validate for SinkConfig {
 mod tests {
     use super::*;
 
-    fn load(sets: &[(&str, &str)]) -> Result<SinkConfig> {
+    fn load(sets: &[(&str, &str)]) -> Result<SinkConfig, ConfigError> {
         let sets: Vec<_> = sets
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

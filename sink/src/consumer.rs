@@ -6,17 +6,14 @@
 //! only after ClickHouse (and, for bad messages, the dead-letter topic) has the rows, and only
 //! for partitions this consumer still owns. On a rebalance, rows of revoked partitions are
 //! dropped from the batch unwritten: their new owner reads them again from the last commit.
+//!
+//! Every I/O is behind a seam (`kafka::HitConsumer`, `store::RowWriter`, `dlq::DeadLetters`), so
+//! these rules are unit-tested with a consumer and a writer that fail on demand
+//! (`consumer/tests.rs`); the real clients are tested against the real services.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::message::OwnedMessage;
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::batch::Batch;
@@ -24,82 +21,14 @@ use crate::config::SinkConfig;
 use crate::dlq::DeadLetters;
 use crate::enrich::Enricher;
 use crate::error::Result;
+use crate::kafka::{HitConsumer, Message};
 use crate::metrics::Metrics;
 use crate::row::{self, Decoded};
 use crate::store::RowWriter;
 
-/// Callbacks librdkafka calls while the consumer is polled.
-pub struct SinkContext {
-    metrics: Metrics,
-    topic: String,
-    revoked: Mutex<Vec<i32>>,
-}
-
-impl ClientContext for SinkContext {
-    fn stats(&self, stats: Statistics) {
-        if let Some(topic) = stats.topics.get(&self.topic) {
-            for (partition, p) in &topic.partitions {
-                // -1 is librdkafka's internal partition; lag -1 means not known yet.
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics
-                        .consumer_lag
-                        .with_label_values(&[&partition.to_string()])
-                        .set(p.consumer_lag);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for SinkContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(?partitions, "partitions revoked");
-                self.revoked
-                    .lock()
-                    .expect("revoked list")
-                    .extend(partitions);
-            }
-            Rebalance::Assign(tpl) => {
-                let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(?partitions, "partitions assigned");
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
-
-/// The consumer for the configured group: manual commits, earliest offset for a new group.
-pub fn create(config: &SinkConfig, metrics: Metrics) -> Result<StreamConsumer<SinkContext>> {
-    let k = &config.kafka;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("group.id", &k.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "statistics.interval.ms",
-            k.statistics_interval_ms.to_string(),
-        );
-    for (name, value) in &k.properties {
-        c.set(name, value);
-    }
-    let context = SinkContext {
-        metrics,
-        topic: k.topic.clone(),
-        revoked: Mutex::new(Vec::new()),
-    };
-    let consumer: StreamConsumer<SinkContext> = c.create_with_context(context)?;
-    consumer.subscribe(&[&k.topic])?;
-    Ok(consumer)
-}
-
 /// The loop's state.
-pub struct Sink<W, D> {
-    consumer: StreamConsumer<SinkContext>,
+pub struct Sink<C, W, D> {
+    consumer: C,
     writer: W,
     dead_letters: D,
     config: SinkConfig,
@@ -107,7 +36,7 @@ pub struct Sink<W, D> {
     enricher: Enricher,
     stop: watch::Receiver<bool>,
     /// Messages that arrived while consumption was paused for a stuck batch; they start the next.
-    held: VecDeque<OwnedMessage>,
+    held: VecDeque<Message>,
 }
 
 /// What became of a batch.
@@ -117,10 +46,10 @@ enum Outcome {
     Abandoned,
 }
 
-impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
+impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
     /// A sink reading from `consumer` until `stop` turns true.
     pub fn new(
-        consumer: StreamConsumer<SinkContext>,
+        consumer: C,
         writer: W,
         dead_letters: D,
         config: SinkConfig,
@@ -160,7 +89,7 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
                         _ = stop.changed() => None,
                         _ = sleep_until(deadline) => None,
                         received = self.consumer.recv() => match received {
-                            Ok(m) => Some(m.detach()),
+                            Ok(m) => Some(m),
                             Err(e) => {
                                 tracing::warn!(error = %e, "kafka consume error");
                                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -188,25 +117,22 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
         Ok(())
     }
 
-    fn take(&mut self, batch: &mut Batch, message: &OwnedMessage) {
-        self.metrics.consumed.inc();
-        let payload = message.payload().unwrap_or_default();
+    fn take(&mut self, batch: &mut Batch, message: &Message) {
+        self.metrics.consumed();
+        let payload = &message.payload;
         match row::decode(
-            message.topic(),
-            message.partition(),
-            message.offset(),
+            &message.topic,
+            message.partition,
+            message.offset,
             payload,
             &mut self.enricher,
         ) {
             Decoded::Hit(hit) => {
-                self.metrics
-                    .classified
-                    .with_label_values(&[hit.traffic_class.as_str()])
-                    .inc();
+                self.metrics.classified(hit.traffic_class);
                 batch.push_hit(*hit, payload.len())
             }
             Decoded::Bad(bad) => {
-                tracing::warn!(partition = bad.kafka_partition, offset = bad.kafka_offset, reason = %bad.reason,
+                tracing::warn!(partition = bad.kafka_partition, offset = bad.kafka_offset, reason = bad.reason.as_str(),
                     error = %bad.error, "dead-lettering a message");
                 batch.push_bad(bad);
             }
@@ -214,21 +140,13 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
     }
 
     fn forget_revoked(&self, batch: &mut Batch) {
-        let revoked = std::mem::take(
-            &mut *self
-                .consumer
-                .context()
-                .revoked
-                .lock()
-                .expect("revoked list"),
-        );
-        batch.drop_partitions(&revoked);
+        batch.drop_partitions(&self.consumer.take_revoked());
     }
 
     /// Writes `batch` until it is stored (then commits) or, once stopping, abandoned.
     async fn flush(&mut self, batch: &mut Batch) -> Result<Outcome> {
         let mut attempt = 0u32;
-        let mut paused: Option<TopicPartitionList> = None;
+        let mut paused: Option<Vec<i32>> = None;
         let mut give_up_at: Option<Instant> = None;
         let outcome = loop {
             self.forget_revoked(batch);
@@ -244,17 +162,14 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
             .await;
             let error = match written {
                 Ok(()) => {
-                    self.metrics
-                        .insert_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    self.metrics.batch_rows.observe(batch.len() as f64);
-                    self.metrics.batch_bytes.observe(batch.bytes as f64);
-                    self.metrics.rows_inserted.inc_by(batch.hits.len() as u64);
+                    self.metrics.stored(
+                        batch.len(),
+                        batch.hits.len(),
+                        batch.bytes,
+                        started.elapsed(),
+                    );
                     for bad in &batch.bad {
-                        self.metrics
-                            .dead_lettered
-                            .with_label_values(&[bad.reason.as_str()])
-                            .inc();
+                        self.metrics.dead_lettered(bad.reason);
                     }
                     self.commit(batch);
                     break Outcome::Stored;
@@ -263,7 +178,7 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
                 Err(e) => e,
             };
             attempt += 1;
-            self.metrics.retries.inc();
+            self.metrics.retried();
             let backoff = backoff(
                 attempt,
                 self.config.retry.initial_backoff_ms,
@@ -287,23 +202,18 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
                     rows = batch.len(),
                     "stopping with a batch ClickHouse did not take: abandoned, not committed"
                 );
-                self.metrics.batches_abandoned.inc();
+                self.metrics.abandoned();
                 break Outcome::Abandoned;
             }
             self.wait_serving_consumer(backoff).await;
         };
         if let Some(assignment) = paused {
             // Partitions revoked meanwhile are not ours to resume.
-            let owned = self.consumer.assignment()?;
-            let mine: HashSet<i32> = owned.elements().iter().map(|e| e.partition()).collect();
-            let mut resume = TopicPartitionList::new();
-            for e in assignment
-                .elements()
-                .iter()
-                .filter(|e| mine.contains(&e.partition()))
-            {
-                resume.add_partition(e.topic(), e.partition());
-            }
+            let mine: HashSet<i32> = self.consumer.assignment()?.into_iter().collect();
+            let resume: Vec<i32> = assignment
+                .into_iter()
+                .filter(|p| mine.contains(p))
+                .collect();
             self.consumer.resume(&resume)?;
         }
         *batch = Batch::default();
@@ -322,7 +232,7 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
                 _ = stop.changed(), if !stopping => return,
                 received = self.consumer.recv() => {
                     if let Ok(m) = received {
-                        self.held.push_back(m.detach());
+                        self.held.push_back(m);
                     }
                 }
             }
@@ -332,31 +242,22 @@ impl<W: RowWriter, D: DeadLetters> Sink<W, D> {
     /// Commits `last + 1` of each range whose partition this consumer still owns.
     fn commit(&self, batch: &Batch) {
         let owned: HashSet<i32> = match self.consumer.assignment() {
-            Ok(a) => a.elements().iter().map(|e| e.partition()).collect(),
+            Ok(a) => a.into_iter().collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the assignment; not committing (rows will be read again)");
                 return;
             }
         };
-        let mut tpl = TopicPartitionList::new();
-        for (partition, offset) in batch
+        let offsets: Vec<(i32, i64)> = batch
             .commit_offsets()
             .into_iter()
             .filter(|(p, _)| owned.contains(p))
-        {
-            if let Err(e) = tpl.add_partition_offset(
-                &self.config.kafka.topic,
-                partition,
-                Offset::Offset(offset),
-            ) {
-                tracing::warn!(error = %e, partition, "bad offset");
-            }
-        }
-        if tpl.count() == 0 {
+            .collect();
+        if offsets.is_empty() {
             return;
         }
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => self.metrics.commits.inc_by(tpl.count() as u64),
+        match self.consumer.commit(&offsets) {
+            Ok(()) => self.metrics.committed(offsets.len()),
             // The rows are stored; a failed commit only means they are read (and folded) again.
             Err(e) => {
                 tracing::warn!(error = %e, "offset commit failed; stored rows will be read again")
@@ -386,19 +287,4 @@ pub fn backoff(attempt: u32, initial_ms: u64, max_ms: u64) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        for attempt in 1..30 {
-            let b = backoff(attempt, 200, 30_000).as_millis() as u64;
-            let full = (200u64 << (attempt - 1).min(20)).min(30_000);
-            assert!(
-                b >= full / 2 && b <= full,
-                "attempt {attempt}: {b} not in [{}, {full}]",
-                full / 2
-            );
-        }
-    }
-}
+mod tests;

@@ -10,21 +10,11 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
 
 use crate::config::SinkConfig;
 use crate::error::{Error, Result};
+use crate::kafka::shared_client_config;
 use crate::row::BadMessage;
-
-/// Prefixes of the `kafka.properties` that also apply to producers: connection and security.
-pub const SHARED_PROPERTIES: [&str; 6] = [
-    "security.",
-    "sasl.",
-    "ssl.",
-    "socket.",
-    "client.",
-    "broker.",
-];
 
 /// Sends bad messages somewhere they are kept.
 pub trait DeadLetters: Send + Sync {
@@ -42,26 +32,12 @@ pub struct KafkaDeadLetters {
 impl KafkaDeadLetters {
     /// A producer for the configured dead-letter topic.
     pub fn new(config: &SinkConfig) -> Result<KafkaDeadLetters> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &config.kafka.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000");
         // Only the connection and security properties apply to this producer; the rest of
         // `kafka.properties` is the consumer's.
-        const SHARED: [&str; 6] = [
-            "security.",
-            "sasl.",
-            "ssl.",
-            "socket.",
-            "client.",
-            "broker.",
-        ];
-        for (k, v) in &config.kafka.properties {
-            if SHARED.iter().any(|p| k.starts_with(p)) {
-                c.set(k, v);
-            }
-        }
+        let mut c = shared_client_config(config);
+        c.set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "30000");
         Ok(KafkaDeadLetters {
             producer: c.create()?,
             topic: config.dead_letter_topic(),

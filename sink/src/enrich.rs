@@ -4,7 +4,7 @@
 //!
 //! It owns the user-agent rules (uap-core, the rule set every ua-parser port shares, embedded from
 //! `sink/rules/uap-core/` or read from `enrich.ua_rules_path`) and a bounded cache of parsed user
-//! agents. It does not decode the wire format (`row` does, through `pixelpipe_ingest::wire`), and
+//! agents. It does not decode the wire format (`row` does, through `pixelpipe_common::wire`), and
 //! it never drops a hit: every hit gets a class, and `human` means only that no rule matched.
 //!
 //! Why here and not at the edge: parsing a user agent costs microseconds (see docs/benchmarks.md),
@@ -16,7 +16,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use pixelpipe_ingest::wire::Hit;
+use pixelpipe_common::wire::Hit;
+use serde::{Serialize, Serializer};
 use ua_parser::Extractor;
 
 use crate::config::EnrichConfig;
@@ -25,8 +26,50 @@ use crate::error::{Error, Result};
 /// uap-core's rules as shipped in the repository; `deploy/local/update-ua-rules.sh` refreshes them.
 const EMBEDDED_RULES: &str = include_str!("../rules/uap-core/regexes.json");
 
-/// The classes a hit can get. Bounded, so they can be metric labels.
-pub const CLASSES: [&str; 5] = ["human", "bot", "email_proxy", "scanner", "prefetch"];
+/// The class a hit gets (the `traffic_class` column and the `class` label of
+/// `pixelpipe_sink_hits_classified_total`). Stored as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficClass {
+    /// No rule matched: as far as the evidence goes, a person.
+    Human,
+    /// A crawler, script, headless browser, HEAD request or datacenter address.
+    Bot,
+    /// A mail provider's image proxy (Gmail, Yahoo, Apple Mail Privacy Protection).
+    EmailProxy,
+    /// A corporate mail or link scanner, or an open too soon after sending.
+    Scanner,
+    /// The browser said it was prefetching or prerendering.
+    Prefetch,
+}
+
+impl TrafficClass {
+    /// Every class, in declaration order.
+    pub const ALL: [TrafficClass; 5] = [
+        TrafficClass::Human,
+        TrafficClass::Bot,
+        TrafficClass::EmailProxy,
+        TrafficClass::Scanner,
+        TrafficClass::Prefetch,
+    ];
+
+    /// The stored name and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficClass::Human => "human",
+            TrafficClass::Bot => "bot",
+            TrafficClass::EmailProxy => "email_proxy",
+            TrafficClass::Scanner => "scanner",
+            TrafficClass::Prefetch => "prefetch",
+        }
+    }
+}
+
+impl Serialize for TrafficClass {
+    /// As its name: in RowBinary, the same bytes as a `String` column holding it.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 
 /// Device types.
 pub const DEVICE_TYPES: [&str; 5] = ["desktop", "mobile", "tablet", "bot", "other"];
@@ -51,8 +94,8 @@ pub struct UserAgentInfo {
 /// A hit's class and the rule that gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Class {
-    /// One of [`CLASSES`].
-    pub class: &'static str,
+    /// The class.
+    pub class: TrafficClass,
     /// Short, bounded reason, e.g. `head_request`, `crawler_ua`, `gmail_image_proxy`.
     pub reason: &'static str,
 }
@@ -171,43 +214,44 @@ impl Enricher {
     /// The class of `hit`, given its parsed user agent (`None` when it has none). The first rule
     /// that matches wins; they are ordered from the most to the least specific evidence.
     pub fn classify(&self, hit: &Hit, ua: Option<&UserAgentInfo>) -> Class {
+        use TrafficClass::{Bot, EmailProxy, Human, Prefetch, Scanner};
         let class = |class, reason| Class { class, reason };
         if hit.prefetch {
-            return class("prefetch", "prefetch_header");
+            return class(Prefetch, "prefetch_header");
         }
         if hit.head_request {
-            return class("bot", "head_request");
+            return class(Bot, "head_request");
         }
         if let Some(raw) = hit.user_agent.as_deref() {
             if let Some((_, reason)) = EMAIL_PROXIES.iter().find(|(s, _)| raw.contains(s)) {
-                return class("email_proxy", reason);
+                return class(EmailProxy, reason);
             }
             // Apple Mail Privacy Protection fetches every image on delivery through Apple's
             // proxies with nothing but this token as its user agent.
             if raw.trim() == "Mozilla/5.0" {
-                return class("email_proxy", "apple_mail_privacy");
+                return class(EmailProxy, "apple_mail_privacy");
             }
             if let Some((_, reason)) = SCANNERS.iter().find(|(s, _)| raw.contains(s)) {
-                return class("scanner", reason);
+                return class(Scanner, reason);
             }
             if HEADLESS.iter().any(|s| raw.contains(s)) {
-                return class("bot", "headless_browser");
+                return class(Bot, "headless_browser");
             }
             if HTTP_LIBRARIES.iter().any(|s| raw.starts_with(s)) {
-                return class("bot", "http_library");
+                return class(Bot, "http_library");
             }
             if ua.is_some_and(|u| u.crawler) {
-                return class("bot", "crawler_ua");
+                return class(Bot, "crawler_ua");
             }
         } else if !hit.anonymized {
             // Every browser and mail client sends one; its absence is a script.
-            return class("bot", "no_user_agent");
+            return class(Bot, "no_user_agent");
         }
         if hit
             .asn
             .is_some_and(|asn| self.datacenter_asns.contains(&asn))
         {
-            return class("bot", "datacenter_asn");
+            return class(Bot, "datacenter_asn");
         }
         // Only an email open can come too soon after sending; a click or conversion URL carrying
         // the same send time says nothing about how fast a person reads.
@@ -216,14 +260,14 @@ impl Enricher {
                 .sent_at_ms
                 .is_some_and(|sent| hit.received_at_ms.saturating_sub(sent) < self.machine_open_ms)
         {
-            return class("scanner", "open_soon_after_send");
+            return class(Scanner, "open_soon_after_send");
         }
         if hit.anonymized && hit.user_agent.is_none() {
             // The edge removed the user agent for a privacy signal; only request signals were
             // left to judge by, and none matched.
-            return class("human", "anonymized");
+            return class(Human, "anonymized");
         }
-        class("human", "no_rule_matched")
+        class(Human, "no_rule_matched")
     }
 }
 
@@ -354,7 +398,7 @@ impl UaCache {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use pixelpipe_ingest::wire;
+    use pixelpipe_common::wire;
 
     /// Real user agents, each with what uap-core 0.18 makes of it.
     pub(crate) const CHROME_WINDOWS: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
@@ -485,7 +529,7 @@ pub(crate) mod tests {
         let mut classify = |h: &Hit| {
             let ua = h.user_agent.as_deref().map(|u| e.user_agent(u));
             let c = e.classify(h, ua.as_deref());
-            (c.class, c.reason)
+            (c.class.as_str(), c.reason)
         };
         for (ua, want) in [
             (CHROME_WINDOWS, ("human", "no_rule_matched")),

@@ -1,19 +1,17 @@
 //! The sink's one error type, and the one place it becomes a retry decision ([`Error::retryable`]).
 
+use pixelpipe_common::http::IoError;
+use pixelpipe_common::layers::ConfigError;
+
 /// Everything that can go wrong in the sink.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Configuration, binding and other start-up failures shared with the edge's machinery.
+    /// A setting has a value the sink cannot run with, or the file could not be read.
     #[error(transparent)]
-    Setup(#[from] pixelpipe_ingest::Error),
-    /// A setting has a value the sink cannot run with.
-    #[error("invalid setting `{setting}`: {reason}")]
-    Config {
-        /// Dotted name of the setting.
-        setting: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    Config(#[from] ConfigError),
+    /// Binding or serving the admin socket failed.
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// ClickHouse refused or did not answer. Carries the server's own error text.
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
@@ -34,12 +32,9 @@ impl Error {
         matches!(self, Error::ClickHouse(_) | Error::Kafka(_))
     }
 
-    /// Shorthand for [`Error::Config`].
+    /// An [`Error::Config`] naming `setting`.
     pub fn config(setting: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Config {
-            setting: setting.into(),
-            reason: reason.into(),
-        }
+        Error::Config(ConfigError::setting(setting, reason))
     }
 }
 

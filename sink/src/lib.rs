@@ -2,7 +2,7 @@
 //! committing offsets only after ClickHouse has the rows.
 //!
 //! ```text
-//! Kafka topic ─► consumer (StreamConsumer, manual commits) ─► row::decode (via ingest::wire, enrich)
+//! Kafka topic ─► consumer (StreamConsumer, manual commits) ─► row::decode (via common::wire, enrich)
 //!                  │                                             ├─ HitRow ─► batch ─► store (ClickHouse, RowBinary+LZ4)
 //!                  │                                             └─ BadMessage ─► batch ─► dlq (<topic>.dlq) + bad_hits
 //!                  └─ commit last+1 per partition after the batch is stored
@@ -18,6 +18,7 @@ pub mod consumer;
 pub mod dlq;
 pub mod enrich;
 pub mod error;
+pub mod kafka;
 pub mod metrics;
 pub mod replay;
 pub mod retention;
@@ -35,6 +36,7 @@ pub use error::{Error, Result};
 
 use consumer::Sink;
 use dlq::KafkaDeadLetters;
+use kafka::KafkaConsumer;
 use metrics::Metrics;
 use schema::Flavour;
 use store::ClickHouse;
@@ -81,7 +83,7 @@ pub async fn run(
     });
     let admin_task = {
         let m = metrics.clone();
-        tokio::spawn(pixelpipe_ingest::server::serve_metrics(
+        tokio::spawn(pixelpipe_common::admin::serve_metrics(
             admin,
             move || m.render(),
             Duration::from_secs(2),
@@ -98,7 +100,7 @@ pub async fn run(
     let writer = ClickHouse::new(&config.clickhouse, flavour);
     let dead_letters = KafkaDeadLetters::new(&config)?;
     dead_letters.check_topic().await?;
-    let consumer = consumer::create(&config, metrics.clone())?;
+    let consumer = KafkaConsumer::new(&config, metrics.clone())?;
     tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, ?flavour, "sink consuming");
     let result = Sink::new(
         consumer,

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pixelpipe_common::{http, process};
 use pixelpipe_sink::SinkConfig;
 
 /// The pixelpipe sink: hits from Kafka into ClickHouse.
@@ -13,7 +14,7 @@ use pixelpipe_sink::SinkConfig;
 #[command(version)]
 struct Cli {
     #[command(flatten)]
-    settings: pixelpipe_ingest::process::ConfigArgs,
+    settings: process::ConfigArgs,
     /// What to do (default: run).
     #[command(subcommand)]
     command: Option<Command>,
@@ -35,7 +36,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    pixelpipe_ingest::process::init_logging();
+    process::init_logging();
 
     let config: SinkConfig = match cli.settings.resolve("pixelpipe-sink", Vec::new()) {
         std::ops::ControlFlow::Continue(c) => c,
@@ -72,15 +73,10 @@ fn main() -> ExitCode {
                     );
                 }),
             Command::Run => {
-                let admin = pixelpipe_ingest::server::bind(
-                    config.admin.listen_addr,
-                    1,
-                    "admin.listen_addr",
-                )
-                .map_err(pixelpipe_sink::Error::from)?
-                .remove(0);
-                pixelpipe_sink::run(config, admin, pixelpipe_ingest::process::shutdown_signal())
-                    .await
+                let admin = http::bind(config.admin.listen_addr, 1, "admin.listen_addr")
+                    .map_err(pixelpipe_sink::Error::from)?
+                    .remove(0);
+                pixelpipe_sink::run(config, admin, process::shutdown_signal()).await
             }
         }
     });

@@ -1,39 +1,31 @@
 //! Every metric the sink exports, declared in one place: `pixelpipe_sink_<noun>_<unit>[_total]`,
-//! bounded labels (reasons, partition numbers), one registry per [`Metrics`].
+//! labels from enums (bad-message reasons, traffic classes) or partition numbers, one registry per
+//! [`Metrics`]. The fields are private: callers say what happened through a method.
+
+use std::time::Duration;
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
-use crate::enrich::CLASSES;
-use crate::row::BAD_REASONS;
+use crate::enrich::TrafficClass;
+use crate::row::BadReason;
 
 /// The sink's metrics.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Messages read from Kafka.
-    pub consumed: IntCounter,
-    /// Hit rows ClickHouse accepted.
-    pub rows_inserted: IntCounter,
-    /// Messages dead-lettered, by reason.
-    pub dead_lettered: IntCounterVec,
-    /// Rows per written batch.
-    pub batch_rows: Histogram,
-    /// Kafka payload bytes per written batch.
-    pub batch_bytes: Histogram,
-    /// Time to write one batch (dead letters and rows), per attempt that succeeded.
-    pub insert_seconds: Histogram,
-    /// Failed write attempts that were retried.
-    pub retries: IntCounter,
-    /// Batches given up at shutdown without committing (read again by the next owner).
-    pub batches_abandoned: IntCounter,
-    /// Offsets committed (one per partition per batch).
-    pub commits: IntCounter,
-    /// Consumer lag per partition, from librdkafka statistics.
-    pub consumer_lag: IntGaugeVec,
-    /// Hits decoded, by traffic class (`enrich::CLASSES`).
-    pub classified: IntCounterVec,
+    consumed: IntCounter,
+    rows_inserted: IntCounter,
+    dead_lettered: IntCounterVec,
+    batch_rows: Histogram,
+    batch_bytes: Histogram,
+    insert_seconds: Histogram,
+    retries: IntCounter,
+    batches_abandoned: IntCounter,
+    commits: IntCounter,
+    consumer_lag: IntGaugeVec,
+    classified: IntCounterVec,
 }
 
 impl Metrics {
@@ -130,23 +122,100 @@ impl Metrics {
             ),
             registry,
         };
-        for r in BAD_REASONS {
-            m.dead_lettered.with_label_values(&[r]);
+        // Every label exists from the start (at zero), so alerts see the series before the event.
+        for r in BadReason::ALL {
+            m.dead_lettered.with_label_values(&[r.as_str()]);
         }
-        for c in CLASSES {
-            m.classified.with_label_values(&[c]);
+        for c in TrafficClass::ALL {
+            m.classified.with_label_values(&[c.as_str()]);
         }
         m
     }
 
+    /// Counts a message read from Kafka.
+    pub fn consumed(&self) {
+        self.consumed.inc();
+    }
+
+    /// Counts a decoded hit by its traffic class.
+    pub fn classified(&self, class: TrafficClass) {
+        self.classified.with_label_values(&[class.as_str()]).inc();
+    }
+
+    /// Records a batch written in `took`: `rows` in all (hits and bad messages), of which
+    /// `hits` went to the hits table, from `payload_bytes` of Kafka payload.
+    pub fn stored(&self, rows: usize, hits: usize, payload_bytes: usize, took: Duration) {
+        self.insert_seconds.observe(took.as_secs_f64());
+        self.batch_rows.observe(rows as f64);
+        self.batch_bytes.observe(payload_bytes as f64);
+        self.rows_inserted.inc_by(hits as u64);
+    }
+
+    /// Counts a message sent to the dead-letter topic.
+    pub fn dead_lettered(&self, reason: BadReason) {
+        self.dead_lettered
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Counts a failed batch write that will be retried.
+    pub fn retried(&self) {
+        self.retries.inc();
+    }
+
+    /// Counts a batch given up at shutdown without committing.
+    pub fn abandoned(&self) {
+        self.batches_abandoned.inc();
+    }
+
+    /// Counts offsets committed, one per partition.
+    pub fn committed(&self, partitions: usize) {
+        self.commits.inc_by(partitions as u64);
+    }
+
+    /// Records a partition's consumer lag, in messages.
+    pub fn consumer_lag(&self, partition: i32, lag: i64) {
+        self.consumer_lag
+            .with_label_values(&[&partition.to_string()])
+            .set(lag);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        pixelpipe_ingest::metrics::render(&self.registry)
+        pixelpipe_common::admin::render(&self.registry)
     }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention_and_every_label_starts_at_zero() {
+        let text = Metrics::new().render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(name.starts_with("pixelpipe_sink_"), "{name}");
+        }
+        for r in BadReason::ALL {
+            let series = format!(
+                "pixelpipe_sink_dead_lettered_total{{reason=\"{}\"}} 0",
+                r.as_str()
+            );
+            assert!(text.contains(&series), "{series}");
+        }
+        for c in TrafficClass::ALL {
+            let series = format!(
+                "pixelpipe_sink_hits_classified_total{{class=\"{}\"}} 0",
+                c.as_str()
+            );
+            assert!(text.contains(&series), "{series}");
+        }
     }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::SinkConfig;
 use crate::error::Result;
+use crate::kafka::shared_client_config;
 
 /// A message's key (if any) and payload.
 type KeyAndPayload = (Option<Vec<u8>>, Vec<u8>);
@@ -19,33 +20,14 @@ type KeyAndPayload = (Option<Vec<u8>>, Vec<u8>);
 pub async fn replay_dead_letters(config: &SinkConfig) -> Result<u64> {
     let from = config.dead_letter_topic();
     let to = config.kafka.topic.clone();
-    let brokers = config.kafka.brokers.clone();
-    let shared: Vec<(String, String)> = config
-        .kafka
-        .properties
-        .iter()
-        .filter(|(k, _)| {
-            crate::dlq::SHARED_PROPERTIES
-                .iter()
-                .any(|p| k.starts_with(p))
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let client = |c: &mut ClientConfig| {
-        c.set("bootstrap.servers", &brokers);
-        for (k, v) in &shared {
-            c.set(k, v);
-        }
-    };
-    let mut cc = ClientConfig::new();
-    client(&mut cc);
-    cc.set("group.id", "pixelpipe-replay")
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = cc.create()?;
-    let mut pc = ClientConfig::new();
-    client(&mut pc);
-    pc.set("acks", "all").set("enable.idempotence", "true");
-    let producer: FutureProducer = pc.create()?;
+    let consumer: BaseConsumer = shared_client_config(config)
+        .set("group.id", "pixelpipe-replay")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let producer: FutureProducer = shared_client_config(config)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()?;
 
     // Everything up to each partition's current end, read by assignment (no group offsets).
     let (from_c, consumer) = (from.clone(), consumer);

@@ -1,17 +1,17 @@
 //! From a Kafka message to the rows the sink writes: a decoded, checked [`HitRow`], or a
 //! [`BadMessage`] that says why not.
 //!
-//! Decoding is `pixelpipe_ingest::wire`'s alone; this module only maps a decoded hit onto columns
+//! Decoding is `pixelpipe_common::wire`'s alone; this module only maps a decoded hit onto columns
 //! and checks the values a column cannot hold. Pure: no I/O.
 
 use std::net::IpAddr;
 
 use clickhouse::Row;
-use pixelpipe_ingest::wire::{self, Hit, Transport, WireError};
-use serde::Serialize;
+use pixelpipe_common::wire::{self, Hit, WireError};
+use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::enrich::Enricher;
+use crate::enrich::{Enricher, TrafficClass};
 
 /// One row of `<prefix>hits`. Field order and names are the insert's column list; the types are
 /// chosen to encode identically on 18.16 and modern servers (see `schema`).
@@ -111,7 +111,7 @@ pub struct HitRow {
     /// `desktop`, `mobile`, `tablet`, `bot` or `other`; empty without a user agent.
     pub device_type: String,
     /// `human`, `bot`, `email_proxy`, `scanner` or `prefetch` (see `enrich`).
-    pub traffic_class: String,
+    pub traffic_class: TrafficClass,
     /// The rule that gave `traffic_class`.
     pub class_reason: String,
     /// The URL's signature as the edge found it: `valid`, `invalid`, `expired`, `unknown_key`,
@@ -136,8 +136,8 @@ pub struct BadMessage {
     pub kafka_partition: i32,
     /// Source offset.
     pub kafka_offset: i64,
-    /// Why it is bad, one of [`BAD_REASONS`].
-    pub reason: String,
+    /// Why it is bad.
+    pub reason: BadReason,
     /// The decoder's or checker's message.
     pub error: String,
     /// The payload as received (lossy UTF-8 for the table; the dead-letter topic keeps the bytes).
@@ -147,8 +147,42 @@ pub struct BadMessage {
     pub raw: Vec<u8>,
 }
 
-/// Reasons a message is dead-lettered.
-pub const BAD_REASONS: [&str; 3] = ["undecodable", "unsupported_version", "out_of_range"];
+/// Why a message is dead-lettered (the `reason` column of `bad_hits`, the `pixelpipe.reason`
+/// header on the dead-letter topic, the `reason` label of `pixelpipe_sink_dead_lettered_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadReason {
+    /// Not a JSON hit.
+    Undecodable,
+    /// A hit of a schema version this build does not read.
+    UnsupportedVersion,
+    /// A hit with a value no column can hold.
+    OutOfRange,
+}
+
+impl BadReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [BadReason; 3] = [
+        BadReason::Undecodable,
+        BadReason::UnsupportedVersion,
+        BadReason::OutOfRange,
+    ];
+
+    /// The stored name and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadReason::Undecodable => "undecodable",
+            BadReason::UnsupportedVersion => "unsupported_version",
+            BadReason::OutOfRange => "out_of_range",
+        }
+    }
+}
+
+impl Serialize for BadReason {
+    /// As its name: in RowBinary, the same bytes as a `String` column holding it.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 
 /// What one Kafka message became.
 #[derive(Debug)]
@@ -167,23 +201,25 @@ pub fn decode(
     payload: &[u8],
     enricher: &mut Enricher,
 ) -> Decoded {
-    let bad = |reason: &str, error: String| {
+    let bad = |reason: BadReason, error: String| {
         Decoded::Bad(BadMessage {
             kafka_topic: topic.to_owned(),
             kafka_partition: partition,
             kafka_offset: offset,
-            reason: reason.to_owned(),
+            reason,
             error,
             payload: String::from_utf8_lossy(payload).into_owned(),
             raw: payload.to_vec(),
         })
     };
     match wire::decode(payload) {
-        Err(e @ WireError::UnsupportedVersion { .. }) => bad("unsupported_version", e.to_string()),
-        Err(e) => bad("undecodable", e.to_string()),
+        Err(e @ WireError::UnsupportedVersion { .. }) => {
+            bad(BadReason::UnsupportedVersion, e.to_string())
+        }
+        Err(e) => bad(BadReason::Undecodable, e.to_string()),
         Ok(hit) => match HitRow::from_hit(hit, partition, offset, enricher) {
             Ok(row) => Decoded::Hit(Box::new(row)),
-            Err(why) => bad("out_of_range", why),
+            Err(why) => bad(BadReason::OutOfRange, why),
         },
     }
 }
@@ -228,10 +264,7 @@ impl HitRow {
             received_at,
             schema_version: hit.schema_version,
             edge_id: hit.edge_id,
-            transport: match hit.transport {
-                Transport::Pixel => "pixel".into(),
-                Transport::Beacon => "beacon".into(),
-            },
+            transport: hit.transport.as_str().to_owned(),
             kind: hit.kind,
             site_id: hit.site_id,
             client_ip,
@@ -273,9 +306,11 @@ impl HitRow {
             os: ua.os,
             os_version: ua.os_version,
             device_type: ua.device_type.to_owned(),
-            traffic_class: class.class.to_owned(),
+            traffic_class: class.class,
             class_reason: class.reason.to_owned(),
-            signature: text(hit.signature),
+            signature: hit
+                .signature
+                .map_or_else(String::new, |s| s.as_str().to_owned()),
             sent_at,
             unverified: u8::from(hit.unverified),
             kafka_partition,
@@ -327,7 +362,7 @@ mod tests {
         let mut h = hit();
         h.user_agent = Some(crate::enrich::tests::CHROME_WINDOWS.into());
         h.sent_at_ms = Some(1_699_999_000_500);
-        h.signature = Some("valid".into());
+        h.signature = Some(wire::Signature::Valid);
         let row = HitRow::from_hit(h, 0, 0, &mut crate::enrich::tests::shared()).unwrap();
         assert_eq!(
             (
@@ -356,9 +391,9 @@ mod tests {
                     (b.kafka_topic.as_str(), b.kafka_offset, b.raw.as_slice()),
                     ("t", 7, payload)
                 );
-                b.reason
+                b.reason.as_str()
             }
-            Decoded::Hit(_) => "hit".into(),
+            Decoded::Hit(_) => "hit",
         };
         assert_eq!(reason(b"\xff not json"), "undecodable");
         assert_eq!(reason(br#"{"schema_version":99}"#), "unsupported_version");

@@ -8,9 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::edge::unique_topic;
+use common::kafka::unique_topic;
 use common::*;
-use pixelpipe_ingest::wire;
+use pixelpipe_common::wire;
 
 const CHROME: &str = r#","user_agent":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36""#;
 const APPLE_MPP: &str = r#","user_agent":"Mozilla/5.0""#;
@@ -96,6 +96,10 @@ fn fixture() -> Vec<Vec<u8>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
+)]
 async fn every_documented_query_runs_and_answers_right() {
     let topic = unique_topic("analytics");
     create_topics(&topic, 2).await;
@@ -187,7 +191,7 @@ async fn tsv(url: &str, sql: &str) -> String {
     let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let body = format!("{} FORMAT TabSeparated", sql.trim().trim_end_matches(';'));
     let r = tokio::task::spawn_blocking(move || {
-        common::edge::http(addr, "POST", "/", &[], body.as_bytes())
+        common::kafka::http(addr, "POST", "/", &[], body.as_bytes())
     })
     .await
     .unwrap();

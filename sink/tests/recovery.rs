@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::edge::unique_topic;
+use common::kafka::unique_topic;
 use common::*;
 
 fn repo_root() -> PathBuf {
@@ -24,7 +24,7 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// The real `pixelpipe-sink` binary as a child process.
 fn spawn_sink(topic: &str, prefix: &str, clickhouse: &str) -> Child {
     let sets = [
-        format!("kafka.brokers={}", common::edge::brokers()),
+        format!("kafka.brokers={}", common::kafka::brokers()),
         format!("kafka.topic={topic}"),
         format!("kafka.group_id=sink-{prefix}"),
         format!(
@@ -49,6 +49,10 @@ fn spawn_sink(topic: &str, prefix: &str, clickhouse: &str) -> Child {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
+)]
 async fn a_sink_killed_mid_stream_loses_nothing_after_restart() {
     const N: u64 = 3000;
     let topic = unique_topic("sigkill");
@@ -168,6 +172,10 @@ impl Drop for OwnClickHouse {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
+)]
 async fn clickhouse_stopped_mid_stream_is_waited_out() {
     let name = unique("outage");
     let server = OwnClickHouse::new(&name);

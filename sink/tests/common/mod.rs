@@ -1,20 +1,20 @@
-//! Helpers for the sink's integration tests: the real broker (shared with the edge's tests), the
-//! real ClickHouse server (`deploy/local/clickhouse.sh start`, `TEST_CLICKHOUSE_URL`,
+//! Helpers for the sink's integration tests: the real broker (the helpers shared with the edge's
+//! tests), the real ClickHouse server (`deploy/local/clickhouse.sh start`, `TEST_CLICKHOUSE_URL`,
 //! default http://127.0.0.1:8123), and an in-process sink. Every test uses its own topic, group
-//! and table prefix, so tests run in parallel.
+//! and table prefix, so tests run in parallel. The edge's end-to-end tests use them too.
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
-use pixelpipe_ingest::wire;
+use pixelpipe_common::wire;
 use pixelpipe_sink::SinkConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use tokio::sync::oneshot;
 
-#[path = "../../../ingest/tests/common/mod.rs"]
-pub mod edge;
+#[path = "../../../ingest/tests/common/kafka.rs"]
+pub mod kafka;
 
 pub fn clickhouse_url() -> String {
     std::env::var("TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
@@ -32,7 +32,7 @@ pub fn unique(test: &str) -> String {
 /// A sink config for a test: its own topic, group and table prefix; small batches written fast.
 pub fn sink_config(topic: &str, prefix: &str) -> SinkConfig {
     let mut c = SinkConfig::default();
-    c.kafka.brokers = edge::brokers();
+    c.kafka.brokers = kafka::brokers();
     c.kafka.topic = topic.to_owned();
     c.kafka.group_id = format!("sink-{prefix}");
     c.kafka.statistics_interval_ms = 500;
@@ -64,8 +64,8 @@ impl WithClickHouse for SinkConfig {
 
 /// Creates a test's topic and its dead-letter topic.
 pub async fn create_topics(topic: &str, partitions: i32) {
-    edge::create_topic(topic, partitions).await;
-    edge::create_topic(&format!("{topic}.dlq"), 1).await;
+    kafka::create_topic(topic, partitions).await;
+    kafka::create_topic(&format!("{topic}.dlq"), 1).await;
 }
 
 /// A ClickHouse client for assertions.
@@ -109,7 +109,7 @@ pub struct RunningSink {
 
 impl RunningSink {
     pub fn start(config: SinkConfig) -> RunningSink {
-        let admin = pixelpipe_ingest::server::bind("127.0.0.1:0".parse().unwrap(), 1, "admin")
+        let admin = pixelpipe_common::http::bind("127.0.0.1:0".parse().unwrap(), 1, "admin")
             .unwrap()
             .remove(0);
         let addr = admin.local_addr().unwrap();
@@ -145,7 +145,7 @@ impl RunningSink {
     /// One series' value from the sink's `/metrics`.
     pub async fn metric(&self, series: &str) -> f64 {
         let addr = self.admin;
-        let r = tokio::task::spawn_blocking(move || edge::http(addr, "GET", "/metrics", &[], b""))
+        let r = tokio::task::spawn_blocking(move || kafka::http(addr, "GET", "/metrics", &[], b""))
             .await
             .unwrap();
         let text = String::from_utf8(r.body).unwrap();
@@ -161,53 +161,7 @@ impl RunningSink {
     }
 }
 
-/// The whole pipeline for one test: its topics, an edge and a sink, and the table they fill.
-pub struct Pipeline {
-    pub edge: edge::RunningEdge,
-    pub sink: RunningSink,
-    pub url: String,
-    pub table: String,
-}
-
-impl Pipeline {
-    /// Creates `name`'s topics, starts an edge with `edge_config(topic)` and a sink, and waits
-    /// until the edge is ready.
-    pub async fn start(
-        name: &str,
-        partitions: i32,
-        edge_config: impl FnOnce(&str) -> pixelpipe_ingest::Config,
-    ) -> Pipeline {
-        Pipeline::start_with(name, partitions, edge_config, |_| {}).await
-    }
-
-    /// [`Pipeline::start`], with the sink's configuration adjusted by `sink`.
-    pub async fn start_with(
-        name: &str,
-        partitions: i32,
-        edge_config: impl FnOnce(&str) -> pixelpipe_ingest::Config,
-        sink: impl FnOnce(&mut SinkConfig),
-    ) -> Pipeline {
-        let topic = edge::unique_topic(name);
-        create_topics(&topic, partitions).await;
-        let prefix = format!("{}_", unique(name));
-        let edge = edge::RunningEdge::start(edge_config(&topic));
-        let mut sink_config = sink_config(&topic, &prefix);
-        sink(&mut sink_config);
-        let sink = RunningSink::start(sink_config);
-        assert!(
-            edge.wait_ready(true, Duration::from_secs(20)).await,
-            "edge never became ready"
-        );
-        Pipeline {
-            edge,
-            sink,
-            url: clickhouse_url(),
-            table: format!("pixelpipe.{prefix}hits"),
-        }
-    }
-}
-
-/// A valid hit for `site`, numbered `i`, encoded by the edge's own encoder.
+/// A valid hit for `site`, numbered `i`, encoded by the one wire encoder.
 pub fn encoded_hit(site: &str, i: u64) -> Vec<u8> {
     let json = format!(
         r#"{{"schema_version":1,"event_id":"{}","received_at_ms":{},"edge_id":"test","transport":"pixel",
@@ -226,7 +180,7 @@ pub fn encoded_hit(site: &str, i: u64) -> Vec<u8> {
 /// Produces raw payloads to `topic` and waits until Kafka has them all.
 pub fn produce(topic: &str, payloads: &[Vec<u8>]) {
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", edge::brokers())
+        .set("bootstrap.servers", kafka::brokers())
         .set("linger.ms", "5")
         .create()
         .unwrap();
@@ -254,7 +208,7 @@ pub fn read_raw(topic: &str, want: usize) -> Vec<RawMessage> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::{Headers, Message};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", edge::brokers())
+        .set("bootstrap.servers", kafka::brokers())
         .set("group.id", format!("raw-{topic}"))
         .set("auto.offset.reset", "earliest")
         .create()

@@ -2,7 +2,7 @@
 //!
 //! This module is the only owner of the wire format. The edge encodes with [`encode`], the sink
 //! decodes with [`decode`]; nobody else serialises a [`Hit`]. It does not know where a hit comes
-//! from (see `hit`) nor where it goes (see `batcher` and the sink).
+//! from (the edge's `hit` module) nor where it goes (the edge's batchers, the sink).
 //!
 //! The encoding is one JSON object per Kafka message, UTF-8, with a `schema_version` field. JSON is
 //! chosen over a binary format because any Kafka tool (`kcat`, a dead-letter replay, a second
@@ -25,10 +25,63 @@ pub const SCHEMA_VERSION: u16 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
-    /// `GET`/`HEAD /p.gif`: an image request from a page, email or ad.
+    /// `GET`/`HEAD /p.gif` (and `/c`): an image request from a page, email or ad.
     Pixel,
     /// `POST /collect`: a JSON body, typically from `navigator.sendBeacon`.
     Beacon,
+}
+
+impl Transport {
+    /// Every transport, in declaration order (`as usize` indexes it).
+    pub const ALL: [Transport; 2] = [Transport::Pixel, Transport::Beacon];
+
+    /// The name on the wire, in metric labels and in the `transport` column: `pixel`, `beacon`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Pixel => "pixel",
+            Transport::Beacon => "beacon",
+        }
+    }
+}
+
+/// The outcome of checking a URL's signature (the edge's `signing` module checks it). On the wire
+/// as `valid`, `invalid`, `expired` or `unknown_key`; an unsigned hit has no `signature` field at
+/// all, so [`Signature::Absent`] is never written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signature {
+    /// The URL has no `sig`: it is not signed at all.
+    Absent,
+    /// The MAC matches and the URL has not expired.
+    Valid,
+    /// Malformed or repeated signing parameters, or a MAC that does not match.
+    Invalid,
+    /// The MAC matches but `exp` is in the past.
+    Expired,
+    /// The URL names a key the ring does not hold (for example one retired by rotation).
+    UnknownKey,
+}
+
+impl Signature {
+    /// Every outcome, in declaration order (to pre-register metric labels).
+    pub const ALL: [Signature; 5] = [
+        Signature::Absent,
+        Signature::Valid,
+        Signature::Invalid,
+        Signature::Expired,
+        Signature::UnknownKey,
+    ];
+
+    /// The name on the wire, in metric labels and in the `signature` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signature::Absent => "absent",
+            Signature::Valid => "valid",
+            Signature::Invalid => "invalid",
+            Signature::Expired => "expired",
+            Signature::UnknownKey => "unknown_key",
+        }
+    }
 }
 
 /// One recorded hit, as produced to Kafka.
@@ -157,7 +210,7 @@ pub struct Hit {
     /// What the edge found when it checked the URL's signature (`kid`/`exp`/`sig`): `valid`,
     /// `invalid`, `expired` or `unknown_key`; absent when the URL was not signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<String>,
+    pub signature: Option<Signature>,
     /// When the email carrying this pixel was sent (`st=`, ms since the epoch). Only set when the
     /// URL's signature is valid, so a sender's clock can be trusted to flag opens that come too
     /// soon after sending to be a person.
@@ -217,26 +270,24 @@ pub fn decode(bytes: &[u8]) -> Result<Hit, WireError> {
     }
 }
 
-/// A complete hit for tests of other modules.
-#[cfg(test)]
-pub(crate) mod tests_support {
-    pub(crate) use super::tests::full_hit as sample_hit;
-}
-
-#[cfg(test)]
-mod tests {
+/// A complete hit, every field set, for tests and benches of other modules and crates (feature
+/// `test-util`).
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing {
     use super::*;
 
-    pub(crate) fn full_hit() -> Hit {
+    /// A hit with every field set to a plausible value.
+    pub fn sample_hit() -> Hit {
         Hit {
             schema_version: SCHEMA_VERSION,
-            event_id: Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8057").unwrap(),
+            event_id: Uuid::parse_str("01890a5d-ac96-774b-bcce-b302099a8057")
+                .expect("a valid UUID"),
             received_at_ms: 1_700_000_000_123,
             edge_id: "edge-1".into(),
             transport: Transport::Pixel,
             kind: "open".into(),
             site_id: "shop".into(),
-            client_ip: Some("2001:db8::1".parse().unwrap()),
+            client_ip: Some("2001:db8::1".parse().expect("an IPv6 address")),
             user_agent: Some("Mozilla/5.0".into()),
             referer: Some("https://shop.example/".into()),
             accept_language: Some("de-DE,de;q=0.9".into()),
@@ -272,12 +323,18 @@ mod tests {
             ip_hash: Some("00112233445566778899aabbccddeeff".into()),
             anonymized: true,
             opted_out: true,
-            signature: Some("valid".into()),
+            signature: Some(Signature::Valid),
             sent_at_ms: Some(1_699_999_990_000),
             unverified: true,
             cut_fields: 2,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::sample_hit as full_hit;
+    use super::*;
 
     #[test]
     fn round_trip_keeps_every_field() {
@@ -318,6 +375,48 @@ mod tests {
             matches!(err, WireError::UnsupportedVersion { found: 9 }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn signatures_keep_their_wire_strings() {
+        for (signature, text) in [
+            (Signature::Valid, "valid"),
+            (Signature::Invalid, "invalid"),
+            (Signature::Expired, "expired"),
+            (Signature::UnknownKey, "unknown_key"),
+        ] {
+            let mut hit = full_hit();
+            hit.signature = Some(signature);
+            let mut buf = Vec::new();
+            encode(&hit, &mut buf);
+            let json = std::str::from_utf8(&buf).unwrap();
+            assert!(json.contains(&format!(r#""signature":"{text}""#)), "{json}");
+            assert_eq!(signature.as_str(), text);
+            assert_eq!(decode(&buf).unwrap().signature, Some(signature));
+        }
+        let mut buf = Vec::new();
+        encode(&full_hit(), &mut buf);
+        let json = String::from_utf8(buf).unwrap();
+        let json = json.replace(r#""signature":"valid""#, r#""signature":"revoked""#);
+        assert!(
+            matches!(decode(json.as_bytes()), Err(WireError::Malformed(_))),
+            "an unknown outcome is not guessed"
+        );
+    }
+
+    #[test]
+    fn transports_keep_their_wire_strings() {
+        for t in Transport::ALL {
+            let mut hit = full_hit();
+            hit.transport = t;
+            let mut buf = Vec::new();
+            encode(&hit, &mut buf);
+            let json = std::str::from_utf8(&buf).unwrap();
+            assert!(
+                json.contains(&format!(r#""transport":"{}""#, t.as_str())),
+                "{json}"
+            );
+        }
     }
 
     #[test]

@@ -10,17 +10,51 @@
 //! kafka.properties.sasl.mechanisms=PLAIN` does the same. Text values are typed like the default at
 //! the same path, so a wrong one fails naming the setting and where it came from.
 //!
-//! This module reads and types values; validating them is each config struct's job.
+//! This module reads and types values and owns [`ConfigError`]; what a valid value is, is each
+//! config struct's own business ([`Validate`], usually a list of [`check`]s).
 
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-
 /// Prefix of the environment variables pixelpipe reads.
 pub const ENV_PREFIX: &str = "PIXELPIPE_";
+
+/// Why a configuration cannot be used. Every message names the setting or the file, so a
+/// process that refuses to start says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting has a value the process cannot run with.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Setting {
+        /// Dotted name of the setting, e.g. `kafka.linger_ms`.
+        setting: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The configuration file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file's path.
+        path: String,
+        /// What went wrong reading or parsing it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Setting`] naming `setting`.
+    pub fn setting(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Setting {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The result of loading or checking a configuration.
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 /// A configuration struct that can check itself once loaded.
 pub trait Validate {
@@ -47,7 +81,7 @@ pub fn check(ok: bool, setting: &str, reason: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::config(setting, reason))
+        Err(ConfigError::setting(setting, reason))
     }
 }
 
@@ -64,7 +98,7 @@ where
     let defaults = toml::Table::try_from(T::default()).expect("defaults serialise");
     let mut table = defaults.clone();
     if let Some(path) = file {
-        let file_err = |reason: String| Error::ConfigFile {
+        let file_err = |reason: String| ConfigError::File {
             path: path.display().to_string(),
             reason,
         };
@@ -83,7 +117,7 @@ where
     }
     toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| Error::config("config", e.message().to_owned()))
+        .map_err(|e: toml::de::Error| ConfigError::setting("config", e.message().to_owned()))
 }
 
 /// Deep-merges `over` into `base`: tables merge, everything else replaces.
@@ -135,7 +169,7 @@ fn set_path(
 ) -> Result<()> {
     let setting = path.join(".");
     let Some((last, parents)) = path.split_last() else {
-        return Err(Error::config(source, "names no setting"));
+        return Err(ConfigError::setting(source, "names no setting"));
     };
     let mut node = table;
     let mut default_node = Some(defaults);
@@ -144,7 +178,7 @@ fn set_path(
             .entry(part.clone())
             .or_insert_with(|| toml::Value::Table(Default::default()));
         let toml::Value::Table(next) = entry else {
-            return Err(Error::config(
+            return Err(ConfigError::setting(
                 setting,
                 format!("`{part}` is not a section (from {source})"),
             ));
@@ -154,8 +188,9 @@ fn set_path(
             .and_then(|d| d.get(part))
             .and_then(toml::Value::as_table);
     }
-    let bad =
-        |what: &str| Error::config(&setting, format!("{text:?} is not {what} (from {source})"));
+    let bad = |what: &str| {
+        ConfigError::setting(&setting, format!("{text:?} is not {what} (from {source})"))
+    };
     let value = match default_node.and_then(|d| d.get(last)) {
         Some(toml::Value::Integer(_)) => {
             toml::Value::Integer(text.trim().parse().map_err(|_| bad("a whole number"))?)
@@ -179,7 +214,7 @@ fn set_path(
             }
         }
         Some(toml::Value::Table(_)) => {
-            return Err(Error::config(
+            return Err(ConfigError::setting(
                 setting,
                 format!("is a section, not a value (from {source})"),
             ))

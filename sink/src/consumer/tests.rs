@@ -1,0 +1,372 @@
+//! The consumer loop's at-least-once rules, driven through its seams: a consumer and a writer that
+//! fail on demand and log what the loop did, in order.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pixelpipe_common::wire;
+
+use super::*;
+use crate::config::EnrichConfig;
+use crate::error::Error;
+use crate::row::BadMessage;
+
+/// What the loop did, as the fakes saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    /// A write failed.
+    WriteFailed,
+    /// A batch was stored: its commit offsets and its hit rows.
+    Written(Vec<(i32, i64)>, usize),
+    Paused(Vec<i32>),
+    Resumed(Vec<i32>),
+    Committed(Vec<(i32, i64)>),
+}
+
+/// A topic in memory: what is waiting per partition, who owns what, and the log.
+#[derive(Default)]
+struct Broker {
+    waiting: VecDeque<Message>,
+    /// Fetched just before a pause and handed out during it, as librdkafka may.
+    prefetched: VecDeque<Message>,
+    assigned: BTreeSet<i32>,
+    paused: BTreeSet<i32>,
+    revoked: Vec<i32>,
+    log: Vec<Event>,
+}
+
+type Shared = Arc<Mutex<Broker>>;
+
+fn log(shared: &Shared, event: Event) {
+    shared.lock().unwrap().log.push(event);
+}
+
+struct FakeConsumer(Shared);
+
+impl HitConsumer for FakeConsumer {
+    async fn recv(&self) -> Result<Message> {
+        loop {
+            {
+                let mut b = self.0.lock().unwrap();
+                if !b.paused.is_empty() {
+                    if let Some(m) = b.prefetched.pop_front() {
+                        return Ok(m);
+                    }
+                }
+                let Broker {
+                    waiting,
+                    assigned,
+                    paused,
+                    ..
+                } = &mut *b;
+                let next = waiting.iter().position(|m| {
+                    assigned.contains(&m.partition) && !paused.contains(&m.partition)
+                });
+                if let Some(m) = next.and_then(|i| waiting.remove(i)) {
+                    return Ok(m);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn assignment(&self) -> Result<Vec<i32>> {
+        Ok(self.0.lock().unwrap().assigned.iter().copied().collect())
+    }
+
+    fn pause(&self, partitions: &[i32]) -> Result<()> {
+        let mut b = self.0.lock().unwrap();
+        b.paused.extend(partitions);
+        b.log.push(Event::Paused(partitions.to_vec()));
+        Ok(())
+    }
+
+    fn resume(&self, partitions: &[i32]) -> Result<()> {
+        let mut b = self.0.lock().unwrap();
+        for p in partitions {
+            b.paused.remove(p);
+        }
+        b.log.push(Event::Resumed(partitions.to_vec()));
+        Ok(())
+    }
+
+    fn commit(&self, offsets: &[(i32, i64)]) -> Result<()> {
+        log(&self.0, Event::Committed(offsets.to_vec()));
+        Ok(())
+    }
+
+    fn take_revoked(&self) -> Vec<i32> {
+        std::mem::take(&mut self.0.lock().unwrap().revoked)
+    }
+
+    fn unsubscribe(&self) {}
+}
+
+/// Fails its next `failures` writes (transiently, as an outage does), or every write with an
+/// error no retry can fix; the failure numbered `revoke_on_failure` also takes a partition away,
+/// as a rebalance during an outage would.
+struct Writer {
+    shared: Shared,
+    failures: AtomicUsize,
+    fatal: AtomicBool,
+    revoke_on_failure: Option<(usize, i32)>,
+    failed: AtomicUsize,
+}
+
+impl Writer {
+    fn failing(shared: &Shared, failures: usize) -> Writer {
+        Writer {
+            shared: shared.clone(),
+            failures: AtomicUsize::new(failures),
+            fatal: AtomicBool::new(false),
+            revoke_on_failure: None,
+            failed: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl RowWriter for Writer {
+    async fn write(&self, batch: &Batch, _dedup_token: &str) -> Result<()> {
+        if self.fatal.load(Ordering::SeqCst) {
+            log(&self.shared, Event::WriteFailed);
+            return Err(Error::config("clickhouse.database", "no such database"));
+        }
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            let n = self.failed.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut b = self.shared.lock().unwrap();
+            if let Some((at, partition)) = self.revoke_on_failure {
+                if at == n {
+                    b.assigned.remove(&partition);
+                    b.revoked.push(partition);
+                }
+            }
+            b.log.push(Event::WriteFailed);
+            return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled));
+        }
+        log(
+            &self.shared,
+            Event::Written(batch.commit_offsets(), batch.hits.len()),
+        );
+        Ok(())
+    }
+}
+
+struct NoDeadLetters;
+
+impl DeadLetters for NoDeadLetters {
+    async fn send(&self, bad: &[BadMessage]) -> Result<()> {
+        assert!(bad.is_empty(), "these tests send only good hits");
+        Ok(())
+    }
+}
+
+/// A valid hit at `partition`/`offset`.
+fn message(partition: i32, offset: i64) -> Message {
+    let mut hit = wire::testing::sample_hit();
+    hit.event_id = uuid::Uuid::from_u128(((partition as u128) << 64) | offset as u128);
+    let mut payload = Vec::new();
+    wire::encode(&hit, &mut payload);
+    Message {
+        topic: "hits".into(),
+        partition,
+        offset,
+        payload,
+    }
+}
+
+/// A loop over the fakes that writes every `batch_rows` messages (never by age), retries after
+/// 10 to 20 ms, and gives a stuck batch up 100 ms into shutdown.
+struct Running {
+    shared: Shared,
+    metrics: Metrics,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+fn start(shared: &Shared, writer: Writer, batch_rows: usize) -> Running {
+    let mut config = SinkConfig::default();
+    config.kafka.topic = "hits".into();
+    config.batch.max_rows = batch_rows;
+    config.batch.max_age_ms = 3_600_000;
+    config.retry.initial_backoff_ms = 10;
+    config.retry.max_backoff_ms = 20;
+    config.retry.shutdown_timeout_ms = 100;
+    let metrics = Metrics::new();
+    let enricher = Enricher::new(&EnrichConfig {
+        ua_rules_path: no_ua_rules(),
+        ..EnrichConfig::default()
+    })
+    .unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let sink = Sink::new(
+        FakeConsumer(shared.clone()),
+        writer,
+        NoDeadLetters,
+        config,
+        metrics.clone(),
+        enricher,
+        stopped,
+    );
+    Running {
+        shared: shared.clone(),
+        metrics,
+        stop,
+        task: tokio::spawn(sink.run()),
+    }
+}
+
+impl Running {
+    /// Waits until the log holds `want` events, then stops the loop and returns its result and
+    /// the whole log.
+    async fn stop_after(self, want: usize) -> (Result<()>, Vec<Event>) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.shared.lock().unwrap().log.len() < want {
+            assert!(
+                Instant::now() < deadline,
+                "the loop did not get that far: {:?}",
+                self.shared.lock().unwrap().log
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let _ = self.stop.send(true);
+        let result = self.task.await.unwrap();
+        let log = self.shared.lock().unwrap().log.clone();
+        (result, log)
+    }
+}
+
+/// A rules file with no user-agent rules: these tests are not about enrichment, and compiling
+/// uap-core's thousand patterns in a debug build takes seconds.
+fn no_ua_rules() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("pixelpipe-no-ua-rules-{}.json", std::process::id()));
+        std::fs::write(
+            &path,
+            r#"{"user_agent_parsers":[],"os_parsers":[],"device_parsers":[]}"#,
+        )
+        .unwrap();
+        path.to_string_lossy().into_owned()
+    })
+    .clone()
+}
+
+fn broker(partitions: &[i32], messages: &[(i32, i64)]) -> Shared {
+    Arc::new(Mutex::new(Broker {
+        waiting: messages.iter().map(|(p, o)| message(*p, *o)).collect(),
+        assigned: partitions.iter().copied().collect(),
+        ..Broker::default()
+    }))
+}
+
+#[tokio::test]
+async fn offsets_are_committed_only_after_the_rows_are_stored() {
+    let shared = broker(&[0, 1], &[(0, 0), (0, 1), (1, 0)]);
+    let running = start(&shared, Writer::failing(&shared, 2), 3);
+    let (result, log) = running.stop_after(6).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::WriteFailed,
+            Event::Paused(vec![0, 1]),
+            Event::WriteFailed,
+            Event::Written(vec![(0, 2), (1, 1)], 3),
+            Event::Committed(vec![(0, 2), (1, 1)]),
+            Event::Resumed(vec![0, 1]),
+        ],
+        "the same rows are retried, committed once, and nothing is fetched meanwhile"
+    );
+}
+
+#[tokio::test]
+async fn rows_of_revoked_partitions_are_dropped_unwritten_and_not_committed() {
+    let shared = broker(&[0, 1], &[(0, 0), (1, 0), (0, 1), (1, 1)]);
+    let mut writer = Writer::failing(&shared, 2);
+    writer.revoke_on_failure = Some((2, 1));
+    let running = start(&shared, writer, 4);
+    let (result, log) = running.stop_after(6).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::WriteFailed,
+            Event::Paused(vec![0, 1]),
+            Event::WriteFailed,
+            Event::Written(vec![(0, 2)], 2),
+            Event::Committed(vec![(0, 2)]),
+            Event::Resumed(vec![0]),
+        ],
+        "partition 1's rows are its new owner's to read again from the last commit"
+    );
+}
+
+#[tokio::test]
+async fn messages_fetched_before_a_pause_start_the_next_batch() {
+    let shared = broker(&[0], &[(0, 0), (0, 1), (0, 3)]);
+    // Offset 2 was already fetched when the partition was paused; offset 3 was not.
+    shared.lock().unwrap().prefetched = [message(0, 2)].into();
+    let running = start(&shared, Writer::failing(&shared, 1), 2);
+    let (result, log) = running.stop_after(7).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::WriteFailed,
+            Event::Paused(vec![0]),
+            Event::Written(vec![(0, 2)], 2),
+            Event::Committed(vec![(0, 2)]),
+            Event::Resumed(vec![0]),
+            // Offset 2, handed out during the pause, was held: it starts the next batch, in order.
+            Event::Written(vec![(0, 4)], 2),
+            Event::Committed(vec![(0, 4)]),
+        ]
+    );
+    assert!(shared.lock().unwrap().prefetched.is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_not_stored_by_the_end_of_shutdown_is_abandoned_uncommitted() {
+    let shared = broker(&[0], &[(0, 0), (0, 1)]);
+    let running = start(&shared, Writer::failing(&shared, usize::MAX), 2);
+    let metrics = running.metrics.clone();
+    let (result, log) = running.stop_after(1).await;
+    result.unwrap();
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, Event::Written(..) | Event::Committed(_))),
+        "{log:?}"
+    );
+    assert!(metrics
+        .render()
+        .contains("pixelpipe_sink_batches_abandoned_total 1"));
+}
+
+#[tokio::test]
+async fn an_error_no_retry_can_fix_stops_the_loop_uncommitted() {
+    let shared = broker(&[0], &[(0, 0)]);
+    let writer = Writer::failing(&shared, 0);
+    writer.fatal.store(true, Ordering::SeqCst);
+    let running = start(&shared, writer, 1);
+    let (result, log) = running.stop_after(1).await;
+    let err = result.unwrap_err();
+    assert!(!err.retryable() && err.to_string().contains("clickhouse.database"));
+    assert_eq!(log, vec![Event::WriteFailed]);
+}
+
+#[test]
+fn backoff_grows_is_capped_and_jittered() {
+    for attempt in 1..30 {
+        let b = backoff(attempt, 200, 30_000).as_millis() as u64;
+        let full = (200u64 << (attempt - 1).min(20)).min(30_000);
+        assert!(
+            b >= full / 2 && b <= full,
+            "attempt {attempt}: {b} not in [{}, {full}]",
+            full / 2
+        );
+    }
+}
