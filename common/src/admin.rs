@@ -66,3 +66,53 @@ where
     };
     http::serve(listener, handler, settings, connections, stop).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn get(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_the_rendered_registry_and_nothing_else() {
+        let registry = Registry::new();
+        let c = prometheus::IntCounter::new("pixelpipe_test_things_total", "Things.").unwrap();
+        registry.register(Box::new(c.clone())).unwrap();
+        c.inc_by(3);
+        let listener = http::bind("127.0.0.1:0".parse().unwrap(), 1, "test")
+            .unwrap()
+            .remove(0);
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve_metrics(
+            listener,
+            move || render(&registry),
+            Duration::from_secs(1),
+            stopped,
+        ));
+        let answers = tokio::task::spawn_blocking(move || {
+            ["GET /metrics", "POST /metrics", "GET /other"].map(|line| {
+                get(
+                    addr,
+                    &format!("{line} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+                )
+            })
+        })
+        .await
+        .unwrap();
+        assert!(answers[0].starts_with("HTTP/1.1 200"), "{}", answers[0]);
+        assert!(answers[0].contains("text/plain; version=0.0.4"));
+        assert!(answers[0].contains("pixelpipe_test_things_total 3"));
+        assert!(answers[1].starts_with("HTTP/1.1 405"), "{}", answers[1]);
+        assert!(answers[2].starts_with("HTTP/1.1 404"), "{}", answers[2]);
+        stop.send(true).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

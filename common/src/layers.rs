@@ -226,3 +226,113 @@ fn set_path(
     node.insert(last.clone(), value);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Settings {
+        name: String,
+        net: Net,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Net {
+        port: u16,
+        tls: bool,
+        ports: Vec<u16>,
+        hosts: Vec<String>,
+        properties: BTreeMap<String, String>,
+    }
+
+    impl Default for Net {
+        fn default() -> Self {
+            Net {
+                port: 80,
+                tls: false,
+                ports: vec![1],
+                hosts: vec![],
+                properties: BTreeMap::new(),
+            }
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn setting_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Setting { setting, .. } => setting,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn later_layers_win_and_text_is_typed_like_the_default() {
+        let dir = std::env::temp_dir().join(format!("pp-layers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.toml");
+        std::fs::write(&file, "name = \"file\"\n[net]\nport = 81\ntls = true\n").unwrap();
+        let s: Settings = load(
+            Some(&file),
+            env(&[
+                ("PIXELPIPE_NET__PORT", "82"),
+                ("PIXELPIPE_NET__PORTS", "7, 8"),
+                ("PIXELPIPE_NET__HOSTS", "a,b"),
+                ("PIXELPIPE_NET__PROPERTIES__SASL_MECHANISMS", "PLAIN"),
+                ("PIXELPIPE_LOG", "debug"),
+                ("OTHER", "x"),
+            ]),
+            &[
+                ("name".into(), "123".into()),
+                ("net.properties.client.id".into(), "me".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.name, "123", "a string stays a string");
+        assert_eq!((s.net.port, s.net.tls), (82, true));
+        assert_eq!(s.net.ports, vec![7, 8]);
+        assert_eq!(s.net.hosts, vec!["a", "b"]);
+        assert_eq!(s.net.properties["sasl.mechanisms"], "PLAIN");
+        assert_eq!(s.net.properties["client.id"], "me");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_where_the_value_came_from() {
+        let e = load::<Settings>(None, env(&[("PIXELPIPE_NET__PORT", "x")]), &[]).unwrap_err();
+        assert!(e.to_string().contains("PIXELPIPE_NET__PORT"), "{e}");
+        assert_eq!(setting_of(e), "net.port");
+        let e = load::<Settings>(None, [], &[("net.tls".into(), "yes".into())]).unwrap_err();
+        assert_eq!(setting_of(e), "net.tls");
+        let e = load::<Settings>(None, [], &[("net".into(), "1".into())]).unwrap_err();
+        assert!(e.to_string().contains("section"), "{e}");
+        let e = load::<Settings>(None, [], &[("nope".into(), "1".into())]).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let e = load::<Settings>(Some(Path::new("/nonexistent/x.toml")), [], &[]).unwrap_err();
+        assert!(
+            matches!(&e, ConfigError::File { path, .. } if path == "/nonexistent/x.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn check_names_the_setting() {
+        assert_eq!(check(true, "a.b", "why"), Ok(()));
+        assert_eq!(
+            check(false, "a.b", "must be at least 1")
+                .unwrap_err()
+                .to_string(),
+            "invalid setting `a.b`: must be at least 1"
+        );
+    }
+}
