@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client_ip::TrustedProxies;
 use crate::geo::GeoConfig;
+pub use crate::hit::LimitsConfig;
 use crate::links::LinksConfig;
 use crate::privacy::PrivacyConfig;
 
@@ -82,21 +83,6 @@ pub enum RuntimeLayout {
     /// `worker_threads` single-threaded runtimes, each with its own `SO_REUSEPORT` socket on the
     /// same port; the kernel spreads connections, and no task ever moves between threads.
     PerCore,
-}
-
-/// Bounds on what one hit may carry. What is cut is counted, never silently lost.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Longest query string; a longer one makes the hit invalid (`query_too_long`). Default 8192.
-    pub max_query_bytes: usize,
-    /// Parameters read per hit; the rest are cut (`too_many_params`). Default 64.
-    pub max_params: usize,
-    /// Longest parameter name; longer ones are cut (`key_too_long`). Default 64.
-    pub max_key_bytes: usize,
-    /// Longest parameter or header value; longer ones are shortened at a character boundary
-    /// (`value_too_long`). Default 2048.
-    pub max_value_bytes: usize,
 }
 
 /// The bounded channel between request handlers and batcher threads.
@@ -203,17 +189,6 @@ impl Default for HttpConfig {
             trusted_proxies: Vec::new(),
             worker_threads: 0,
             runtime_layout: RuntimeLayout::MultiThread,
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_query_bytes: 8192,
-            max_params: 64,
-            max_key_bytes: 64,
-            max_value_bytes: 2048,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! field is cut, or a valid hit is dropped.
 //!
 //! Pure and synchronous: no I/O, no locks, nothing awaited, so it runs on the request path and is
-//! tested without sockets. It does not decide what happens to a finished hit (see `queue`) nor
+//! tested without sockets. The `[limits]` settings it applies are its own ([`LimitsConfig`]), as
+//! `[privacy]` is `privacy`'s. It does not decide what happens to a finished hit (see `queue`) nor
 //! how it is encoded (see `wire`).
 //!
 //! Policy for bad input (documented in `docs/hits.md`): a *field* that cannot be read (bad
@@ -14,12 +15,38 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use hyper::header::{HeaderMap, HeaderName, ACCEPT_LANGUAGE, HOST, REFERER, USER_AGENT};
+use serde::{Deserialize, Serialize};
 use uuid::{NoContext, Timestamp, Uuid};
 
-use crate::config::LimitsConfig;
 use crate::form;
 use crate::params;
 use crate::wire::{Hit, Signature, Transport, SCHEMA_VERSION};
+
+/// Bounds on what one hit may carry. What is cut is counted, never silently lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest query string; a longer one makes the hit invalid (`query_too_long`). Default 8192.
+    pub max_query_bytes: usize,
+    /// Parameters read per hit; the rest are cut (`too_many_params`). Default 64.
+    pub max_params: usize,
+    /// Longest parameter name; longer ones are cut (`key_too_long`). Default 64.
+    pub max_key_bytes: usize,
+    /// Longest parameter or header value; longer ones are shortened at a character boundary
+    /// (`value_too_long`). Default 2048.
+    pub max_value_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_query_bytes: 8192,
+            max_params: 64,
+            max_key_bytes: 64,
+            max_value_bytes: 2048,
+        }
+    }
+}
 
 /// The kind a hit gets when it names none.
 pub const DEFAULT_KIND: &str = "pageview";
@@ -610,7 +637,7 @@ pub fn apply_json_object(
     for (key, value) in object {
         match (key.as_str(), value) {
             (_, Value::Null) => {}
-            ("props", Value::Object(props)) => {
+            (params::PROPS, Value::Object(props)) => {
                 for (pk, pv) in props {
                     match (pv, scalar(pv)) {
                         (Value::Null, _) => {}

@@ -242,15 +242,15 @@ impl Links {
                 ));
             }
         }
-        let mut params: Vec<(String, String)> = vec![(params::SITE.into(), req.site.clone())];
+        let mut pairs: Vec<(String, String)> = vec![(params::SITE.into(), req.site.clone())];
         if let Some(kind) = &req.kind {
-            params.push((params::KIND.into(), kind.clone()));
+            pairs.push((params::KIND.into(), kind.clone()));
         }
-        params.extend(req.params.iter().cloned());
+        pairs.extend(req.params.iter().cloned());
         let path = match &req.click_target {
             Some(target) => {
                 parse_target(target).map_err(|e| format!("click target: {e}"))?;
-                params.push((params::TARGET.into(), target.clone()));
+                pairs.push((params::TARGET.into(), target.clone()));
                 "/c"
             }
             None => "/p.gif",
@@ -259,7 +259,7 @@ impl Links {
             if !req.sign {
                 return Err("a send time is only trusted when signed: add --sign".into());
             }
-            params.push((params::SENT_AT.into(), sent.to_string()));
+            pairs.push((params::SENT_AT.into(), sent.to_string()));
         }
         if req.sign {
             if self.config.keys.is_empty() {
@@ -279,12 +279,12 @@ impl Links {
                 (None, k) => k.to_owned(),
             };
             self.keyring
-                .sign_params(&key, path, &mut params, req.expires_at_unix_secs)
+                .sign_params(&key, path, &mut pairs, req.expires_at_unix_secs)
                 .map_err(|e| e.to_string())?;
         } else if req.expires_at_unix_secs.is_some() {
             return Err("an expiry only means something on a signed URL: add --sign".into());
         }
-        Ok(form::url(&req.base_url, path, &params))
+        Ok(form::url(&req.base_url, path, &pairs))
     }
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use pixelpipe_common::process;
 use pixelpipe_ingest::links::{img_tag, LinkRequest, Links};
+use pixelpipe_ingest::params;
 use pixelpipe_ingest::{run, Config, Listeners, RuntimeLayout};
 
 /// The pixelpipe edge: serves tracking pixels and produces the hits to Kafka.
@@ -106,16 +107,16 @@ fn build_url(config: &Config, a: UrlArgs) -> Result<String, String> {
                 .map_err(|_| format!("--sent-at {s:?}: Unix seconds or `now`"))?,
         ),
     };
-    let mut params = Vec::new();
-    params.extend(a.campaign.map(|c| ("campaign".to_owned(), c)));
-    params.extend(a.msg.map(|m| ("msg".to_owned(), m)));
-    params.extend(a.params);
+    let mut pairs = Vec::new();
+    pairs.extend(a.campaign.map(|c| (params::CAMPAIGN.to_owned(), c)));
+    pairs.extend(a.msg.map(|m| (params::MESSAGE_ID.to_owned(), m)));
+    pairs.extend(a.params);
     let links = Links::new(&config.links).map_err(|e| e.to_string())?;
     let url = links.build(&LinkRequest {
         base_url: a.base,
         site: a.site,
         kind: a.kind,
-        params,
+        params: pairs,
         click_target: a.click,
         sign: a.sign,
         key_id: a.key_id,

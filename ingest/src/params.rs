@@ -44,6 +44,9 @@ pub const MESSAGE_ID: &str = "msg";
 pub const VALUE: &str = "value";
 /// ISO 4217 code of `value`.
 pub const CURRENCY: &str = "currency";
+/// `/collect` only: an object of custom properties, kept as properties even where a name is one
+/// of the above.
+pub const PROPS: &str = "props";
 /// Cache buster: read and not stored, never signed.
 pub const CACHE_BUSTER: &str = "cb";
 /// Cache buster as jQuery and others add it: read and not stored, never signed.

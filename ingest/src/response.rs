@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{self, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{self, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 
 pub use pixelpipe_common::http::{text, ResponseBody};
@@ -90,37 +90,32 @@ pub fn error(e: RequestError) -> Response<ResponseBody> {
 
 /// The pixel response: static bytes and headers that stop every cache from answering for us.
 pub fn gif() -> Response<ResponseBody> {
-    let mut r = Response::new(Full::new(Bytes::from_static(PIXEL_GIF)));
-    let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("image/gif"));
-    h.insert(CONTENT_LENGTH, HeaderValue::from_static("43"));
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store, no-cache, must-revalidate, max-age=0"),
-    );
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    h.insert(header::EXPIRES, HeaderValue::from_static("0"));
-    r
+    with_headers(
+        Response::new(Full::new(Bytes::from_static(PIXEL_GIF))),
+        [
+            (CONTENT_TYPE, "image/gif"),
+            (CONTENT_LENGTH, "43"),
+            (
+                header::CACHE_CONTROL,
+                "no-store, no-cache, must-revalidate, max-age=0",
+            ),
+            (header::PRAGMA, "no-cache"),
+            (header::EXPIRES, "0"),
+        ],
+    )
 }
 
 /// `GET /px.js`: the page snippet. Browsers may cache it for an hour; it changes only with the
 /// edge's version.
 pub fn script() -> Response<ResponseBody> {
-    let mut r = Response::new(Full::new(Bytes::from_static(SNIPPET_JS.as_bytes())));
-    let h = r.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    r
+    with_headers(
+        Response::new(Full::new(Bytes::from_static(SNIPPET_JS.as_bytes()))),
+        [
+            (CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+    )
 }
 
 /// `302 Found` to `location`, never cached; `None` when `location` cannot be a header value.
@@ -175,24 +170,27 @@ pub fn empty(status: StatusCode) -> Response<ResponseBody> {
 }
 
 /// `r` with the CORS headers `/collect` answers with: any origin may `POST` JSON to it.
-pub fn cors(mut r: Response<ResponseBody>) -> Response<ResponseBody> {
+pub fn cors(r: Response<ResponseBody>) -> Response<ResponseBody> {
+    with_headers(
+        r,
+        [
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "POST, OPTIONS"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type"),
+            (header::ACCESS_CONTROL_MAX_AGE, "86400"),
+        ],
+    )
+}
+
+/// `r` with static headers set, in order.
+fn with_headers<const N: usize>(
+    mut r: Response<ResponseBody>,
+    headers: [(HeaderName, &'static str); N],
+) -> Response<ResponseBody> {
     let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("86400"),
-    );
+    for (name, value) in headers {
+        h.insert(name, HeaderValue::from_static(value));
+    }
     r
 }
 

@@ -395,6 +395,13 @@ mod links {
         url.strip_prefix("http://px.test").unwrap().to_owned()
     }
 
+    fn now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
     fn link(site: &str) -> LinkRequest {
         LinkRequest {
             site: site.into(),
@@ -555,10 +562,7 @@ mod links {
     async fn signatures_are_checked_and_send_times_believed_only_when_valid() {
         let config = links_config();
         let f = fixture(config.clone(), 64);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = now_secs();
         let open = LinkRequest {
             kind: Some("open".into()),
             params: vec![("msg".into(), "m-1".into())],
@@ -599,10 +603,7 @@ mod links {
     async fn a_signed_url_cannot_be_reshaped_by_its_holder() {
         let config = links_config();
         let f = fixture(config.clone(), 64);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = now_secs();
         let open = signed(
             &config,
             LinkRequest {
