@@ -5,7 +5,7 @@
 //! request ─► service (parse, build Hit) ─► queue (bounded channel, try_send) ─► batcher threads
 //!    ▲                                        │ full: counted, GIF still served      │ encode (wire)
 //!    └──────── 43-byte GIF, never waits ──────┘                                      ▼
-//!                                                    produce::HitProducer ◄─ kafka (ThreadedProducer)
+//!                                     produce::HitProducer = kafka (ThreadedProducer, delivery callback)
 //! ```
 //!
 //! [`run`] wires the parts together and owns the shutdown order; `main.rs` only parses the
