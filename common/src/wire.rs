@@ -11,7 +11,10 @@
 //! Absent optional fields are left out rather than written as `null`.
 //!
 //! Compatibility rule: adding an optional field keeps the version; removing or changing the meaning
-//! of a field bumps [`SCHEMA_VERSION`], and a decoder rejects versions it does not know.
+//! of a field bumps [`SCHEMA_VERSION`], and a decoder rejects versions it does not know. The
+//! enumerated fields (`transport`, `signature`) are read strictly: a value this build does not know
+//! makes the message undecodable, so it is dead-lettered (and replayable) rather than stored as
+//! something it is not. A new value therefore reaches the sinks before any edge writes it.
 
 use std::net::IpAddr;
 
@@ -20,6 +23,19 @@ use uuid::Uuid;
 
 /// The schema version this build writes and the only one it reads.
 pub const SCHEMA_VERSION: u16 = 1;
+
+/// The kinds (`Hit::kind`) the pipeline itself gives a meaning to. Any other valid name is a
+/// custom kind, stored and counted like these.
+pub mod kind {
+    /// A page view: the kind of a hit that names none.
+    pub const PAGEVIEW: &str = "pageview";
+    /// An email open; opens too soon after a signed send time are classed as machines.
+    pub const OPEN: &str = "open";
+    /// A click through `GET /c`, when the click names no kind.
+    pub const CLICK: &str = "click";
+    /// A conversion; a site may require conversions to be signed.
+    pub const CONVERSION: &str = "conversion";
+}
 
 /// How the hit reached the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use uuid::{NoContext, Timestamp, Uuid};
 
 use crate::form;
 use crate::params;
-use crate::wire::{Hit, Signature, Transport, SCHEMA_VERSION};
+use crate::wire::{kind, Hit, Signature, Transport, SCHEMA_VERSION};
 
 /// Bounds on what one hit may carry. What is cut is counted, never silently lost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,11 +49,7 @@ impl Default for LimitsConfig {
 }
 
 /// The kind a hit gets when it names none.
-pub const DEFAULT_KIND: &str = "pageview";
-/// The kind of a hit recorded by `GET /c` that names none.
-pub const CLICK_KIND: &str = "click";
-/// The kind whose hits a site may require to be signed (`links.unsigned_conversions`).
-pub const CONVERSION_KIND: &str = "conversion";
+pub const DEFAULT_KIND: &str = kind::PAGEVIEW;
 
 /// Why a hit was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -162,9 +162,7 @@ pub async fn run_with_producer(
                     .collect();
                 tokio::spawn(async move {
                     for t in tasks {
-                        t.await.map_err(|e| {
-                            http::IoError::new("server task", std::io::Error::other(e.to_string()))
-                        })??;
+                        join(t).await?;
                     }
                     Ok(())
                 })
@@ -244,8 +242,10 @@ async fn reload_geo(geo: Arc<geo::Geo>, metrics: Metrics, mut stop: watch::Recei
     }
 }
 
-async fn join(task: tokio::task::JoinHandle<Result<(), http::IoError>>) -> Result<()> {
-    Ok(task
-        .await
-        .map_err(|e| Error::io("server task", std::io::Error::other(e.to_string())))??)
+/// Waits for a server task; a panic in it is reported as an I/O error of the task.
+async fn join(
+    task: tokio::task::JoinHandle<Result<(), http::IoError>>,
+) -> Result<(), http::IoError> {
+    task.await
+        .map_err(|e| http::IoError::new("server task", std::io::Error::other(e.to_string())))?
 }

@@ -13,11 +13,11 @@ use pixelpipe_common::layers::{check, ConfigError};
 use serde::{Deserialize, Serialize};
 
 use crate::form;
-use crate::hit::{DropReason, CONVERSION_KIND};
+use crate::hit::DropReason;
 use crate::params;
 use crate::redirect::{host_allowed, parse_target, Target, TargetError};
 use crate::signing::Keyring;
-use crate::wire::{Hit, Signature};
+use crate::wire::{kind, Hit, Signature};
 
 /// Parameters [`Links::build`] sets itself (or that are never signed), so a caller cannot pass them
 /// as plain parameters.
@@ -196,7 +196,7 @@ impl Links {
     /// signature is kept (`accept`), kept with `unverified` set (`flag`), or refused with
     /// [`DropReason::UnsignedConversion`] (`drop`). Every other hit passes untouched.
     pub fn admit(&self, hit: &mut Hit) -> Result<(), DropReason> {
-        if hit.kind != CONVERSION_KIND || hit.signature == Some(Signature::Valid) {
+        if hit.kind != kind::CONVERSION || hit.signature == Some(Signature::Valid) {
             return Ok(());
         }
         match self.conversion_policy(&hit.site_id) {
@@ -304,6 +304,9 @@ pub enum ClickRefusal {
     /// The click is not a valid hit (no site, or a bad kind): it would be recorded nowhere, so it
     /// is not an untracked way through the edge either.
     InvalidHit,
+    /// The target cannot be a `Location` header value. `redirect::parse_target` admits printable
+    /// ASCII only, so this is not expected; it is counted as a bad character if it ever happens.
+    NotAHeaderValue,
 }
 
 impl ClickRefusal {
@@ -324,6 +327,7 @@ impl ClickRefusal {
             ClickRefusal::BadSignature => "bad_signature",
             ClickRefusal::QueryTooLong => "query_too_long",
             ClickRefusal::InvalidHit => "invalid_hit",
+            ClickRefusal::NotAHeaderValue => "bad_character",
         }
     }
 }
@@ -340,6 +344,7 @@ impl fmt::Display for ClickRefusal {
             }
             ClickRefusal::QueryTooLong => f.write_str("the query is too long"),
             ClickRefusal::InvalidHit => f.write_str("the click has no valid site or kind"),
+            ClickRefusal::NotAHeaderValue => f.write_str("the target cannot be a header value"),
         }
     }
 }
@@ -619,6 +624,23 @@ mod tests {
             links.check_click(Some("strict"), &allowed, None),
             Err(ClickRefusal::NotAllowed),
             "the site's own (empty) list"
+        );
+    }
+
+    #[test]
+    fn refusal_labels_are_the_listed_ones() {
+        let policy = [
+            ClickRefusal::NotAllowed,
+            ClickRefusal::BadSignature,
+            ClickRefusal::QueryTooLong,
+            ClickRefusal::InvalidHit,
+        ]
+        .map(|r| r.as_str());
+        assert_eq!(policy, ClickRefusal::POLICY_REASONS);
+        assert!(TargetError::REASONS.contains(&ClickRefusal::NotAHeaderValue.as_str()));
+        assert_eq!(
+            ClickRefusal::Target(TargetError::NotHttp).as_str(),
+            TargetError::NotHttp.as_str()
         );
     }
 

@@ -267,30 +267,30 @@ impl Privacy {
                 DropReason::Optout,
             ),
         ];
-        // The strongest answer of the signals present; the first named wins a tie.
-        let mut strongest: Option<(SignalPolicy, DropReason)> = None;
-        for (present, policy, reason) in signals {
-            if present && policy > strongest.map_or(SignalPolicy::Ignore, |s| s.0) {
-                strongest = Some((policy, reason));
-            }
+        // The strongest answer wins: a drop over anonymising, and the first signal named gives a
+        // drop its reason.
+        let answered = |answer: SignalPolicy| {
+            signals
+                .iter()
+                .find(|(present, policy, _)| *present && *policy == answer)
+                .map(|(_, _, reason)| *reason)
+        };
+        if let Some(reason) = answered(SignalPolicy::Drop) {
+            return Verdict::Drop(reason);
         }
-        match strongest {
-            Some((SignalPolicy::Drop, reason)) => return Verdict::Drop(reason),
-            Some((SignalPolicy::Anonymous, _)) => {
-                hit.visitor_id = None;
-                hit.client_ip = None;
-                hit.ip_hash = None;
-                hit.user_id = None;
-                hit.user_agent = None;
-                // The country stays (it identifies no one); finer places and the network go.
-                hit.geo_region = None;
-                hit.geo_city = None;
-                hit.asn = None;
-                hit.as_org = None;
-                hit.anonymized = true;
-                return Verdict::Keep;
-            }
-            Some((SignalPolicy::Ignore, _)) | None => {}
+        if answered(SignalPolicy::Anonymous).is_some() {
+            hit.visitor_id = None;
+            hit.client_ip = None;
+            hit.ip_hash = None;
+            hit.user_id = None;
+            hit.user_agent = None;
+            // The country stays (it identifies no one); finer places and the network go.
+            hit.geo_region = None;
+            hit.geo_city = None;
+            hit.asn = None;
+            hit.as_org = None;
+            hit.anonymized = true;
+            return Verdict::Keep;
         }
         let Some(ip) = hit.client_ip else {
             return Verdict::Keep;

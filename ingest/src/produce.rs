@@ -46,17 +46,6 @@ pub enum DeliveryFailure {
 }
 
 impl DeliveryFailure {
-    /// Every reason, in declaration order.
-    pub const ALL: [DeliveryFailure; 7] = [
-        DeliveryFailure::TimedOut,
-        DeliveryFailure::Purged,
-        DeliveryFailure::TooLarge,
-        DeliveryFailure::UnknownTopic,
-        DeliveryFailure::NotAuthorized,
-        DeliveryFailure::QueueFull,
-        DeliveryFailure::Other,
-    ];
-
     /// Metric label value.
     pub fn as_str(self) -> &'static str {
         match self {

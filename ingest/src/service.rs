@@ -20,14 +20,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpConfig, LimitsConfig};
 use crate::error::Error;
-use crate::hit::{apply_json_object, apply_query, Draft, InvalidReason, RequestMeta, CLICK_KIND};
+use crate::hit::{apply_json_object, apply_query, Draft, InvalidReason, RequestMeta};
 use crate::links::{ClickRefusal, Links};
 use crate::metrics::{Metrics, Route};
 use crate::produce::SharedProducer;
 use crate::queue::HitQueue;
-use crate::redirect::{parse_target, TargetError};
+use crate::redirect::parse_target;
 use crate::response::{self, RequestError, ResponseBody};
-use crate::wire::{Signature, Transport};
+use crate::wire::{kind, Signature, Transport};
 use pixelpipe_common::layers::ConfigError;
 
 /// Shared state of the public routes.
@@ -144,17 +144,14 @@ impl Edge {
         self.links
             .check_click(draft.site(), &target, signature)
             .map_err(|refusal| self.refuse_click(refusal))?;
-        draft.default_kind(CLICK_KIND);
+        draft.default_kind(kind::CLICK);
         if !self.finish(draft) {
             // Counted as invalid by `finish`; a redirect with no record would be an untracked
             // way through the edge.
             return Err(self.refuse_click(ClickRefusal::InvalidHit));
         }
-        // `parse_target` admits printable ASCII only, so this cannot fail; if it ever did, the
-        // target would not be a valid header value, which is a bad character.
-        response::redirect(&target.url).ok_or_else(|| {
-            self.refuse_click(ClickRefusal::Target(TargetError::BadCharacter { at: 0 }))
-        })
+        response::redirect(&target.url)
+            .ok_or_else(|| self.refuse_click(ClickRefusal::NotAHeaderValue))
     }
 
     fn refuse_click(&self, refusal: ClickRefusal) -> RequestError {

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use pixelpipe_common::wire::Hit;
+use pixelpipe_common::wire::{kind, Hit};
 use serde::{Serialize, Serializer};
 use ua_parser::Extractor;
 
@@ -255,7 +255,7 @@ impl Enricher {
         }
         // Only an email open can come too soon after sending; a click or conversion URL carrying
         // the same send time says nothing about how fast a person reads.
-        if hit.kind == "open"
+        if hit.kind == kind::OPEN
             && hit
                 .sent_at_ms
                 .is_some_and(|sent| hit.received_at_ms.saturating_sub(sent) < self.machine_open_ms)

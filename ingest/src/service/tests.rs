@@ -350,6 +350,7 @@ async fn optout_and_optin_set_and_clear_the_cookie_that_hits_carry() {
 mod links {
     use super::*;
     use crate::links::{ConversionPolicy, LinkRequest, LinksConfig, SiteLinks};
+    use crate::redirect::TargetError;
 
     fn links_config() -> Config {
         let mut c = Config {

@@ -1,5 +1,5 @@
-//! The consumer loop's at-least-once rules, driven through its seams: a consumer and a writer that
-//! fail on demand and log what the loop did, in order.
+//! The consumer loop's at-least-once rules, driven through its seams: a consumer, a writer and a
+//! dead-letter topic that fail on demand and log what the loop did, in order.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +19,10 @@ enum Event {
     WriteFailed,
     /// A batch was stored: its commit offsets and its hit rows.
     Written(Vec<(i32, i64)>, usize),
+    /// Sending bad messages to the dead-letter topic failed.
+    DeadLettersFailed,
+    /// Bad messages (this many) are on the dead-letter topic.
+    DeadLettered(usize),
     Paused(Vec<i32>),
     Resumed(Vec<i32>),
     Committed(Vec<(i32, i64)>),
@@ -105,13 +109,21 @@ impl HitConsumer for FakeConsumer {
 
 /// Fails its next `failures` writes (transiently, as an outage does), or every write with an
 /// error no retry can fix; the failure numbered `revoke_on_failure` also takes a partition away,
-/// as a rebalance during an outage would.
+/// as a rebalance during an outage would, and so does a write that succeeds with
+/// `revoke_on_success`, as a rebalance during a slow insert would.
 struct Writer {
     shared: Shared,
     failures: AtomicUsize,
     fatal: AtomicBool,
     revoke_on_failure: Option<(usize, i32)>,
+    revoke_on_success: Option<i32>,
     failed: AtomicUsize,
+}
+
+/// Takes a partition from this consumer, as a rebalance does.
+fn revoke(b: &mut Broker, partition: i32) {
+    b.assigned.remove(&partition);
+    b.revoked.push(partition);
 }
 
 impl Writer {
@@ -121,6 +133,7 @@ impl Writer {
             failures: AtomicUsize::new(failures),
             fatal: AtomicBool::new(false),
             revoke_on_failure: None,
+            revoke_on_success: None,
             failed: AtomicUsize::new(0),
         }
     }
@@ -139,26 +152,40 @@ impl RowWriter for Writer {
             let mut b = self.shared.lock().unwrap();
             if let Some((at, partition)) = self.revoke_on_failure {
                 if at == n {
-                    b.assigned.remove(&partition);
-                    b.revoked.push(partition);
+                    revoke(&mut b, partition);
                 }
             }
             b.log.push(Event::WriteFailed);
             return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled));
         }
-        log(
-            &self.shared,
-            Event::Written(batch.commit_offsets(), batch.hits.len()),
-        );
+        let mut b = self.shared.lock().unwrap();
+        b.log
+            .push(Event::Written(batch.commit_offsets(), batch.hits.len()));
+        if let Some(partition) = self.revoke_on_success {
+            revoke(&mut b, partition);
+        }
         Ok(())
     }
 }
 
-struct NoDeadLetters;
+/// A dead-letter topic that fails its next `failures` sends.
+struct Letters {
+    shared: Shared,
+    failures: AtomicUsize,
+}
 
-impl DeadLetters for NoDeadLetters {
+impl DeadLetters for Letters {
     async fn send(&self, bad: &[BadMessage]) -> Result<()> {
-        assert!(bad.is_empty(), "these tests send only good hits");
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            log(&self.shared, Event::DeadLettersFailed);
+            return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled));
+        }
+        log(&self.shared, Event::DeadLettered(bad.len()));
         Ok(())
     }
 }
@@ -187,6 +214,16 @@ struct Running {
 }
 
 fn start(shared: &Shared, writer: Writer, batch_rows: usize) -> Running {
+    start_with(shared, writer, 0, batch_rows)
+}
+
+/// [`start`], with a dead-letter topic that fails its first `dead_letter_failures` sends.
+fn start_with(
+    shared: &Shared,
+    writer: Writer,
+    dead_letter_failures: usize,
+    batch_rows: usize,
+) -> Running {
     let mut config = SinkConfig::default();
     config.kafka.topic = "hits".into();
     config.batch.max_rows = batch_rows;
@@ -204,7 +241,10 @@ fn start(shared: &Shared, writer: Writer, batch_rows: usize) -> Running {
     let sink = Sink::new(
         FakeConsumer(shared.clone()),
         writer,
-        NoDeadLetters,
+        Letters {
+            shared: shared.clone(),
+            failures: AtomicUsize::new(dead_letter_failures),
+        },
         config,
         metrics.clone(),
         enricher,
@@ -222,8 +262,14 @@ impl Running {
     /// Waits until the log holds `want` events, then stops the loop and returns its result and
     /// the whole log.
     async fn stop_after(self, want: usize) -> (Result<()>, Vec<Event>) {
+        self.stop_when(|b| b.log.len() >= want).await
+    }
+
+    /// Waits until `ready` holds of the fakes' state, then stops the loop and returns its result
+    /// and the whole log. Fails (rather than hangs) when either takes more than 20 s.
+    async fn stop_when(self, ready: impl Fn(&Broker) -> bool) -> (Result<()>, Vec<Event>) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.shared.lock().unwrap().log.len() < want {
+        while !ready(&self.shared.lock().unwrap()) {
             assert!(
                 Instant::now() < deadline,
                 "the loop did not get that far: {:?}",
@@ -232,7 +278,15 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let _ = self.stop.send(true);
-        let result = self.task.await.unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the loop did not stop: {:?}",
+                    self.shared.lock().unwrap().log
+                )
+            })
+            .unwrap();
         let log = self.shared.lock().unwrap().log.clone();
         (result, log)
     }
@@ -356,6 +410,63 @@ async fn an_error_no_retry_can_fix_stops_the_loop_uncommitted() {
     let err = result.unwrap_err();
     assert!(!err.retryable() && err.to_string().contains("clickhouse.database"));
     assert_eq!(log, vec![Event::WriteFailed]);
+}
+
+#[tokio::test]
+async fn a_bad_message_is_committed_only_once_the_dead_letter_topic_has_it() {
+    let shared = broker(&[0], &[(0, 0)]);
+    let mut bad = message(0, 1);
+    bad.payload = b"not a hit".to_vec();
+    shared.lock().unwrap().waiting.push_back(bad);
+    let running = start_with(&shared, Writer::failing(&shared, 0), 1, 2);
+    let (result, log) = running.stop_after(6).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::DeadLettersFailed,
+            Event::Paused(vec![0]),
+            Event::DeadLettered(1),
+            Event::Written(vec![(0, 2)], 1),
+            Event::Committed(vec![(0, 2)]),
+            Event::Resumed(vec![0]),
+        ],
+        "no row is written or offset committed before the dead letter is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_partition_revoked_while_its_rows_were_written_is_not_committed() {
+    let shared = broker(&[0, 1], &[(0, 0), (1, 0)]);
+    let mut writer = Writer::failing(&shared, 0);
+    writer.revoke_on_success = Some(1);
+    let running = start(&shared, writer, 2);
+    let (result, log) = running.stop_after(2).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::Written(vec![(0, 1), (1, 1)], 2),
+            // Partition 1's new owner reads its row again; the table folds the duplicate.
+            Event::Committed(vec![(0, 1)]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_batch_in_hand_is_written_and_committed_at_shutdown() {
+    let shared = broker(&[0], &[(0, 0), (0, 1)]);
+    // Never full, never old enough: only stopping writes it.
+    let running = start(&shared, Writer::failing(&shared, 0), 100);
+    let (result, log) = running.stop_when(|b| b.waiting.is_empty()).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::Written(vec![(0, 2)], 2),
+            Event::Committed(vec![(0, 2)]),
+        ]
+    );
 }
 
 #[test]
