@@ -34,7 +34,7 @@ pub enum IpMode {
 }
 
 /// The answer to a privacy signal (`Sec-GPC: 1`, `DNT: 1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignalPolicy {
     /// Treat the hit like any other.
