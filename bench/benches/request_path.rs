@@ -6,8 +6,6 @@
 // Set-up failures in a benchmark should stop it loudly.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http_body_util::Full;
@@ -15,24 +13,14 @@ use hyper::Request;
 use pixelpipe_bench::pixel_request;
 use pixelpipe_ingest::geo::{Geo, GeoConfig};
 use pixelpipe_ingest::links::{LinkRequest, Links};
-use pixelpipe_ingest::metrics::Metrics;
 use pixelpipe_ingest::privacy::{IpMode, Privacy, PrivacyConfig};
-use pixelpipe_ingest::produce::testing::RecordingProducer;
-use pixelpipe_ingest::queue::HitQueue;
-use pixelpipe_ingest::service::Edge;
+use pixelpipe_ingest::testing::TempLedger;
 use pixelpipe_ingest::{wire, Config};
 
 fn request_path(c: &mut Criterion) {
     let config = Config::default();
-    let metrics = Metrics::new();
-    let (queue, rx) = HitQueue::new(1 << 16, 80, metrics.clone());
-    let edge = Edge::new(
-        &config,
-        queue,
-        Arc::new(RecordingProducer::default()),
-        metrics,
-    )
-    .unwrap();
+    let spool = TempLedger::new();
+    let (edge, rx) = spool.edge(&config, 1 << 16);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -69,14 +57,8 @@ fn request_path(c: &mut Criterion) {
         .keys
         .insert("k1".into(), "bench-signing-secret-0123".into());
     let links = Links::new(&signed_config.links).unwrap();
-    let (signed_queue, signed_rx) = HitQueue::new(1 << 16, 80, Metrics::new());
-    let signed_edge = Edge::new(
-        &signed_config,
-        signed_queue,
-        Arc::new(RecordingProducer::default()),
-        Metrics::new(),
-    )
-    .unwrap();
+    let signed_spool = TempLedger::new();
+    let (signed_edge, signed_rx) = signed_spool.edge(&signed_config, 1 << 16);
     let signed_url = links
         .build(&LinkRequest {
             base_url: String::new(),

@@ -13,28 +13,16 @@
 // A measuring tool: a failed set-up should stop it loudly.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
-
 use pixelpipe_bench::pixel_request;
-use pixelpipe_ingest::metrics::Metrics;
-use pixelpipe_ingest::produce::testing::RecordingProducer;
-use pixelpipe_ingest::queue::HitQueue;
-use pixelpipe_ingest::service::Edge;
+use pixelpipe_ingest::testing::TempLedger;
 use pixelpipe_ingest::Config;
 
 fn main() {
     let n: u64 = std::env::args()
         .nth(1)
         .map_or(10_000, |a| a.parse().expect("a request count"));
-    let metrics = Metrics::new();
-    let (queue, rx) = HitQueue::new(1 << 16, 80, metrics.clone());
-    let edge = Edge::new(
-        &Config::default(),
-        queue,
-        Arc::new(RecordingProducer::default()),
-        metrics,
-    )
-    .unwrap();
+    let spool = TempLedger::new();
+    let (edge, rx) = spool.edge(&Config::default(), 1 << 16);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -22,7 +22,8 @@ done
 
 step "filling $TOPIC with $HITS hits through the edge"
 PIXELPIPE_LOG=warn,pixelpipe_ingest=info "$BIN/pixelpipe-ingest" --listen-addr 127.0.0.1:18080 \
-  --admin-addr 127.0.0.1:19090 --brokers "$KAFKA_ADDR" --topic "$TOPIC" >"$STATE_DIR/bench-edge.log" 2>&1 &
+  --admin-addr 127.0.0.1:19090 --brokers "$KAFKA_ADDR" --topic "$TOPIC" \
+  --set "spool.dir=$STATE_DIR/spool-bench-edge" >"$STATE_DIR/bench-edge.log" 2>&1 &
 edge=$!
 for _ in $(seq 1 100); do [ "$(http_status 18080 /readyz)" = 200 ] && break; sleep 0.1; done
 "$BIN/pixelpipe-loadgen" --addr 127.0.0.1:18080 --requests "$REQUESTS" --connections 8 >/dev/null

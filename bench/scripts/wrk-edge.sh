@@ -15,7 +15,7 @@ BIN="$ROOT/target/release/pixelpipe-ingest"
 "$ROOT/deploy/local/kafka.sh" topic "$TOPIC" 4 2>/dev/null
 
 PIXELPIPE_LOG=warn,pixelpipe_ingest=info "$BIN" --listen-addr "127.0.0.1:$PORT" --admin-addr "127.0.0.1:$ADMIN" \
-  --brokers "$KAFKA_ADDR" --topic "$TOPIC" \
+  --brokers "$KAFKA_ADDR" --topic "$TOPIC" --set "spool.dir=$STATE_DIR/spool-wrk-edge" \
   --set "http.runtime_layout=$LAYOUT" --set "http.worker_threads=$THREADS" ${EXTRA_SETTINGS:-} \
   >"$STATE_DIR/wrk-edge.log" 2>&1 &
 pid=$!

@@ -63,6 +63,7 @@ where
             .expect("valid metric"),
         rejected: prometheus::IntCounter::new("admin_connections_rejected", "unregistered")
             .expect("valid metric"),
+        panics: prometheus::IntCounter::new("admin_panics", "unregistered").expect("valid metric"),
     };
     http::serve(listener, handler, settings, connections, stop).await
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -21,6 +22,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -107,6 +109,8 @@ pub struct ConnectionMetrics {
     pub open: prometheus::IntGauge,
     /// Connections closed at once because the cap was reached.
     pub rejected: prometheus::IntCounter,
+    /// Requests whose handler panicked; each was answered 500.
+    pub panics: prometheus::IntCounter,
 }
 
 /// Serves `listener` with `handler` until `stop` turns true, then shuts down gracefully.
@@ -154,9 +158,24 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
+                let panics = metrics.panics.clone();
                 let service = service_fn(move |req| {
-                    let response = handler(req, peer);
-                    async move { Ok::<_, Infallible>(response.await) }
+                    // A bug in one handler must not cost the client its answer or the
+                    // connection: the panic becomes a 500, is counted and logged.
+                    let response = AssertUnwindSafe(handler(req, peer)).catch_unwind();
+                    let panics = panics.clone();
+                    async move {
+                        Ok::<_, Infallible>(response.await.unwrap_or_else(|panic| {
+                            panics.inc();
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            tracing::error!(panic = %what, "a request handler panicked; answered 500");
+                            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                        }))
+                    }
                 });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let open = metrics.open.clone();
@@ -196,4 +215,87 @@ pub fn text(status: StatusCode, body: &str) -> Response<ResponseBody> {
     r.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    /// Reads one HTTP/1.1 response with a Content-Length; returns its status line and body.
+    fn read_response(r: &mut BufReader<std::net::TcpStream>) -> (String, String) {
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).unwrap();
+        (status.trim().to_owned(), String::from_utf8(body).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_handler_answers_500_and_the_connection_keeps_serving() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), 1, "test")
+            .unwrap()
+            .remove(0);
+        let addr = listener.local_addr().unwrap();
+        let metrics = ConnectionMetrics {
+            open: prometheus::IntGauge::new("open", "h").unwrap(),
+            rejected: prometheus::IntCounter::new("rejected", "h").unwrap(),
+            panics: prometheus::IntCounter::new("panics", "h").unwrap(),
+        };
+        let handler = |req: Request<Incoming>, _peer| async move {
+            if req.uri().path() == "/boom" {
+                panic!("a bug");
+            }
+            text(StatusCode::OK, "fine")
+        };
+        let (stop, stopped) = watch::channel(false);
+        let settings = ServeSettings {
+            max_connections: 4,
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 * 1024,
+            shutdown_grace: Duration::from_secs(1),
+        };
+        let server = tokio::spawn(serve(listener, handler, settings, metrics.clone(), stopped));
+        let answers = tokio::task::spawn_blocking(move || {
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            ["/boom", "/ok", "/boom", "/ok"]
+                .iter()
+                .map(|path| {
+                    write!(writer, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                    read_response(&mut reader)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        let statuses: Vec<_> = answers
+            .iter()
+            .map(|(s, b)| (s.as_str(), b.as_str()))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("HTTP/1.1 500 Internal Server Error", "internal error\n"),
+                ("HTTP/1.1 200 OK", "fine\n"),
+                ("HTTP/1.1 500 Internal Server Error", "internal error\n"),
+                ("HTTP/1.1 200 OK", "fine\n"),
+            ]
+        );
+        assert_eq!(metrics.panics.get(), 2);
+        stop.send(true).unwrap();
+        server.await.unwrap().unwrap();
+    }
 }

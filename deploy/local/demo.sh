@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole pipeline locally with sample traffic and ends with a real query result:
 # broker + ClickHouse -> edge -> sample pixel and beacon requests -> Kafka -> sink -> ClickHouse.
-# Leaves the broker and ClickHouse running (kafka.sh stop, clickhouse.sh stop); stops what it started
-# itself (the edge and the sink).
+# Leaves the broker (with its PostgreSQL) and ClickHouse running (kafka.sh stop-all, clickhouse.sh
+# stop); stops what it started itself (the edge and the sink).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REQUESTS="${REQUESTS:-200}"            # 200 requests carry 220 hits (every tenth is a 2-hit beacon)
@@ -39,7 +39,7 @@ echo $! >"$SINK_PID"
 
 step "starting the edge on 127.0.0.1:$EDGE_PORT (metrics on 127.0.0.1:$EDGE_ADMIN/metrics)"
 nohup "$BIN/pixelpipe-ingest" --config "$ROOT/deploy/local/ingest.toml" --brokers "$KAFKA_ADDR" --topic "$TOPIC" \
-  --set "edge_id=$RUN" >"$EDGE_LOG" 2>&1 &
+  --set "edge_id=$RUN" --set "spool.dir=$STATE_DIR/spool-demo-edge" >"$EDGE_LOG" 2>&1 &
 echo $! >"$EDGE_PID"
 for _ in $(seq 1 150); do
   [ "$(http_status "$EDGE_PORT" /readyz)" = 200 ] && break
@@ -82,5 +82,5 @@ step "stopping the edge and the sink (SIGTERM: drain, flush, commit)"
 trap - EXIT
 stop_all
 grep -a "edge stopped" "$EDGE_LOG" | tail -n 1 | sed 's/^/    /' >&2
-note "broker and ClickHouse left running: deploy/local/kafka.sh stop; deploy/local/clickhouse.sh stop"
+note "broker, its PostgreSQL and ClickHouse left running: deploy/local/kafka.sh stop-all; deploy/local/clickhouse.sh stop"
 note "query more: clickhouse-client, then see docs/analytics.md"

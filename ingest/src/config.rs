@@ -18,6 +18,7 @@ use crate::geo::GeoConfig;
 pub use crate::hit::LimitsConfig;
 use crate::links::LinksConfig;
 use crate::privacy::PrivacyConfig;
+pub use crate::spool::{Durability, SpoolConfig};
 
 /// Everything the edge can be told.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The Kafka producer.
     pub kafka: KafkaConfig,
+    /// The write-ahead spool for hits Kafka has not taken (docs/reliability.md).
+    pub spool: SpoolConfig,
     /// The admin listener (metrics).
     pub admin: AdminConfig,
     /// What is kept of a visitor's identity (docs/privacy.md).
@@ -89,8 +92,8 @@ pub enum RuntimeLayout {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
-    /// Hits the channel holds; when full, new hits are dropped (`queue_full`) and the pixel is
-    /// still served. Default 65536.
+    /// Hits the channel holds; when full, the request handler writes the hit to the spool
+    /// (`queue_spilled_total`) and the pixel is still served. Default 65536.
     pub capacity_hits: usize,
     /// `/readyz` reports not ready while the channel is at least this full. Default 80.
     pub high_water_percent: u8,
@@ -141,7 +144,8 @@ pub struct KafkaConfig {
     /// with the channel so a broker hiccup is absorbed before hits are dropped. Default 200000.
     pub buffer_max_hits: usize,
     /// `message.timeout.ms`: how long librdkafka keeps retrying one hit before it is counted
-    /// failed. Default 300000 (5 minutes).
+    /// failed and goes to the spool. Short, because the spool retries for as long as it takes
+    /// and survives a crash that librdkafka's memory does not. Default 30000.
     pub message_timeout_ms: u64,
     /// `statistics.interval.ms`: how often librdkafka reports queue depth, broker round trip and
     /// broker state (which `/readyz` uses). Default 1000.
@@ -168,6 +172,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
             kafka: KafkaConfig::default(),
+            spool: SpoolConfig::default(),
             admin: AdminConfig::default(),
             privacy: PrivacyConfig::default(),
             geoip: GeoConfig::default(),
@@ -216,7 +221,7 @@ impl Default for KafkaConfig {
             linger_ms: 20,
             batch_size_bytes: 1_000_000,
             buffer_max_hits: 200_000,
-            message_timeout_ms: 300_000,
+            message_timeout_ms: 30_000,
             statistics_interval_ms: 1_000,
             flush_timeout_ms: 10_000,
             properties: BTreeMap::new(),
@@ -271,6 +276,7 @@ impl layers::Validate for Config {
     fn validate(&self) -> Result<()> {
         self.privacy.check()?;
         self.links.check()?;
+        self.spool.check()?;
         check(
             !self.edge_id.trim().is_empty(),
             "edge_id",

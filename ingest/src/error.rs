@@ -16,6 +16,9 @@ pub enum Error {
     /// Binding or serving a socket, or starting a thread, failed.
     #[error(transparent)]
     Io(#[from] IoError),
+    /// The spool directory could not be opened, locked or read.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::OpenError),
     /// The Kafka client could not be created.
     #[error("kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),

@@ -141,10 +141,12 @@ impl CutReason {
 /// `pixelpipe_ingest_hits_dropped_total`). Each dropped hit is counted under exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// The channel to the batchers was full.
-    QueueFull,
-    /// Still waiting when shutdown ran out of time, or offered after the batchers stopped.
-    Shutdown,
+    /// Kafka did not take the hit and the spool was full (`spool.max_bytes`).
+    SpoolFull,
+    /// Kafka did not take the hit and the spool could not be written (a disk error; logged).
+    SpoolError,
+    /// Larger than Kafka accepts (`message.max.bytes`): no retry can deliver it.
+    TooLarge,
     /// `Sec-GPC: 1` on a site whose policy drops it.
     Gpc,
     /// `DNT: 1` on a site whose policy drops it.
@@ -159,9 +161,10 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in declaration order (`as usize` indexes it).
-    pub const ALL: [DropReason; 7] = [
-        DropReason::QueueFull,
-        DropReason::Shutdown,
+    pub const ALL: [DropReason; 8] = [
+        DropReason::SpoolFull,
+        DropReason::SpoolError,
+        DropReason::TooLarge,
         DropReason::Gpc,
         DropReason::Dnt,
         DropReason::NoConsent,
@@ -172,8 +175,9 @@ impl DropReason {
     /// Metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            DropReason::QueueFull => "queue_full",
-            DropReason::Shutdown => "shutdown",
+            DropReason::SpoolFull => "spool_full",
+            DropReason::SpoolError => "spool_error",
+            DropReason::TooLarge => "too_large",
             DropReason::Gpc => "gpc",
             DropReason::Dnt => "dnt",
             DropReason::NoConsent => "no_consent",

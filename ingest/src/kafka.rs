@@ -1,11 +1,14 @@
 //! The Kafka side of the edge: an rdkafka `ThreadedProducer` behind [`HitProducer`].
 //!
 //! Owns the librdkafka configuration (pixelpipe's defaults, then the user's pass-through
-//! properties), the delivery callback that counts every hit as delivered or failed, and the
-//! statistics callback that feeds metrics and readiness. One `send` per hit with a delivery
-//! callback, not a `FutureProducer` future per hit, which costs about twice as much per message.
+//! properties), the delivery callback that reports every hit's fate to the [`Ledger`], the
+//! statistics callback that feeds metrics and readiness, and replacing a producer librdkafka
+//! declared unusable (a fatal error, e.g. an idempotent producer whose sequence broke). One
+//! `send` per hit with a delivery callback, not a `FutureProducer` future per hit, which costs
+//! about twice as much per message.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -16,8 +19,9 @@ use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
 use crate::error::Result;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::produce::{BufferFull, DeliveryFailure, HitProducer};
+use crate::produce::{BufferFull, DeliveryFailure, HitProducer, Origin};
 
 /// The librdkafka properties the edge sets, in order; `kafka.properties` are applied after them
 /// and win.
@@ -46,6 +50,7 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
 
 /// Callbacks librdkafka calls from the producer's polling thread.
 pub struct EdgeContext {
+    ledger: Arc<Ledger>,
     metrics: Metrics,
     connected: AtomicBool,
     /// Seconds since `started` of the last failure log line, to log at most one per second.
@@ -77,14 +82,25 @@ impl ClientContext for EdgeContext {
     }
 }
 
-impl ProducerContext for EdgeContext {
-    type DeliveryOpaque = Box<Instant>;
+/// What travels with each message to its delivery report: when it was handed over, and where
+/// it is kept besides.
+type Handed = Box<(Instant, Origin)>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, handed_over: Box<Instant>) {
+impl ProducerContext for EdgeContext {
+    type DeliveryOpaque = Handed;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, handed: Handed) {
+        let (handed_over, origin) = *handed;
         match result {
-            Ok(_) => self.metrics.delivered(handed_over.elapsed()),
-            Err((error, _)) => {
-                self.metrics.delivery_failed(failure(error));
+            Ok(_) => self.ledger.delivered(origin, handed_over),
+            Err((error, message)) => {
+                use rdkafka::Message;
+                self.ledger.failed(
+                    origin,
+                    message.key(),
+                    message.payload().unwrap_or_default(),
+                    failure(error),
+                );
                 self.log_failure(error);
             }
         }
@@ -121,63 +137,119 @@ fn failure(error: &KafkaError) -> DeliveryFailure {
         }
         Some(RDKafkaErrorCode::TopicAuthorizationFailed) => DeliveryFailure::NotAuthorized,
         Some(RDKafkaErrorCode::QueueFull) => DeliveryFailure::QueueFull,
+        Some(
+            RDKafkaErrorCode::NotEnoughReplicas | RDKafkaErrorCode::NotEnoughReplicasAfterAppend,
+        ) => DeliveryFailure::NotEnoughReplicas,
+        Some(RDKafkaErrorCode::LeaderNotAvailable | RDKafkaErrorCode::NotLeaderForPartition) => {
+            DeliveryFailure::NoLeader
+        }
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::RequestTimedOut,
+        ) => DeliveryFailure::Transport,
+        Some(RDKafkaErrorCode::Unknown) => DeliveryFailure::BrokerError,
+        Some(
+            RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::UnknownProducerId,
+        ) => DeliveryFailure::Fatal,
         _ => DeliveryFailure::Other,
     }
 }
 
 /// The edge's Kafka producer.
 pub struct KafkaProducer {
-    producer: ThreadedProducer<EdgeContext>,
-    topic: String,
+    /// Replaced as a whole by [`HitProducer::recover`] after a fatal error.
+    producer: RwLock<Arc<ThreadedProducer<EdgeContext>>>,
+    config: KafkaConfig,
+    ledger: Arc<Ledger>,
 }
 
 impl KafkaProducer {
-    /// Creates the producer; it connects in the background.
-    pub fn new(k: &KafkaConfig, metrics: Metrics) -> Result<KafkaProducer> {
-        let context = EdgeContext {
-            metrics,
-            connected: AtomicBool::new(false),
-            last_failure_log_s: AtomicU64::new(0),
-            failures_since_log: AtomicU64::new(0),
-            started: Instant::now(),
-        };
-        let producer = client_config(k).create_with_context(context)?;
+    /// Creates the producer; it connects in the background and reports to `ledger`.
+    pub fn new(k: &KafkaConfig, ledger: Arc<Ledger>) -> Result<KafkaProducer> {
         Ok(KafkaProducer {
-            producer,
-            topic: k.topic.clone(),
+            producer: RwLock::new(Arc::new(create(k, ledger.clone())?)),
+            config: k.clone(),
+            ledger,
         })
+    }
+
+    fn current(&self) -> Arc<ThreadedProducer<EdgeContext>> {
+        self.producer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
+fn create(k: &KafkaConfig, ledger: Arc<Ledger>) -> Result<ThreadedProducer<EdgeContext>> {
+    let context = EdgeContext {
+        metrics: ledger.metrics().clone(),
+        ledger,
+        connected: AtomicBool::new(false),
+        last_failure_log_s: AtomicU64::new(0),
+        failures_since_log: AtomicU64::new(0),
+        started: Instant::now(),
+    };
+    Ok(client_config(k).create_with_context(context)?)
+}
+
 impl HitProducer for KafkaProducer {
-    fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), BufferFull> {
+    fn send(&self, key: Option<&[u8]>, payload: &[u8], origin: Origin) -> Result<(), BufferFull> {
+        let guard = self.producer.read().unwrap_or_else(|e| e.into_inner());
         let mut record =
-            BaseRecord::with_opaque_to(&self.topic, Box::new(Instant::now())).payload(payload);
+            BaseRecord::with_opaque_to(&self.config.topic, Box::new((Instant::now(), origin)))
+                .payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
-        match self.producer.send(record) {
+        match guard.send(record) {
             Ok(()) => Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(BufferFull),
             Err((error, record)) => {
-                // Not retryable (e.g. a message over message.max.bytes): count it as failed now.
-                let context = self.producer.context();
-                context.metrics.delivery_failed(failure(&error));
-                context.log_failure(&error);
+                // Refused outright (e.g. over message.max.bytes, or the producer is unusable):
+                // its fate is decided now.
                 drop(record);
+                self.ledger.failed(origin, key, payload, failure(&error));
+                guard.context().log_failure(&error);
                 Ok(())
             }
         }
     }
 
     fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(timeout) {
-            tracing::warn!(%error, in_flight = self.producer.in_flight_count(), "kafka flush did not finish");
+        let producer = self.current();
+        if let Err(error) = producer.flush(timeout) {
+            tracing::warn!(%error, in_flight = producer.in_flight_count(), "kafka flush did not finish");
         }
     }
 
     fn connected(&self) -> bool {
-        self.producer.context().connected.load(Ordering::Relaxed)
+        self.current().context().connected.load(Ordering::Relaxed)
+    }
+
+    /// librdkafka's fatal errors (idempotence lost its sequence or epoch) leave the producer
+    /// refusing everything for good; its documentation's remedy is a new producer. Hits the old
+    /// one held are purged when it is dropped, and the ledger spools them for replay.
+    fn recover(&self) {
+        let Some((code, reason)) = self.current().client().fatal_error() else {
+            return;
+        };
+        tracing::error!(?code, %reason, "the kafka producer hit a fatal error; replacing it");
+        match create(&self.config, self.ledger.clone()) {
+            Ok(fresh) => {
+                let old = std::mem::replace(
+                    &mut *self.producer.write().unwrap_or_else(|e| e.into_inner()),
+                    Arc::new(fresh),
+                );
+                drop(old);
+            }
+            Err(error) => tracing::error!(%error, "could not create a new kafka producer"),
+        }
     }
 }
 

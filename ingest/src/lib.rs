@@ -3,9 +3,11 @@
 //!
 //! ```text
 //! request ─► service (parse, build Hit) ─► queue (bounded channel, try_send) ─► batcher threads
-//!    ▲                                        │ full: counted, GIF still served      │ encode (wire)
-//!    └──────── 43-byte GIF, never waits ──────┘                                      ▼
-//!                                     produce::HitProducer = kafka (ThreadedProducer, delivery callback)
+//!    ▲                                        │ full: spilled to the spool           │ outbound: geo,
+//!    └──────── 43-byte GIF, never waits ──────┘                                      │ privacy, encode
+//!                                                        (disk durability: spool) ◄──┤
+//!                                     produce::HitProducer = kafka (ThreadedProducer) ▼
+//!                                        delivery report ─► ledger: settle, or spool ─► replay
 //! ```
 //!
 //! [`run`] wires the parts together and owns the shutdown order; `main.rs` only parses the
@@ -23,17 +25,23 @@ pub mod form;
 pub mod geo;
 pub mod hit;
 pub mod kafka;
+pub mod ledger;
 pub mod links;
 pub mod metrics;
+pub mod outbound;
 pub mod params;
 pub mod privacy;
 pub mod produce;
 pub mod queue;
 pub mod redirect;
+pub mod replay;
 pub mod response;
 pub mod server;
 pub mod service;
 pub mod signing;
+pub mod spool;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use pixelpipe_common::wire;
 
@@ -50,10 +58,14 @@ pub use metrics::Report;
 
 use batcher::{BatcherSettings, Batchers};
 use kafka::KafkaProducer;
+use ledger::Ledger;
 use metrics::Metrics;
+use outbound::Outbound;
 use produce::SharedProducer;
 use queue::HitQueue;
+use replay::{Replay, ReplaySettings};
 use service::Edge;
+use spool::Spool;
 
 /// The sockets the edge serves, bound by the caller (so tests can bind port 0).
 pub struct Listeners {
@@ -90,50 +102,67 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Report> {
-    let metrics = Metrics::new();
-    let producer = Arc::new(KafkaProducer::new(&config.kafka, metrics.clone())?);
-    run_with_producer(config, listeners, producer, metrics, shutdown).await
+    run_with_producer(
+        config,
+        listeners,
+        |config, ledger| Ok(Arc::new(KafkaProducer::new(&config.kafka, ledger)?)),
+        shutdown,
+    )
+    .await
 }
 
-/// Runs the edge with any producer until `shutdown` completes, then stops in this order: readiness
-/// off, stop accepting, finish in-flight requests, produce every queued hit, flush the producer,
-/// drop it (librdkafka reports what it still held as failed), stop the admin listener.
+/// Runs the edge until `shutdown` completes, with the producer `make_producer` builds once the
+/// spool is open (it reports every delivery to the ledger it is given). Stops in this order:
+/// readiness off, stop accepting, finish in-flight requests, hand every queued hit over (or to
+/// the spool), stop replay, flush the producer, drop it (librdkafka fails what it still held,
+/// and the ledger spools it), fsync the spool, stop the admin listener.
 pub async fn run_with_producer(
     config: Config,
     listeners: Listeners,
-    producer: SharedProducer,
-    metrics: Metrics,
+    make_producer: impl FnOnce(&Config, Arc<Ledger>) -> Result<SharedProducer>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Report> {
     layers::Validate::validate(&config)?;
+    let metrics = Metrics::new();
+    let spool = Arc::new(Spool::open(&config.spool, metrics.clone())?);
+    let ledger = Arc::new(Ledger::new(spool.clone(), metrics.clone()));
+    let producer = make_producer(&config, ledger.clone())?;
+    let geo = Arc::new(geo::Geo::open(&config.geoip)?);
+    let outbound = Outbound {
+        message_key: config.kafka.message_key,
+        privacy: privacy::Privacy::new(config.privacy.clone()),
+        geo: geo.clone(),
+        ledger: ledger.clone(),
+    };
     let (queue, rx) = HitQueue::new(
         config.queue.capacity_hits,
         config.queue.high_water_percent,
-        metrics.clone(),
+        outbound.clone(),
     );
-    let geo = Arc::new(geo::Geo::open(&config.geoip)?);
     let (stop_reload, reload_stopped) = watch::channel(false);
-    let reloader = tokio::spawn(reload_geo(geo.clone(), metrics.clone(), reload_stopped));
+    let reloader = tokio::spawn(reload_geo(geo, metrics.clone(), reload_stopped));
     let batchers = Batchers::spawn(
         rx,
         producer.clone(),
         BatcherSettings {
             threads: config.queue.batcher_threads,
             batch_max_hits: config.queue.batch_max_hits,
-            message_key: config.kafka.message_key,
-            drain_timeout: Duration::from_millis(config.kafka.flush_timeout_ms),
-            privacy: privacy::Privacy::new(config.privacy.clone()),
-            geo,
+            durability: config.spool.durability,
+            outbound,
         },
         metrics.clone(),
     )
     .map_err(|source| Error::io("starting batcher threads", source))?;
-    let edge = Arc::new(Edge::new(
-        &config,
-        queue,
+    let replay = Replay::spawn(
+        ledger.clone(),
         producer.clone(),
-        metrics.clone(),
-    )?);
+        ReplaySettings {
+            rate_hits_per_s: config.spool.replay_rate_hits_per_s,
+            fsync_interval: Duration::from_millis(config.spool.fsync_interval_ms),
+        },
+    )
+    .map_err(|source| Error::io("starting the spool replay thread", source))?;
+    let edge = Arc::new(Edge::new(&config, queue, producer.clone(), ledger)?);
 
     let (stop_public, public_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
@@ -199,10 +228,15 @@ pub async fn run_with_producer(
     let flush_timeout = Duration::from_millis(config.kafka.flush_timeout_ms);
     tokio::task::spawn_blocking(move || {
         batchers.stop_and_drain();
+        replay.stop();
         producer.flush(flush_timeout);
         // The last reference: dropping it purges what librdkafka still holds, which its
-        // delivery callback counts as failed, so the report below is complete.
+        // delivery callback reports failed and the ledger spools, so the report below is
+        // complete and nothing answered is lost.
         drop(producer);
+        if let Err(error) = spool.sync() {
+            tracing::error!(%error, "the final spool fsync failed");
+        }
     })
     .await
     .map_err(|e| Error::io("draining batchers", std::io::Error::other(e.to_string())))?;
@@ -214,6 +248,7 @@ pub async fn run_with_producer(
         failed = report.failed,
         dropped = report.dropped,
         invalid = report.invalid,
+        spooled = report.spooled,
         "edge stopped"
     );
     let _ = stop_reload.send(true);

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 use pixelpipe_common::http::ConnectionMetrics;
@@ -71,10 +71,13 @@ pub struct Report {
     pub delivered: u64,
     /// Hits Kafka did not take (timed out, purged at exit, rejected).
     pub failed: u64,
-    /// Valid hits dropped before the producer (queue full, shutdown, policy).
+    /// Valid hits lost for good (spool full or unwritable, too large for Kafka) or dropped by
+    /// a privacy policy.
     pub dropped: u64,
     /// Hits not stored because they were invalid.
     pub invalid: u64,
+    /// Hits left in the spool, replayed at the next start.
+    pub spooled: u64,
 }
 
 /// The edge's metrics.
@@ -94,10 +97,24 @@ pub struct Metrics {
     broker_rtt: GaugeVec,
     connections_open: IntGauge,
     connections_rejected: IntCounter,
+    handler_panics: IntCounter,
     signatures: IntCounterVec,
     clicks_refused: IntCounterVec,
     geoip_reloads: IntCounterVec,
+    spool: SpoolMetrics,
     hot: Hot,
+}
+
+/// The spool's series.
+#[derive(Clone)]
+struct SpoolMetrics {
+    bytes: IntGauge,
+    records: IntGauge,
+    oldest_age: Gauge,
+    appended: IntCounter,
+    replayed: IntCounter,
+    corrupt: IntCounter,
+    spilled: IntCounter,
 }
 
 /// Label values resolved once, so the request path increments plain atomics instead of looking
@@ -213,6 +230,10 @@ impl Metrics {
                 "pixelpipe_ingest_connections_open",
                 "HTTP connections open now.",
             ),
+            handler_panics: counter(
+                "pixelpipe_ingest_handler_panics_total",
+                "Requests whose handler panicked; each was answered 500 and the server kept serving.",
+            ),
             connections_rejected: counter(
                 "pixelpipe_ingest_connections_rejected_total",
                 "Connections closed at once because http.max_connections were open.",
@@ -232,6 +253,40 @@ impl Metrics {
                 "GeoIP database reloads, by result; failed keeps the database in use.",
                 &["result"],
             ),
+            spool: SpoolMetrics {
+                bytes: gauge(
+                    "pixelpipe_ingest_spool_bytes",
+                    "Bytes of the spool's segment files.",
+                ),
+                records: gauge(
+                    "pixelpipe_ingest_spool_records",
+                    "Spooled hits not yet acknowledged by Kafka (awaiting replay, or in flight).",
+                ),
+                oldest_age: reg(
+                    &registry,
+                    Gauge::new(
+                        "pixelpipe_ingest_spool_oldest_record_age_seconds",
+                        "Age of the oldest spooled hit not yet acknowledged (an upper bound); 0 when none.",
+                    )
+                    .expect("valid metric"),
+                ),
+                appended: counter(
+                    "pixelpipe_ingest_spool_appended_total",
+                    "Hits written to the spool.",
+                ),
+                replayed: counter(
+                    "pixelpipe_ingest_spool_replayed_total",
+                    "Spooled hits replayed and acknowledged by Kafka.",
+                ),
+                corrupt: counter(
+                    "pixelpipe_ingest_spool_corrupt_records_total",
+                    "Torn or corrupt spool records skipped.",
+                ),
+                spilled: counter(
+                    "pixelpipe_ingest_queue_spilled_total",
+                    "Hits the channel could not take, written to the spool by the request handler.",
+                ),
+            },
             registry,
             // Resolving a label creates its series at zero, so every reason exists from the
             // start and alerts see the series before the event.
@@ -248,6 +303,9 @@ impl Metrics {
             hits_invalid,
             hits_dropped,
         };
+        for r in DeliveryFailure::ALL {
+            m.delivery_failed.with_label_values(&[r.as_str()]);
+        }
         for r in ["ok", "failed"] {
             m.geoip_reloads.with_label_values(&[r]);
         }
@@ -341,6 +399,38 @@ impl Metrics {
             .inc();
     }
 
+    /// Records what the spool holds, as of `now_ms` (milliseconds since the epoch).
+    pub fn spool(&self, stats: crate::spool::Stats, now_ms: u64) {
+        let m = &self.spool;
+        m.bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        m.records
+            .set(i64::try_from(stats.records).unwrap_or(i64::MAX));
+        let age_ms = stats
+            .oldest_appended_ms
+            .map_or(0, |t| now_ms.saturating_sub(t));
+        m.oldest_age.set(age_ms as f64 / 1000.0);
+    }
+
+    /// Counts hits written to the spool.
+    pub fn spool_appended(&self, hits: u64) {
+        self.spool.appended.inc_by(hits);
+    }
+
+    /// Counts a spooled hit Kafka acknowledged after replay.
+    pub fn spool_replayed(&self) {
+        self.spool.replayed.inc();
+    }
+
+    /// Counts torn or corrupt spool records skipped.
+    pub fn spool_corrupt(&self, records: u64) {
+        self.spool.corrupt.inc_by(records);
+    }
+
+    /// Counts a hit the channel could not take (it goes to the spool).
+    pub fn spilled(&self) {
+        self.spool.spilled.inc();
+    }
+
     /// Records the messages in librdkafka's queue (from its statistics).
     pub fn producer_queue(&self, messages: i64) {
         self.producer_queue.set(messages);
@@ -368,6 +458,7 @@ impl Metrics {
         ConnectionMetrics {
             open: self.connections_open.clone(),
             rejected: self.connections_rejected.clone(),
+            panics: self.handler_panics.clone(),
         }
     }
 
@@ -392,6 +483,7 @@ impl Metrics {
             failed: sum(&self.delivery_failed),
             dropped: sum(&self.hits_dropped),
             invalid: sum(&self.hits_invalid),
+            spooled: u64::try_from(self.spool.records.get()).unwrap_or(0),
         }
     }
 }
@@ -416,7 +508,8 @@ mod tests {
             assert!(name.starts_with("pixelpipe_ingest_"), "{name}");
         }
         assert!(text.contains("pixelpipe_ingest_kafka_delivered_total 1"));
-        assert!(text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"queue_full\"} 0"));
+        assert!(text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"spool_full\"} 0"));
+        assert!(text.contains("pixelpipe_ingest_kafka_failed_total{reason=\"broker_error\"} 0"));
     }
 
     #[test]
@@ -444,7 +537,7 @@ mod tests {
         m.accepted(Transport::Pixel);
         m.accepted(Transport::Beacon);
         m.dropped(DropReason::Gpc);
-        m.dropped(DropReason::QueueFull);
+        m.dropped(DropReason::SpoolFull);
         m.delivery_failed(DeliveryFailure::TimedOut);
         m.invalid(InvalidReason::BadSite);
         m.delivered(Duration::ZERO);
@@ -455,7 +548,8 @@ mod tests {
                 delivered: 1,
                 failed: 1,
                 dropped: 2,
-                invalid: 1
+                invalid: 1,
+                spooled: 0,
             }
         );
     }

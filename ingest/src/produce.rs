@@ -2,11 +2,25 @@
 //! destination implements (Kafka today, in `kafka`), [`DeliveryFailure`] the bounded reasons a
 //! handed-over hit was not delivered.
 //!
-//! Nothing here knows a destination. Delivery outcomes are each producer's to count; a producer
-//! that is full says so with [`BufferFull`] and the batcher decides whether to wait.
+//! Nothing here knows a destination. A producer reports each message's fate to the
+//! [`Ledger`](crate::ledger::Ledger) with the message's [`Origin`]; a producer that is full says
+//! so with [`BufferFull`] and the caller decides (batchers spool the hit, replay waits).
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::spool::SegmentId;
+
+/// Where a handed-over hit is kept besides the producer, so its fate can settle it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Only in memory (`durability = "memory"`, or the spool was full).
+    Memory,
+    /// Appended to this spool segment before it was handed over (`durability = "disk"`).
+    Live(SegmentId),
+    /// Replayed from this spool segment.
+    Replay(SegmentId),
+}
 
 /// The producer's buffer is full; the hit was not taken.
 #[derive(Debug)]
@@ -14,12 +28,17 @@ pub struct BufferFull;
 
 /// Where encoded hits go. Delivery outcomes are the producer's to count.
 pub trait HitProducer: Send + Sync + 'static {
-    /// Queues one encoded hit for delivery without blocking.
-    fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), BufferFull>;
+    /// Queues one encoded hit for delivery without blocking; its fate is reported to the ledger
+    /// with `origin`. A hit refused for any reason but a full buffer is reported failed, and
+    /// `Ok` returned.
+    fn send(&self, key: Option<&[u8]>, payload: &[u8], origin: Origin) -> Result<(), BufferFull>;
     /// Waits up to `timeout` for every queued hit to be delivered or failed.
     fn flush(&self, timeout: Duration);
     /// Whether the producer is connected to at least one broker.
     fn connected(&self) -> bool;
+    /// Called about every 100 ms by replay: a producer that has become unusable replaces itself
+    /// here. Default: nothing to do.
+    fn recover(&self) {}
 }
 
 /// A producer shared by the batchers and the readiness check.
@@ -41,11 +60,37 @@ pub enum DeliveryFailure {
     NotAuthorized,
     /// The producer's own queue was full.
     QueueFull,
+    /// Fewer in-sync replicas than the topic's `min.insync.replicas`.
+    NotEnoughReplicas,
+    /// The partition has no leader now, or the broker is not its leader.
+    NoLeader,
+    /// The connection to the broker failed, or every broker is down.
+    Transport,
+    /// The broker answered "Unknown broker error" (Kafka's UNKNOWN_SERVER_ERROR).
+    BrokerError,
+    /// The idempotent producer lost its sequence or epoch (and so became unusable).
+    Fatal,
     /// Anything else the client reported.
     Other,
 }
 
 impl DeliveryFailure {
+    /// Every reason, so each series exists from the start.
+    pub const ALL: [DeliveryFailure; 12] = [
+        DeliveryFailure::TimedOut,
+        DeliveryFailure::Purged,
+        DeliveryFailure::TooLarge,
+        DeliveryFailure::UnknownTopic,
+        DeliveryFailure::NotAuthorized,
+        DeliveryFailure::QueueFull,
+        DeliveryFailure::NotEnoughReplicas,
+        DeliveryFailure::NoLeader,
+        DeliveryFailure::Transport,
+        DeliveryFailure::BrokerError,
+        DeliveryFailure::Fatal,
+        DeliveryFailure::Other,
+    ];
+
     /// Metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,6 +100,11 @@ impl DeliveryFailure {
             DeliveryFailure::UnknownTopic => "unknown_topic",
             DeliveryFailure::NotAuthorized => "not_authorized",
             DeliveryFailure::QueueFull => "queue_full",
+            DeliveryFailure::NotEnoughReplicas => "not_enough_replicas",
+            DeliveryFailure::NoLeader => "no_leader",
+            DeliveryFailure::Transport => "transport",
+            DeliveryFailure::BrokerError => "broker_error",
+            DeliveryFailure::Fatal => "fatal",
             DeliveryFailure::Other => "other",
         }
     }
@@ -64,36 +114,63 @@ impl DeliveryFailure {
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Mutex;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
 
     use super::*;
+    use crate::ledger::Ledger;
 
     /// A message as the producer saw it: key and payload.
     pub type Sent = (Option<Vec<u8>>, Vec<u8>);
 
-    /// Records what it is sent, and can pretend to be full. Always connected. The edge alone,
-    /// without the batchers, never calls `send`, so benches of the request path pay nothing for
-    /// the recording.
+    /// Records what it is sent, and can pretend to be full or failing. Always connected. With a
+    /// ledger attached ([`RecordingProducer::report_to`]) every taken message is reported
+    /// delivered at once, or failed while `failing` is set. The edge alone, without the
+    /// batchers, never calls `send`, so benches of the request path pay nothing for it.
     #[derive(Default)]
     pub struct RecordingProducer {
-        /// Every message taken, in order.
+        /// Every message delivered, in order.
         pub sent: Mutex<Vec<Sent>>,
         /// While true, `send` answers [`BufferFull`].
         pub full: AtomicBool,
+        /// While true, every message taken is reported failed (`other`).
+        pub failing: AtomicBool,
         /// How many sends were refused as full.
         pub refused: AtomicUsize,
+        ledger: OnceLock<Arc<Ledger>>,
+    }
+
+    impl RecordingProducer {
+        /// Reports outcomes to `ledger` from now on.
+        pub fn report_to(&self, ledger: Arc<Ledger>) {
+            let _ = self.ledger.set(ledger);
+        }
     }
 
     impl HitProducer for RecordingProducer {
-        fn send(&self, key: Option<&[u8]>, payload: &[u8]) -> Result<(), BufferFull> {
+        fn send(
+            &self,
+            key: Option<&[u8]>,
+            payload: &[u8],
+            origin: Origin,
+        ) -> Result<(), BufferFull> {
             if self.full.load(Ordering::SeqCst) {
                 self.refused.fetch_add(1, Ordering::SeqCst);
                 return Err(BufferFull);
+            }
+            if self.failing.load(Ordering::SeqCst) {
+                if let Some(ledger) = self.ledger.get() {
+                    ledger.failed(origin, key, payload, DeliveryFailure::Other);
+                }
+                return Ok(());
             }
             self.sent
                 .lock()
                 .expect("not poisoned")
                 .push((key.map(<[u8]>::to_vec), payload.to_vec()));
+            if let Some(ledger) = self.ledger.get() {
+                ledger.delivered(origin, Instant::now());
+            }
             Ok(())
         }
         fn flush(&self, _timeout: Duration) {}

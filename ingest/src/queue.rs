@@ -1,17 +1,18 @@
 //! The hand-over from request handlers to batcher threads: one bounded, lock-free
 //! crossbeam channel.
 //!
-//! A handler never waits here: [`HitQueue::offer`] either places the hit or counts it as dropped
-//! and returns at once. This module owns that decision and the queue's readiness rule; it does not
-//! encode or produce (see `batcher`).
-//!
-//! Seam for a disk spool: every hit that does not fit goes through [`HitQueue::overflow`], the one
-//! place a spool would take it instead of dropping it.
+//! A handler never waits for Kafka here: [`HitQueue::offer`] either places the hit in the channel
+//! or, when the channel is full (Kafka or the batchers cannot keep up) or closed, hands it to
+//! [`Outbound::spill`], which writes it to the spool (one small write, only under overload).
+//! This module owns that decision and the queue's readiness rule; it does not encode or produce
+//! (see `batcher` and `outbound`).
+
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::hit::DropReason;
 use crate::metrics::Metrics;
+use crate::outbound::Outbound;
 use crate::wire::Hit;
 
 /// The sending side, held by request handlers.
@@ -20,25 +21,29 @@ pub struct HitQueue {
     tx: Sender<Hit>,
     high_water_hits: usize,
     metrics: Metrics,
+    /// Shared by every handler; used only when the channel is full, so a lock is cheap enough.
+    spill: Arc<Mutex<Outbound>>,
 }
 
 /// What became of an offered hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    /// In the channel; the batcher will produce it.
+    /// In the channel; a batcher will hand it over.
     Queued,
-    /// Not kept; counted under the given reason.
-    Dropped(DropReason),
+    /// The channel could not take it; it went to the spool (or, were that full, was counted
+    /// dropped there).
+    Spilled,
 }
 
 impl HitQueue {
     /// A queue of `capacity_hits`, not ready from `high_water_percent` full; returns the
-    /// receiving side for the batchers.
+    /// receiving side for the batchers. Hits that do not fit go to `outbound`'s spool.
     pub fn new(
         capacity_hits: usize,
         high_water_percent: u8,
-        metrics: Metrics,
+        outbound: Outbound,
     ) -> (HitQueue, Receiver<Hit>) {
+        let metrics = outbound.ledger.metrics().clone();
         let (tx, rx) = crossbeam_channel::bounded(capacity_hits);
         let high_water_hits = (capacity_hits * usize::from(high_water_percent))
             .div_ceil(100)
@@ -48,6 +53,7 @@ impl HitQueue {
                 tx,
                 high_water_hits,
                 metrics,
+                spill: Arc::new(Mutex::new(outbound)),
             },
             rx,
         )
@@ -55,21 +61,18 @@ impl HitQueue {
 
     /// Places a hit without waiting.
     pub fn offer(&self, hit: Hit) -> Offer {
-        let transport = hit.transport;
+        self.metrics.accepted(hit.transport);
         match self.tx.try_send(hit) {
-            Ok(()) => {
-                self.metrics.accepted(transport);
-                Offer::Queued
+            Ok(()) => Offer::Queued,
+            Err(TrySendError::Full(hit) | TrySendError::Disconnected(hit)) => {
+                self.metrics.spilled();
+                self.spill
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .spill(hit);
+                Offer::Spilled
             }
-            Err(TrySendError::Full(hit)) => self.overflow(hit, DropReason::QueueFull),
-            Err(TrySendError::Disconnected(hit)) => self.overflow(hit, DropReason::Shutdown),
         }
-    }
-
-    /// Where a hit goes that the channel cannot take: today it is counted and dropped.
-    fn overflow(&self, _hit: Hit, reason: DropReason) -> Offer {
-        self.metrics.dropped(reason);
-        Offer::Dropped(reason)
     }
 
     /// Whether the channel is at or above its high-water mark.
@@ -91,12 +94,13 @@ impl HitQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempLedger;
     use crate::wire::testing::sample_hit;
 
     #[test]
-    fn full_queue_drops_counts_and_reports_high_water() {
-        let metrics = Metrics::new();
-        let (q, rx) = HitQueue::new(4, 50, metrics.clone());
+    fn a_full_or_closed_channel_spills_to_the_spool() {
+        let t = TempLedger::new();
+        let (q, rx) = HitQueue::new(4, 50, t.outbound());
         assert!(!q.above_high_water());
         assert_eq!(q.offer(sample_hit()), Offer::Queued);
         assert!(!q.above_high_water());
@@ -104,17 +108,17 @@ mod tests {
         assert!(q.above_high_water());
         q.offer(sample_hit());
         q.offer(sample_hit());
-        assert_eq!(q.offer(sample_hit()), Offer::Dropped(DropReason::QueueFull));
-        let text = metrics.render();
-        assert!(
-            text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"queue_full\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("pixelpipe_ingest_hits_accepted_total{transport=\"pixel\"} 4"),
-            "{text}"
-        );
+        assert_eq!(q.offer(sample_hit()), Offer::Spilled);
         drop(rx);
-        assert_eq!(q.offer(sample_hit()), Offer::Dropped(DropReason::Shutdown));
+        assert_eq!(q.offer(sample_hit()), Offer::Spilled);
+        assert_eq!(t.spool().stats().records, 2);
+        let text = t.metrics().render();
+        for series in [
+            "pixelpipe_ingest_hits_accepted_total{transport=\"pixel\"} 6",
+            "pixelpipe_ingest_queue_spilled_total 2",
+            "pixelpipe_ingest_spool_records 2",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
     }
 }

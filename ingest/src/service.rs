@@ -9,6 +9,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpConfig, LimitsConfig};
 use crate::error::Error;
 use crate::hit::{apply_json_object, apply_query, Draft, InvalidReason, RequestMeta};
+use crate::ledger::Ledger;
 use crate::links::{ClickRefusal, Links};
 use crate::metrics::{Metrics, Route};
 use crate::produce::SharedProducer;
@@ -38,6 +40,7 @@ pub struct Edge {
     trusted: TrustedProxies,
     queue: HitQueue,
     producer: SharedProducer,
+    ledger: Arc<Ledger>,
     metrics: Metrics,
     shutting_down: AtomicBool,
     optout_cookie: String,
@@ -50,7 +53,7 @@ impl Edge {
         config: &Config,
         queue: HitQueue,
         producer: SharedProducer,
-        metrics: Metrics,
+        ledger: Arc<Ledger>,
     ) -> Result<Edge, Error> {
         let trusted = TrustedProxies::parse(&config.http.trusted_proxies)
             .map_err(|reason| ConfigError::setting("http.trusted_proxies", reason))?;
@@ -61,7 +64,8 @@ impl Edge {
             trusted,
             queue,
             producer,
-            metrics,
+            metrics: ledger.metrics().clone(),
+            ledger,
             shutting_down: AtomicBool::new(false),
             optout_cookie: config.privacy.optout_cookie.clone(),
             links: Links::new(&config.links)?,
@@ -302,23 +306,33 @@ impl Edge {
         }
     }
 
+    /// Ready only when every condition holds; otherwise 503 naming each that does not.
     fn readyz(&self) -> Response<ResponseBody> {
-        let problem = if self.shutting_down.load(Ordering::SeqCst) {
-            Some("shutting down")
-        } else if !self.producer.connected() {
-            Some("kafka not connected")
-        } else if self.queue.above_high_water() {
-            Some("queue above its high-water mark")
-        } else {
-            None
-        };
-        match problem {
-            None => response::text(StatusCode::OK, "ready"),
-            Some(why) => response::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("not ready: {why}"),
+        let problems = [
+            (self.shutting_down.load(Ordering::SeqCst), "shutting down"),
+            (!self.producer.connected(), "kafka not connected"),
+            (self.ledger.failing(), "kafka deliveries failing"),
+            (
+                self.queue.above_high_water(),
+                "queue above its high-water mark",
             ),
+            (
+                self.ledger.spool().above_high_water(),
+                "spool above its high-water mark",
+            ),
+        ];
+        if problems.iter().all(|(bad, _)| !bad) {
+            return response::text(StatusCode::OK, "ready");
         }
+        let why: Vec<&str> = problems
+            .iter()
+            .filter(|(bad, _)| *bad)
+            .map(|(_, what)| *what)
+            .collect();
+        response::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: {}", why.join("; ")),
+        )
     }
 }
 

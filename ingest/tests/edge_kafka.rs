@@ -212,13 +212,23 @@ async fn every_answered_hit_survives_shutdown_in_flight() {
     );
 }
 
+/// No broker at all: every pixel is still served, `/readyz` says why it is not ready, every
+/// hit ends in the spool at shutdown, and the next edge on the same spool delivers each one to
+/// the real broker, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_broker_pixels_are_served_and_undelivered_hits_counted() {
-    let mut config = test_config("no-broker");
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
+async fn without_a_broker_hits_are_spooled_and_delivered_by_the_next_start() {
+    let topic = unique_topic("no-broker");
+    create_topic(&topic, 2).await;
+    let mut config = test_config(&topic);
     // Nothing listens on port 1; librdkafka keeps retrying until message_timeout_ms.
     config.kafka.brokers = "127.0.0.1:1".into();
     config.kafka.message_timeout_ms = 1_500;
     config.kafka.flush_timeout_ms = 3_000;
+    let spool_dir = config.spool.dir.clone();
     let edge = RunningEdge::start(config);
     let addr = edge.public;
     let statuses = tokio::task::spawn_blocking(move || {
@@ -237,10 +247,96 @@ async fn without_a_broker_pixels_are_served_and_undelivered_hits_counted() {
     assert!(String::from_utf8_lossy(&r.body).contains("kafka not connected"));
     let report = edge.shutdown().await;
     assert_eq!(
-        (report.accepted, report.delivered, report.failed),
-        (25, 0, 25),
+        (
+            report.accepted,
+            report.delivered,
+            report.dropped,
+            report.spooled
+        ),
+        (25, 0, 0, 25),
         "{report:?}"
     );
+
+    let mut config = test_config(&topic);
+    config.spool.dir = spool_dir;
+    let edge = RunningEdge::start(config);
+    let hits = tokio::task::spawn_blocking(move || read_hits(&topic, 25, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut seen: Vec<String> = hits
+        .iter()
+        .map(|h| h.props.iter().find(|(k, _)| k == "n").unwrap().1.clone())
+        .collect();
+    seen.sort_by_key(|n| n.parse::<u32>().unwrap());
+    assert_eq!(seen, (0..25).map(|i| i.to_string()).collect::<Vec<_>>());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while edge.metric("pixelpipe_ingest_spool_records").await != Some(0.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spool never emptied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = edge.shutdown().await;
+    assert_eq!((report.delivered, report.spooled), (25, 0), "{report:?}");
+}
+
+/// A delivery failure of another kind (the topic does not exist yet): the hits are spooled,
+/// `/readyz` reports failing deliveries, and once the topic exists replay delivers them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
+async fn refused_hits_are_spooled_and_replayed_when_kafka_takes_them() {
+    let topic = unique_topic("refused");
+    let mut config = test_config(&topic);
+    config.kafka.message_timeout_ms = 2_000;
+    let edge = RunningEdge::start(config);
+    let addr = edge.public;
+    tokio::task::spawn_blocking(move || {
+        for i in 0..30 {
+            let r = http(addr, "GET", &format!("/p.gif?site=s&n={i}"), &[], b"");
+            assert_eq!(r.status, 200);
+        }
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while edge.metric("pixelpipe_ingest_spool_records").await != Some(30.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed hits never reached the spool"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        edge.wait_ready(false, Duration::from_secs(5)).await,
+        "/readyz must not say ready while deliveries fail"
+    );
+    create_topic(&topic, 2).await;
+    let read = topic.clone();
+    let hits = tokio::task::spawn_blocking(move || read_hits(&read, 30, Duration::from_secs(90)))
+        .await
+        .unwrap();
+    let mut ns: Vec<u32> = hits
+        .iter()
+        .map(|h| {
+            h.props
+                .iter()
+                .find(|(k, _)| k == "n")
+                .unwrap()
+                .1
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    ns.sort_unstable();
+    ns.dedup();
+    assert_eq!(ns, (0..30).collect::<Vec<_>>());
+    let report = edge.shutdown().await;
+    assert_eq!((report.dropped, report.spooled), (0, 0), "{report:?}");
+    assert!(report.failed >= 30, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

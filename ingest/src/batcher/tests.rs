@@ -1,63 +1,82 @@
-//! The batchers with a recording producer: every hit produced once, message keys, the
-//! stop-and-drain rule, and privacy applied exactly once.
+//! The batchers with a recording producer: every hit handed over once, message keys, hits the
+//! producer cannot take spooled (never dropped, never waited for), disk durability, and privacy
+//! applied exactly once, before anything reaches the spool.
 
 use super::*;
-use crate::privacy::{visitor_id, IpMode, PrivacyConfig, SignalPolicy};
+use crate::config::MessageKey;
+use crate::privacy::{visitor_id, PrivacyConfig};
 use crate::produce::testing::RecordingProducer;
 use crate::queue::HitQueue;
-use crate::wire::testing::sample_hit;
+use crate::spool::{scan, Durability};
+use crate::testing::{raw_privacy, TempLedger};
+use crate::wire::{self, testing::sample_hit};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-fn settings(key: MessageKey) -> BatcherSettings {
+fn settings(outbound: Outbound, durability: Durability) -> BatcherSettings {
     BatcherSettings {
         threads: 2,
         batch_max_hits: 8,
-        message_key: key,
-        drain_timeout: Duration::from_millis(200),
-        // Full IPs and ignored signals: these tests are about keys and delivery.
-        privacy: Privacy::new(PrivacyConfig {
-            ip_mode: IpMode::Full,
-            gpc: SignalPolicy::Ignore,
-            dnt: SignalPolicy::Ignore,
-            optout: SignalPolicy::Ignore,
-            ..PrivacyConfig::default()
-        }),
-        geo: Arc::new(Geo::none()),
+        durability,
+        outbound,
     }
+}
+
+fn run(
+    t: &TempLedger,
+    outbound: Outbound,
+    durability: Durability,
+    producer: &Arc<RecordingProducer>,
+    hits: impl IntoIterator<Item = Hit>,
+) {
+    producer.report_to(t.ledger());
+    let (q, rx) = HitQueue::new(1000, 80, outbound.clone());
+    let b = Batchers::spawn(
+        rx,
+        producer.clone(),
+        settings(outbound, durability),
+        t.metrics().clone(),
+    )
+    .unwrap();
+    for h in hits {
+        q.offer(h);
+    }
+    b.stop_and_drain();
+}
+
+fn numbered(n: u128) -> Vec<Hit> {
+    (0..n)
+        .map(|i| {
+            let mut h = sample_hit();
+            h.event_id = uuid::Uuid::from_u128(i);
+            h
+        })
+        .collect()
+}
+
+fn sorted_ids<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<_> = payloads
+        .map(|p| wire::decode(p).unwrap().event_id)
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[test]
 fn every_queued_hit_is_produced_once_and_decodes() {
-    let metrics = Metrics::new();
-    let (q, rx) = HitQueue::new(1000, 80, metrics.clone());
+    let t = TempLedger::new();
     let producer = Arc::new(RecordingProducer::default());
-    let b = Batchers::spawn(
-        rx,
-        producer.clone(),
-        settings(MessageKey::Visitor),
-        metrics.clone(),
-    )
-    .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..500 {
-        let mut h = sample_hit();
-        h.event_id = uuid::Uuid::from_u128(i);
-        ids.push(h.event_id);
-        q.offer(h);
-    }
-    b.stop_and_drain();
+    let hits = numbered(500);
+    let ids: Vec<_> = hits.iter().map(|h| h.event_id).collect();
+    run(&t, t.outbound(), Durability::Memory, &producer, hits);
     let sent = producer.sent.lock().unwrap();
-    let mut got: Vec<_> = sent
-        .iter()
-        .map(|(_, p)| wire::decode(p).unwrap().event_id)
-        .collect();
-    got.sort();
-    assert_eq!(got, ids);
+    assert_eq!(sorted_ids(sent.iter().map(|(_, p)| p.as_slice())), ids);
     assert_eq!(
         sent[0].0.as_deref(),
         Some(&b"u-42"[..]),
         "visitor key is the uid"
     );
+    assert_eq!(t.spool().stats().records, 0, "memory mode spools nothing");
 }
 
 #[test]
@@ -67,68 +86,82 @@ fn message_keys() {
         (MessageKey::Visitor, None, Some(b"2001:db8::1".to_vec())),
         (MessageKey::None, Some("u"), None),
     ] {
-        let metrics = Metrics::new();
-        let (q, rx) = HitQueue::new(10, 80, metrics.clone());
+        let t = TempLedger::new();
         let producer = Arc::new(RecordingProducer::default());
-        let b = Batchers::spawn(rx, producer.clone(), settings(mode), metrics).unwrap();
         let mut h = sample_hit();
         h.user_id = uid.map(str::to_owned);
-        q.offer(h);
-        b.stop_and_drain();
+        let outbound = t.outbound_with(mode, raw_privacy());
+        run(&t, outbound, Durability::Memory, &producer, [h]);
         assert_eq!(producer.sent.lock().unwrap()[0].0, want, "{mode:?}");
     }
 }
 
+/// A producer whose buffer is full never makes a batcher wait, and never costs a hit: each goes
+/// to the spool, whole (key and bytes), for replay.
 #[test]
-fn a_full_producer_at_shutdown_is_counted_not_hidden() {
-    let metrics = Metrics::new();
-    let (q, rx) = HitQueue::new(100, 80, metrics.clone());
+fn hits_the_producer_cannot_take_are_spooled_not_dropped() {
+    let t = TempLedger::new();
     let producer = Arc::new(RecordingProducer::default());
     producer.full.store(true, Ordering::SeqCst);
-    let b = Batchers::spawn(
-        rx,
-        producer.clone(),
-        settings(MessageKey::None),
-        metrics.clone(),
-    )
-    .unwrap();
-    for _ in 0..10 {
-        q.offer(sample_hit());
-    }
-    // Let a batcher take the first batch and start retrying against the full producer.
-    while producer.refused.load(Ordering::SeqCst) == 0 {
-        std::thread::yield_now();
-    }
-    b.stop_and_drain();
+    let hits = numbered(10);
+    let ids: Vec<_> = hits.iter().map(|h| h.event_id).collect();
+    run(&t, t.outbound(), Durability::Memory, &producer, hits);
     assert!(producer.sent.lock().unwrap().is_empty());
-    let text = metrics.render();
-    assert!(
-        text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"shutdown\"} 10"),
-        "{text}"
-    );
+    assert_eq!(t.spool().stats().records, 10);
+    let report = t.metrics().report();
+    assert_eq!(report.dropped, 0);
+    let mut spooled = Vec::new();
+    for entry in std::fs::read_dir(t.dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "seg") {
+            spooled.push(std::fs::read(path).unwrap());
+        }
+    }
+    let records: Vec<_> = spooled.iter().flat_map(|b| scan(b).0).collect();
+    assert!(records
+        .iter()
+        .all(|r| !r.live && r.key == Some(&b"u-42"[..])));
+    assert_eq!(sorted_ids(records.iter().map(|r| r.payload)), ids);
 }
 
-/// A hit whose send was interrupted by stop goes through the drain; its place and privacy
-/// must not be computed again from the already minimised address.
+/// Disk durability: every hit is in the spool (live) before the producer sees it, and settled
+/// when it is delivered; failed ones are appended again for replay.
 #[test]
-fn a_hit_retried_in_the_drain_is_prepared_once() {
-    let metrics = Metrics::new();
-    let (q, rx) = HitQueue::new(10, 80, metrics.clone());
+fn disk_durability_spools_first_and_settles_on_delivery() {
+    let t = TempLedger::new();
+    let producer = Arc::new(RecordingProducer::default());
+    run(&t, t.outbound(), Durability::Disk, &producer, numbered(20));
+    assert_eq!(producer.sent.lock().unwrap().len(), 20);
+    let text = t.metrics().render();
+    assert!(
+        text.contains("pixelpipe_ingest_spool_appended_total 20"),
+        "{text}"
+    );
+    assert_eq!(t.spool().stats().records, 0, "all delivered, all settled");
+
+    let t = TempLedger::new();
+    let producer = Arc::new(RecordingProducer::default());
+    producer.failing.store(true, Ordering::SeqCst);
+    run(&t, t.outbound(), Durability::Disk, &producer, numbered(20));
+    assert_eq!(t.spool().stats().records, 20, "failed: pending replay");
+    assert_eq!(t.metrics().report().failed, 20);
+    assert!(t
+        .metrics()
+        .render()
+        .contains("pixelpipe_ingest_spool_appended_total 40"));
+}
+
+/// The spool sees the hit after the privacy policy: a truncated address on disk, and the
+/// visitor id computed once, from the full one.
+#[test]
+fn privacy_is_applied_once_before_the_spool() {
+    let t = TempLedger::new();
     let producer = Arc::new(RecordingProducer::default());
     producer.full.store(true, Ordering::SeqCst);
     let privacy = PrivacyConfig {
         hash_secret: "0123456789abcdef".into(),
         ..PrivacyConfig::default()
     };
-    let settings = BatcherSettings {
-        threads: 1,
-        batch_max_hits: 8,
-        message_key: MessageKey::None,
-        drain_timeout: Duration::from_secs(5),
-        privacy: Privacy::new(privacy),
-        geo: Arc::new(Geo::none()),
-    };
-    let b = Batchers::spawn(rx, producer.clone(), settings, metrics).unwrap();
     let mut hit = sample_hit();
     hit.client_ip = Some("203.0.113.77".parse().unwrap());
     (
@@ -145,17 +178,16 @@ fn a_hit_retried_in_the_drain_is_prepared_once() {
         "203.0.113.77".parse().unwrap(),
         "Mozilla/5.0",
     );
-    q.offer(hit);
-    while producer.refused.load(Ordering::SeqCst) == 0 {
-        std::thread::yield_now();
-    }
-    let stopping = std::thread::spawn(move || b.stop_and_drain());
-    std::thread::sleep(Duration::from_millis(50));
-    producer.full.store(false, Ordering::SeqCst);
-    stopping.join().unwrap();
-    let sent = producer.sent.lock().unwrap();
-    assert_eq!(sent.len(), 1);
-    let got = wire::decode(&sent[0].1).unwrap();
+    let outbound = t.outbound_with(MessageKey::None, privacy);
+    run(&t, outbound, Durability::Memory, &producer, [hit]);
+    let batch = t
+        .spool()
+        .next_replay()
+        .unwrap()
+        .expect("one segment to replay");
+    let (records, corrupt) = scan(&batch.bytes);
+    assert_eq!((records.len(), corrupt), (1, 0));
+    let got = wire::decode(records[0].payload).unwrap();
     assert_eq!(got.client_ip, Some("203.0.113.0".parse().unwrap()));
     assert_eq!(
         got.visitor_id.as_deref(),

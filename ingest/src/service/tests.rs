@@ -1,31 +1,33 @@
 //! The routes called directly with in-memory requests: what each answers, queues and counts.
 
 use super::*;
-use crate::produce::testing::RecordingProducer;
+use crate::produce::{DeliveryFailure, Origin};
 use crate::response::PIXEL_GIF;
+use crate::testing::TempLedger;
 use crate::wire::Hit;
 use crossbeam_channel::Receiver;
 use http_body_util::Full;
 use hyper::header::HeaderValue;
-use std::sync::Arc;
 
 struct Fixture {
     edge: Edge,
     rx: Receiver<Hit>,
     metrics: Metrics,
+    spool: TempLedger,
 }
 
 fn fixture(config: Config, capacity: usize) -> Fixture {
-    let metrics = Metrics::new();
-    let (queue, rx) = HitQueue::new(capacity, config.queue.high_water_percent, metrics.clone());
-    let edge = Edge::new(
-        &config,
-        queue,
-        Arc::new(RecordingProducer::default()),
-        metrics.clone(),
-    )
-    .unwrap();
-    Fixture { edge, rx, metrics }
+    fixture_with(config, capacity, TempLedger::new())
+}
+
+fn fixture_with(config: Config, capacity: usize, spool: TempLedger) -> Fixture {
+    let (edge, rx) = spool.edge(&config, capacity);
+    Fixture {
+        edge,
+        rx,
+        metrics: spool.metrics().clone(),
+        spool,
+    }
 }
 
 fn config() -> Config {
@@ -160,16 +162,15 @@ async fn a_full_queue_still_serves_and_turns_not_ready() {
         let (status, _, _) = call(&f, req("GET", "/p.gif?site=s", "")).await;
         assert_eq!(status, StatusCode::OK);
     }
+    assert_eq!(counter(&f, "pixelpipe_ingest_queue_spilled_total"), 1);
     assert_eq!(
-        counter(
-            &f,
-            "pixelpipe_ingest_hits_dropped_total{reason=\"queue_full\"}"
-        ),
-        1
+        f.spool.spool().stats().records,
+        1,
+        "the third hit is spooled"
     );
     let (status, _, body) = call(&f, req("GET", "/readyz", "")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(std::str::from_utf8(&body).unwrap().contains("high-water"));
+    assert_eq!(body, "not ready: queue above its high-water mark\n");
     f.rx.try_recv().unwrap();
     f.rx.try_recv().unwrap();
     let (status, _, _) = call(&f, req("GET", "/readyz", "")).await;
@@ -177,6 +178,54 @@ async fn a_full_queue_still_serves_and_turns_not_ready() {
     f.edge.begin_shutdown();
     let (status, _, _) = call(&f, req("GET", "/readyz", "")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// `/readyz` names every reason it is not ready: failing deliveries (not only a lost
+/// connection), a spool above its high-water mark, and both at once.
+#[tokio::test]
+async fn readiness_tells_failing_deliveries_and_a_filling_spool() {
+    let spool = TempLedger::with(|c| {
+        c.segment_bytes = 64 * 1024;
+        c.max_bytes = 128 * 1024;
+        c.high_water_percent = 1;
+    });
+    let ledger = spool.ledger();
+    let f = fixture_with(config(), 16, spool);
+    let readyz = || async { call(&f, req("GET", "/readyz", "")).await };
+    assert_eq!(readyz().await.0, StatusCode::OK);
+
+    ledger.delivered(Origin::Memory, std::time::Instant::now());
+    ledger.failed(
+        Origin::Memory,
+        None,
+        &[0; 400],
+        DeliveryFailure::BrokerError,
+    );
+    let (status, _, body) = readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "not ready: kafka deliveries failing\n");
+    assert_eq!(
+        counter(
+            &f,
+            "pixelpipe_ingest_kafka_failed_total{reason=\"broker_error\"}"
+        ),
+        1
+    );
+
+    // Three more failures take the spool over 1 % of 128 KiB.
+    for _ in 0..3 {
+        ledger.failed(Origin::Memory, None, &[0; 400], DeliveryFailure::Transport);
+    }
+    let (_, _, body) = readyz().await;
+    assert_eq!(
+        body,
+        "not ready: kafka deliveries failing; spool above its high-water mark\n"
+    );
+
+    // A delivery after the failures: deliveries work again; the spool is still too full.
+    ledger.delivered(Origin::Memory, std::time::Instant::now());
+    let (_, _, body) = readyz().await;
+    assert_eq!(body, "not ready: spool above its high-water mark\n");
 }
 
 #[tokio::test]

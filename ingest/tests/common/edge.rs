@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pixelpipe_ingest::config::Config;
 use pixelpipe_ingest::kafka::KafkaProducer;
-use pixelpipe_ingest::metrics::Metrics;
+use pixelpipe_ingest::produce::SharedProducer;
 use pixelpipe_ingest::{run_with_producer, Listeners, Report};
 use tokio::sync::oneshot;
 
@@ -36,11 +36,26 @@ pub fn test_config(topic: &str) -> Config {
     c.kafka.topic = topic.to_owned();
     c.kafka.linger_ms = 5;
     c.kafka.statistics_interval_ms = 200;
+    c.spool.dir = spool_dir();
     // Tests of what a hit carries see raw values; privacy tests set their own policy.
     c.privacy.ip_mode = pixelpipe_ingest::privacy::IpMode::Full;
     c.privacy.gpc = pixelpipe_ingest::privacy::SignalPolicy::Ignore;
     c.privacy.dnt = pixelpipe_ingest::privacy::SignalPolicy::Ignore;
     c
+}
+
+/// A fresh spool directory for one test edge, under the target directory's tmp (cargo removes
+/// nothing there, so the names are unique per process and edge).
+pub fn spool_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "spool-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// The secret of [`privacy_config`].
@@ -136,15 +151,14 @@ impl RunningEdge {
         let listeners = Listeners::bind(&config).expect("bind");
         let public = listeners.public_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
-        let metrics = Metrics::new();
-        let producer =
-            Arc::new(KafkaProducer::new(&config.kafka, metrics.clone()).expect("producer"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(run_with_producer(
             config,
             listeners,
-            producer,
-            metrics,
+            |config, ledger| {
+                let producer: SharedProducer = Arc::new(KafkaProducer::new(&config.kafka, ledger)?);
+                Ok(producer)
+            },
             async {
                 let _ = stopped.await;
             },

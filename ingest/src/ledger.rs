@@ -1,0 +1,142 @@
+//! Where the fate of every hit handed toward Kafka is written down: delivered (its spool record,
+//! if any, settled), not taken or failed (into the spool, whatever the reason), or dropped for
+//! good with a counted reason. Also the delivery health `/readyz` and replay read.
+//!
+//! Producers call in here from their delivery callbacks; batchers and the queue call in when
+//! Kafka did not take a hit. This module decides *what happens* to a hit; the spool owns the
+//! files, the producer owns talking to Kafka.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::hit::DropReason;
+use crate::metrics::Metrics;
+use crate::produce::{DeliveryFailure, Origin};
+use crate::spool::{now_ms, AppendError, Spool};
+
+/// After the last failed delivery, how long `/readyz` keeps saying deliveries are failing when
+/// nothing has been delivered since. Bounded so an edge with no traffic (the load balancer took
+/// it out) becomes ready again and gets the chance to prove Kafka works.
+pub const FAILING_WINDOW: Duration = Duration::from_secs(10);
+
+/// The ledger: one per edge, shared by producers, batchers, the queue and replay.
+pub struct Ledger {
+    spool: Arc<Spool>,
+    metrics: Metrics,
+    /// Numbers each outcome in order, so "the latest outcome was a failure" needs no clock.
+    outcomes: AtomicU64,
+    last_delivered: AtomicU64,
+    last_failed: AtomicU64,
+    last_failed_ms: AtomicU64,
+    too_large_logged: AtomicBool,
+    spool_error_logged: AtomicBool,
+}
+
+impl Ledger {
+    /// A ledger writing to `spool` and counting into `metrics`.
+    pub fn new(spool: Arc<Spool>, metrics: Metrics) -> Ledger {
+        Ledger {
+            spool,
+            metrics,
+            outcomes: AtomicU64::new(0),
+            last_delivered: AtomicU64::new(0),
+            last_failed: AtomicU64::new(0),
+            last_failed_ms: AtomicU64::new(0),
+            too_large_logged: AtomicBool::new(false),
+            spool_error_logged: AtomicBool::new(false),
+        }
+    }
+
+    /// The spool hits go to.
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// The metrics everything is counted in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Kafka acknowledged a hit handed over at `handed_over`.
+    pub fn delivered(&self, origin: Origin, handed_over: Instant) {
+        self.metrics.delivered(handed_over.elapsed());
+        let n = self.outcomes.fetch_add(1, Ordering::Relaxed) + 1;
+        self.last_delivered.fetch_max(n, Ordering::Relaxed);
+        match origin {
+            Origin::Memory => {}
+            Origin::Live(segment) => self.spool.settle(segment, 1),
+            Origin::Replay(segment) => {
+                self.metrics.spool_replayed();
+                self.spool.settle(segment, 1);
+            }
+        }
+    }
+
+    /// Kafka refused a hit, or gave up on it. Every failure but one goes to the spool, to be
+    /// replayed: a hit larger than the broker accepts (`too_large`) never will be, so it is
+    /// dropped, counted, and logged once.
+    pub fn failed(
+        &self,
+        origin: Origin,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        failure: DeliveryFailure,
+    ) {
+        self.metrics.delivery_failed(failure);
+        if failure == DeliveryFailure::TooLarge {
+            if !self.too_large_logged.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    bytes = payload.len(),
+                    "a hit is larger than Kafka accepts (message.max.bytes / max.message.bytes); \
+                     such hits are dropped and counted (logged once)"
+                );
+            }
+            self.metrics.dropped(DropReason::TooLarge);
+            self.settle(origin);
+            return;
+        }
+        // Purged means the process is stopping, not that Kafka is failing.
+        if failure != DeliveryFailure::Purged {
+            let n = self.outcomes.fetch_add(1, Ordering::Relaxed) + 1;
+            self.last_failed.fetch_max(n, Ordering::Relaxed);
+            self.last_failed_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        self.keep(origin, key, payload);
+    }
+
+    /// The producer's buffer was full, or the channel was: the hit goes to the spool.
+    pub fn not_taken(&self, origin: Origin, key: Option<&[u8]>, payload: &[u8]) {
+        self.keep(origin, key, payload);
+    }
+
+    /// Whether Kafka refused the latest hit it decided on, within [`FAILING_WINDOW`].
+    pub fn failing(&self) -> bool {
+        self.last_failed.load(Ordering::Relaxed) > self.last_delivered.load(Ordering::Relaxed)
+            && now_ms().saturating_sub(self.last_failed_ms.load(Ordering::Relaxed))
+                < FAILING_WINDOW.as_millis() as u64
+    }
+
+    /// Appends the hit for replay, then settles where it came from; counts it dropped when the
+    /// spool cannot take it.
+    fn keep(&self, origin: Origin, key: Option<&[u8]>, payload: &[u8]) {
+        match self.spool.append([(key, payload)], false) {
+            Ok(_) => {}
+            Err(AppendError::Full) => self.metrics.dropped(DropReason::SpoolFull),
+            Err(AppendError::Io(error)) => {
+                if !self.spool_error_logged.swap(true, Ordering::Relaxed) {
+                    tracing::error!(%error, "cannot write the spool; hits Kafka did not take are dropped (logged once)");
+                }
+                self.metrics.dropped(DropReason::SpoolError);
+            }
+        }
+        self.settle(origin);
+    }
+
+    fn settle(&self, origin: Origin) {
+        match origin {
+            Origin::Memory => {}
+            Origin::Live(segment) | Origin::Replay(segment) => self.spool.settle(segment, 1),
+        }
+    }
+}
