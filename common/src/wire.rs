@@ -351,6 +351,37 @@ pub mod testing {
 mod tests {
     use super::testing::sample_hit as full_hit;
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Free-text fields of any content round-trip exactly.
+        #[test]
+        fn any_text_round_trips(
+            site in any::<String>(), url in any::<String>(), ua in any::<String>(),
+            props in proptest::collection::vec((any::<String>(), any::<String>()), 0..6),
+            value in proptest::option::of(-1e15f64..1e15),
+        ) {
+            let mut hit = full_hit();
+            hit.site_id = site;
+            hit.url = Some(url);
+            hit.user_agent = Some(ua);
+            hit.props = props;
+            hit.value = value;
+            let mut buf = Vec::new();
+            encode(&hit, &mut buf);
+            prop_assert_eq!(decode(&buf).unwrap(), hit);
+        }
+
+        /// Arbitrary bytes, and every cut of a real hit, get an answer, never a panic.
+        #[test]
+        fn any_bytes_decode_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..512), cut in 0usize..2000) {
+            let _ = decode(&bytes);
+            let mut buf = Vec::new();
+            encode(&full_hit(), &mut buf);
+            let cut = cut.min(buf.len());
+            prop_assert!(cut == buf.len() || decode(&buf[..cut]).is_err());
+        }
+    }
 
     #[test]
     fn round_trip_keeps_every_field() {

@@ -3,7 +3,10 @@
 # loopback (installing them the first time), then `cargo test --workspace --features integration`.
 # Without that feature (a plain `cargo test`) the tests that need these services are listed as
 # ignored, each saying what it needs.
-# Extra arguments go to cargo test, e.g. `deploy/local/test.sh -p pixelpipe-sink` or a test name.
+# Then the chaos suite's short form (bench/scripts/chaos.sh --short: the broker restarted under
+# load, every answered hit stored once), with debug builds of the binaries.
+# Extra arguments go to cargo test, e.g. `deploy/local/test.sh -p pixelpipe-sink` or a test name;
+# with extra arguments the chaos run is skipped (it tests the whole pipeline, not a selection).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 need cargo "Install Rust first (https://rustup.rs)."
@@ -22,3 +25,10 @@ export TEST_CHROMIUM
 step "running cargo test --workspace --features integration"
 cd "$ROOT"
 cargo test --workspace --locked --features integration "$@"
+
+if [ $# -eq 0 ]; then
+  step "building the binaries for the chaos suite (debug)"
+  cargo build --locked -p pixelpipe-ingest -p pixelpipe-sink -p pixelpipe-bench --bins
+  step "running bench/scripts/chaos.sh --short"
+  BIN_DIR="$ROOT/target/debug" "$ROOT/bench/scripts/chaos.sh" --short
+fi

@@ -93,6 +93,33 @@ pub fn url(base: &str, path: &str, params: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever is encoded decodes back to itself, in order.
+        #[test]
+        fn encoded_pairs_decode_to_themselves(
+            params in proptest::collection::vec((any::<String>(), any::<String>()), 0..8)
+        ) {
+            let encoded = query_string(&params);
+            let back: Vec<(String, String)> = pairs(&encoded)
+                .map(|p| p.map(|(k, v)| (k.into_owned(), v.into_owned())))
+                .collect::<Option<_>>()
+                .expect("our own encoding is well formed");
+            let want: Vec<(String, String)> =
+                params.into_iter().filter(|(k, v)| !(k.is_empty() && v.is_empty())).collect();
+            prop_assert_eq!(back, want);
+        }
+
+        /// Any text at all gets an answer from the decoder, never a panic.
+        #[test]
+        fn any_query_decodes_or_is_refused(query in ".{0,200}") {
+            for pair in pairs(&query) {
+                let _ = pair;
+            }
+            let _ = percent_decode(&query);
+        }
+    }
 
     #[test]
     fn encoding_leaves_only_unreserved_bytes() {

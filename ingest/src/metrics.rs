@@ -65,7 +65,7 @@ impl Route {
 /// What became of the hits during the edge's life, as logged at shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
-    /// Hits handed to the queue.
+    /// Hits accepted (into the channel, or spilled to the spool).
     pub accepted: u64,
     /// Hits Kafka confirmed.
     pub delivered: u64,
@@ -169,7 +169,7 @@ impl Metrics {
         );
         let hits_accepted = counter_vec(
             "pixelpipe_ingest_hits_accepted_total",
-            "Hits handed to the batcher queue.",
+            "Hits accepted: into the batcher channel, or into the spool when the channel was full.",
             &["transport"],
         );
         let hits_invalid = counter_vec(

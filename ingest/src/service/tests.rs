@@ -761,3 +761,76 @@ mod links {
         );
     }
 }
+
+mod properties {
+    //! Hostile input: whatever the query or body, a pixel gets its GIF, a beacon gets a 2xx or a
+    //! 4xx naming the problem, and nothing panics (a panic would fail the test, and in the server
+    //! become a counted 500).
+    use super::*;
+    use proptest::prelude::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// Query text: mostly parameter-shaped, with escapes and separators.
+    fn query() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("site=s".to_owned()),
+                Just("&".to_owned()),
+                Just("=".to_owned()),
+                Just("%".to_owned()),
+                Just("%zz".to_owned()),
+                Just("%C3%A9".to_owned()),
+                Just("%FF".to_owned()),
+                Just("e=open".to_owned()),
+                Just("value=1e999".to_owned()),
+                Just("sig=".to_owned()),
+                "[a-z_]{1,8}=[^&#]{0,16}",
+                ".{0,12}",
+            ],
+            0..12,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn a_pixel_always_gets_its_gif(q in query()) {
+            let rt = runtime();
+            let f = fixture(config(), 1024);
+            let uri = format!("/p.gif?{}", q.replace(['#', ' '], "+"));
+            let Ok(r) = Request::builder().uri(uri.as_str()).body(Full::new(Bytes::new())) else {
+                // Not a request hyper would ever hand us.
+                return Ok(());
+            };
+            let (status, _, body) = rt.block_on(call(&f, r));
+            prop_assert_eq!(status, StatusCode::OK);
+            prop_assert_eq!(&body[..], PIXEL_GIF);
+        }
+
+        #[test]
+        fn a_beacon_gets_an_answer_never_a_panic(body in prop_oneof![
+            ".{0,300}",
+            Just("[]".to_owned()),
+            Just("{\"site\":\"s\",\"e\":\"pageview\",\"value\":1e400}".to_owned()),
+            "\\{\"site\":\"s\"(,\"[a-z]{1,6}\":(\"[^\"\\\\]{0,10}\"|[0-9.e+-]{1,12}|true|null|\\[\\]|\\{\\}))*\\}",
+            "\\[(\\{\"site\":\"[a-z]{0,4}\"\\},?){0,5}\\]",
+        ]) {
+            let rt = runtime();
+            let f = fixture(config(), 1024);
+            let r = req("POST", "/collect", &body);
+            let (status, _, _) = rt.block_on(call(&f, r));
+            prop_assert!(
+                status == StatusCode::NO_CONTENT || status.is_client_error(),
+                "{status} for {body:?}"
+            );
+        }
+    }
+}
