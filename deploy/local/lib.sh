@@ -8,7 +8,8 @@ STATE_DIR="${PIXELPIPE_STATE_DIR:-$ROOT/.local}"
 # Built tools shared by every checkout on this machine, so the broker is built once.
 TOOLS_DIR="${PIXELPIPE_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pixelpipe}"
 TANSU_VERSION="0.6.0"
-TANSU_BIN="$TOOLS_DIR/tansu-$TANSU_VERSION/bin/tansu"
+# Built with its PostgreSQL storage engine only (see kafka.sh for why not SQLite).
+TANSU_BIN="$TOOLS_DIR/tansu-$TANSU_VERSION-postgres/bin/tansu"
 KAFKA_HOST="127.0.0.1"
 KAFKA_PORT="${PIXELPIPE_KAFKA_PORT:-9092}"
 KAFKA_ADDR="$KAFKA_HOST:$KAFKA_PORT"
