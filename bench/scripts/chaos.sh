@@ -39,6 +39,9 @@ fi
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(broker-restart broker-kill sink-kill clickhouse-stop edge-term edge-kill-disk group-kill)
 HITS=${HITS:-20000} RATE=${RATE:-250} OUTAGE_S=${OUTAGE_S:-20} CATCH_UP_S=${CATCH_UP_S:-240}
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
+for port in 18181 18182 19181 19182 19191 19192; do
+  port_open 127.0.0.1 "$port" && die "port $port is taken (a previous run still going?); the suite needs 18181-18182 and 19181-19192"
+done
 for b in pixelpipe-ingest pixelpipe-sink pixelpipe-chaosload; do
   [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing; build first: cargo build --release -p pixelpipe-ingest -p pixelpipe-sink -p pixelpipe-bench --bins"
 done
@@ -53,6 +56,14 @@ declare -A PIDS
 
 ch() { clickhouse-client -q "$1" 2>/dev/null; }
 
+# Whatever happens, the edges, sinks and load generator this script started do not outlive it.
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}" ${load:-}; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
 start_edge() { # INDEX DURABILITY
   local i=$1
   PIXELPIPE_LOG=warn,pixelpipe_ingest=info "$BIN_DIR/pixelpipe-ingest" \
@@ -62,6 +73,7 @@ start_edge() { # INDEX DURABILITY
     --set "spool.fsync_interval_ms=200" >>"$WORK/$RUN/edge$i.log" 2>&1 &
   PIDS[edge$i]=$!
   for _ in $(seq 1 150); do
+    kill -0 "${PIDS[edge$i]}" 2>/dev/null || die "edge $i exited; see $WORK/$RUN/edge$i.log"
     [ "$(http_status "${EDGE_PORTS[$i]}" /healthz)" = 200 ] && return 0
     sleep 0.1
   done
@@ -74,6 +86,8 @@ start_sink() { # INDEX
     --set "kafka.topic=$TOPIC" --set "kafka.group_id=$RUN" --set "clickhouse.table_prefix=${RUN}_" \
     --set "admin.listen_addr=127.0.0.1:${SINK_ADMIN[$i]}" >>"$WORK/$RUN/sink$i.log" 2>&1 &
   PIDS[sink$i]=$!
+  sleep 0.5
+  kill -0 "${PIDS[sink$i]}" 2>/dev/null || die "sink $i exited; see $WORK/$RUN/sink$i.log"
 }
 
 # stop NAME SIGNAL: signals a process this script started and waits for it to exit.
@@ -141,7 +155,8 @@ for SCENARIO in "${SCENARIOS[@]}"; do
     fault
   done
   wait $load || die "the load generator failed; see $WORK/$RUN/load.out"
-  answered=$(grep -oE 'answered=[0-9]+' "$WORK/$RUN/load.out" | cut -d= -f2)
+  answered=$(sed -nE 's/.* answered=([0-9]+) .*/\1/p' "$WORK/$RUN/load.out")
+  [ -n "$answered" ] || die "no result from the load generator; see $WORK/$RUN/load.out"
   note "load done: $(cat "$WORK/$RUN/load.out")"
 
   # Catch up: until every answered hit is stored, or CATCH_UP_S passes.

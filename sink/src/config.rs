@@ -76,6 +76,11 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     /// `statistics.interval.ms`, for the consumer-lag metric. Default 5000.
     pub statistics_interval_ms: u64,
+    /// A message whose payload is larger is dead-lettered as `too_large` without being decoded.
+    /// The edge's default limits (`http.max_body_bytes` 64 KiB, `http.max_header_bytes` 16 KiB,
+    /// `limits.max_query_bytes` 8 KiB) keep a hit well below it; raise it with them. At least
+    /// 4096. Default 262144 (256 KiB).
+    pub max_payload_bytes: usize,
     /// Any other librdkafka consumer property, passed through unchanged (SASL, TLS, ...).
     pub properties: BTreeMap<String, String>,
 }
@@ -104,7 +109,10 @@ pub struct ClickHouseConfig {
     /// The same for `<prefix>bad_hits`, whose raw payloads are kept only to be looked at.
     /// Default 30.
     pub bad_hits_retention_days: u32,
-    /// One insert may take this long before it counts as failed and is retried. Default 30000.
+    /// One insert may take this long before it counts as failed and is retried (each chunk sent,
+    /// and then the server's answer); the version check at start is bounded by it too, so a
+    /// server that accepts connections and never answers is waited out, not waited on. Default
+    /// 30000.
     pub insert_timeout_ms: u64,
 }
 
@@ -149,6 +157,7 @@ impl Default for KafkaConfig {
             group_id: "pixelpipe-sink".into(),
             dead_letter_topic: String::new(),
             statistics_interval_ms: 5_000,
+            max_payload_bytes: 256 * 1024,
             properties: BTreeMap::new(),
         }
     }
@@ -252,6 +261,11 @@ impl layers::Validate for SinkConfig {
             "kafka.statistics_interval_ms",
             "must be at least 1",
         )?;
+        check(
+            k.max_payload_bytes >= 4096,
+            "kafka.max_payload_bytes",
+            "must be at least 4096 (a smaller limit would dead-letter ordinary hits)",
+        )?;
         for name in [
             "enable.auto.commit",
             "enable.auto.offset.store",
@@ -348,6 +362,8 @@ mod tests {
             ("clickhouse.database", "a;drop"),
             ("clickhouse.url", "127.0.0.1:8123"),
             ("batch.max_rows", "0"),
+            ("kafka.max_payload_bytes", "1000"),
+            ("clickhouse.insert_timeout_ms", "0"),
             ("retry.max_backoff_ms", "1"),
             ("kafka.dead_letter_topic", "pixelpipe.hits"),
             ("kafka.properties.enable.auto.commit", "true"),

@@ -120,11 +120,12 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
     fn take(&mut self, batch: &mut Batch, message: &Message) {
         self.metrics.consumed();
         let payload = &message.payload;
-        match row::decode(
+        match row::decode_within(
             &message.topic,
             message.partition,
             message.offset,
             payload,
+            self.config.kafka.max_payload_bytes,
             &mut self.enricher,
         ) {
             Decoded::Hit(hit) => {
@@ -174,18 +175,20 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
                     self.commit(batch);
                     break Outcome::Stored;
                 }
-                Err(e) if !e.retryable() => return Err(e),
                 Err(e) => e,
             };
+            let Some(cause) = error.retry_cause() else {
+                return Err(error);
+            };
             attempt += 1;
-            self.metrics.retried();
+            self.metrics.retried(cause);
             let backoff = backoff(
                 attempt,
                 self.config.retry.initial_backoff_ms,
                 self.config.retry.max_backoff_ms,
             );
-            tracing::warn!(%error, attempt, backoff_ms = backoff.as_millis() as u64, rows = batch.len(),
-                "writing the batch failed; keeping it and retrying");
+            tracing::warn!(%error, cause = cause.as_str(), attempt, backoff_ms = backoff.as_millis() as u64,
+                rows = batch.len(), "writing the batch failed; keeping it and retrying");
             if paused.is_none() {
                 // Nothing new is fetched while this batch is stuck.
                 let assignment = self.consumer.assignment()?;

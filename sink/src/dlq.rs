@@ -37,7 +37,13 @@ impl KafkaDeadLetters {
         let mut c = shared_client_config(config);
         c.set("acks", "all")
             .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000");
+            .set("message.timeout.ms", "30000")
+            // A dead letter is as large as the message it copies, which the broker took from an
+            // lz4 producer (the edge) under its limit: compressed alike, and without librdkafka's
+            // own 1 MB cap on the uncompressed message, it fits where the original did. Otherwise
+            // an oversized message would fail its batch for good and hold its partition.
+            .set("compression.type", "lz4")
+            .set("message.max.bytes", "1000000000");
         Ok(KafkaDeadLetters {
             producer: c.create()?,
             topic: config.dead_letter_topic(),

@@ -1,4 +1,5 @@
-//! The sink's one error type, and the one place it becomes a retry decision ([`Error::retryable`]).
+//! The sink's one error type, and the one place it becomes a retry decision
+//! ([`Error::retry_cause`]).
 
 use pixelpipe_common::http::IoError;
 use pixelpipe_common::layers::ConfigError;
@@ -25,11 +26,63 @@ pub enum Error {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
+/// Why a write failed and will be retried: the `cause` label of
+/// `pixelpipe_sink_insert_retries_total`, so an operator can tell a refusing server from a hung
+/// one from a broken connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCause {
+    /// ClickHouse answered with an error: an HTTP error status, its exception text logged.
+    ClickHouseError,
+    /// ClickHouse did not answer within `clickhouse.insert_timeout_ms`.
+    ClickHouseTimeout,
+    /// No connection to ClickHouse, or it was closed or reset before the answer.
+    ClickHouseConnection,
+    /// Anything else the ClickHouse client reported (an answer it could not read, compression).
+    ClickHouseOther,
+    /// Kafka: the dead-letter topic did not confirm a bad message.
+    Kafka,
+}
+
+impl RetryCause {
+    /// Every cause, in declaration order.
+    pub const ALL: [RetryCause; 5] = [
+        RetryCause::ClickHouseError,
+        RetryCause::ClickHouseTimeout,
+        RetryCause::ClickHouseConnection,
+        RetryCause::ClickHouseOther,
+        RetryCause::Kafka,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryCause::ClickHouseError => "clickhouse_error",
+            RetryCause::ClickHouseTimeout => "clickhouse_timeout",
+            RetryCause::ClickHouseConnection => "clickhouse_connection",
+            RetryCause::ClickHouseOther => "clickhouse_other",
+            RetryCause::Kafka => "kafka",
+        }
+    }
+}
+
 impl Error {
-    /// Whether the batch that hit this error should be retried (after a backoff) rather than the
-    /// sink stopping. ClickHouse and Kafka outages pass; configuration mistakes do not.
+    /// Why the batch that hit this error should be retried (after a backoff), or `None` when the
+    /// sink should stop instead. ClickHouse and Kafka outages pass; configuration mistakes do not.
+    pub fn retry_cause(&self) -> Option<RetryCause> {
+        use clickhouse::error::Error as Ch;
+        match self {
+            Error::ClickHouse(Ch::BadResponse(_)) => Some(RetryCause::ClickHouseError),
+            Error::ClickHouse(Ch::TimedOut) => Some(RetryCause::ClickHouseTimeout),
+            Error::ClickHouse(Ch::Network(_)) => Some(RetryCause::ClickHouseConnection),
+            Error::ClickHouse(_) => Some(RetryCause::ClickHouseOther),
+            Error::Kafka(_) => Some(RetryCause::Kafka),
+            Error::Config(_) | Error::Io(_) | Error::UnsupportedServer(_) => None,
+        }
+    }
+
+    /// Whether the batch that hit this error should be retried rather than the sink stopping.
     pub fn retryable(&self) -> bool {
-        matches!(self, Error::ClickHouse(_) | Error::Kafka(_))
+        self.retry_cause().is_some()
     }
 
     /// An [`Error::Config`] naming `setting`.
@@ -40,3 +93,33 @@ impl Error {
 
 /// The sink's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_cause_and_configuration_errors_none() {
+        use clickhouse::error::Error as Ch;
+        let cause = |e: Error| e.retry_cause().map(RetryCause::as_str);
+        assert_eq!(
+            cause(Ch::BadResponse("Code: 241. DB::Exception: Memory limit".into()).into()),
+            Some("clickhouse_error")
+        );
+        assert_eq!(cause(Ch::TimedOut.into()), Some("clickhouse_timeout"));
+        assert_eq!(
+            cause(Ch::Network("connection closed before message completed".into()).into()),
+            Some("clickhouse_connection")
+        );
+        assert_eq!(
+            cause(Ch::Decompression("bad lz4".into()).into()),
+            Some("clickhouse_other")
+        );
+        assert_eq!(
+            cause(rdkafka::error::KafkaError::Canceled.into()),
+            Some("kafka")
+        );
+        assert_eq!(cause(Error::config("batch.max_rows", "no")), None);
+        assert_eq!(cause(Error::UnsupportedServer("19.1".into())), None);
+    }
+}

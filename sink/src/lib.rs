@@ -117,12 +117,21 @@ pub async fn run(
     result
 }
 
-/// Detects the server flavour, retrying while the server is unreachable; `None` if stopped first.
+/// Detects the server flavour, retrying while the server is unreachable or does not answer
+/// within `clickhouse.insert_timeout_ms`; `None` if stopped first.
 async fn wait_for_clickhouse(config: &SinkConfig, stop: &watch::Receiver<bool>) -> Option<Flavour> {
     let client = store::client(&config.clickhouse);
+    let timeout = Duration::from_millis(config.clickhouse.insert_timeout_ms);
     let mut attempt = 0;
     loop {
-        match Flavour::detect(&client).await {
+        let mut stopped = stop.clone();
+        let detected = tokio::select! {
+            d = tokio::time::timeout(timeout, Flavour::detect(&client)) => {
+                d.unwrap_or(Err(Error::ClickHouse(clickhouse::error::Error::TimedOut)))
+            }
+            _ = stopped.wait_for(|s| *s) => return None,
+        };
+        match detected {
             Ok(f) => return Some(f),
             Err(e) if !e.retryable() => {
                 tracing::error!(error = %e, "cannot use this ClickHouse server");

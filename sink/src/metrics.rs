@@ -1,6 +1,7 @@
 //! Every metric the sink exports, declared in one place: `pixelpipe_sink_<noun>_<unit>[_total]`,
-//! labels from enums (bad-message reasons, traffic classes) or partition numbers, one registry per
-//! [`Metrics`]. The fields are private: callers say what happened through a method.
+//! labels from enums (bad-message reasons, retry causes, traffic classes) or partition numbers,
+//! one registry per [`Metrics`]. The fields are private: callers say what happened through a
+//! method.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use prometheus::{
 };
 
 use crate::enrich::TrafficClass;
+use crate::error::RetryCause;
 use crate::row::BadReason;
 
 /// The sink's metrics.
@@ -21,7 +23,7 @@ pub struct Metrics {
     batch_rows: Histogram,
     batch_bytes: Histogram,
     insert_seconds: Histogram,
-    retries: IntCounter,
+    retries: IntCounterVec,
     batches_abandoned: IntCounter,
     commits: IntCounter,
     consumer_lag: IntGaugeVec,
@@ -86,9 +88,16 @@ impl Metrics {
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ],
             ),
-            retries: counter(
-                "pixelpipe_sink_insert_retries_total",
-                "Failed batch writes that were retried.",
+            retries: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pixelpipe_sink_insert_retries_total",
+                        "Failed batch writes that were retried, by cause.",
+                    ),
+                    &["cause"],
+                )
+                .expect("valid metric"),
             ),
             batches_abandoned: counter(
                 "pixelpipe_sink_batches_abandoned_total",
@@ -126,6 +135,9 @@ impl Metrics {
         for r in BadReason::ALL {
             m.dead_lettered.with_label_values(&[r.as_str()]);
         }
+        for c in RetryCause::ALL {
+            m.retries.with_label_values(&[c.as_str()]);
+        }
         for c in TrafficClass::ALL {
             m.classified.with_label_values(&[c.as_str()]);
         }
@@ -158,9 +170,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a failed batch write that will be retried.
-    pub fn retried(&self) {
-        self.retries.inc();
+    /// Counts a failed batch write that will be retried, by why it failed.
+    pub fn retried(&self, cause: RetryCause) {
+        self.retries.with_label_values(&[cause.as_str()]).inc();
     }
 
     /// Counts a batch given up at shutdown without committing.
@@ -207,6 +219,13 @@ mod tests {
             let series = format!(
                 "pixelpipe_sink_dead_lettered_total{{reason=\"{}\"}} 0",
                 r.as_str()
+            );
+            assert!(text.contains(&series), "{series}");
+        }
+        for c in RetryCause::ALL {
+            let series = format!(
+                "pixelpipe_sink_insert_retries_total{{cause=\"{}\"}} 0",
+                c.as_str()
             );
             assert!(text.contains(&series), "{series}");
         }

@@ -151,6 +151,10 @@ pub struct BadMessage {
 /// header on the dead-letter topic, the `reason` label of `pixelpipe_sink_dead_lettered_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadReason {
+    /// No payload at all: zero bytes, or a null payload (a tombstone). The edge never writes one.
+    Empty,
+    /// A payload larger than `kafka.max_payload_bytes`, whatever it holds.
+    TooLarge,
     /// Not a JSON hit.
     Undecodable,
     /// A hit of a schema version this build does not read.
@@ -161,7 +165,9 @@ pub enum BadReason {
 
 impl BadReason {
     /// Every reason, in declaration order.
-    pub const ALL: [BadReason; 3] = [
+    pub const ALL: [BadReason; 5] = [
+        BadReason::Empty,
+        BadReason::TooLarge,
         BadReason::Undecodable,
         BadReason::UnsupportedVersion,
         BadReason::OutOfRange,
@@ -170,6 +176,8 @@ impl BadReason {
     /// The stored name and metric label.
     pub fn as_str(self) -> &'static str {
         match self {
+            BadReason::Empty => "empty",
+            BadReason::TooLarge => "too_large",
             BadReason::Undecodable => "undecodable",
             BadReason::UnsupportedVersion => "unsupported_version",
             BadReason::OutOfRange => "out_of_range",
@@ -193,7 +201,11 @@ pub enum Decoded {
     Bad(BadMessage),
 }
 
-/// Decodes, checks and enriches one message.
+/// How much of a `too_large` payload the `payload` column of `bad_hits` keeps (the dead-letter
+/// topic keeps every byte): enough to see what it is.
+pub const TOO_LARGE_STORED_BYTES: usize = 1024;
+
+/// Decodes, checks and enriches one message, of any size (the consumer uses [`decode_within`]).
 pub fn decode(
     topic: &str,
     partition: i32,
@@ -201,17 +213,50 @@ pub fn decode(
     payload: &[u8],
     enricher: &mut Enricher,
 ) -> Decoded {
+    decode_within(topic, partition, offset, payload, usize::MAX, enricher)
+}
+
+/// Decodes, checks and enriches one message. A payload that is empty or larger than
+/// `max_payload_bytes` is bad before any decoding.
+pub fn decode_within(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    payload: &[u8],
+    max_payload_bytes: usize,
+    enricher: &mut Enricher,
+) -> Decoded {
     let bad = |reason: BadReason, error: String| {
+        let stored = match reason {
+            BadReason::TooLarge => &payload[..payload.len().min(TOO_LARGE_STORED_BYTES)],
+            _ => payload,
+        };
         Decoded::Bad(BadMessage {
             kafka_topic: topic.to_owned(),
             kafka_partition: partition,
             kafka_offset: offset,
             reason,
             error,
-            payload: String::from_utf8_lossy(payload).into_owned(),
+            payload: String::from_utf8_lossy(stored).into_owned(),
             raw: payload.to_vec(),
         })
     };
+    if payload.is_empty() {
+        return bad(
+            BadReason::Empty,
+            "empty payload (zero bytes or null): not a hit".into(),
+        );
+    }
+    if payload.len() > max_payload_bytes {
+        return bad(
+            BadReason::TooLarge,
+            format!(
+                "payload of {} bytes is larger than kafka.max_payload_bytes ({max_payload_bytes}); \
+                 bad_hits keeps its first {TOO_LARGE_STORED_BYTES} bytes, the dead-letter topic all",
+                payload.len()
+            ),
+        );
+    }
     match wire::decode(payload) {
         Err(e @ WireError::UnsupportedVersion { .. }) => {
             bad(BadReason::UnsupportedVersion, e.to_string())
@@ -385,21 +430,33 @@ mod tests {
     #[test]
     fn bad_messages_say_why() {
         let mut enricher = crate::enrich::tests::shared();
-        let mut reason = |payload: &[u8]| match decode("t", 0, 7, payload, &mut enricher) {
-            Decoded::Bad(b) => {
-                assert_eq!(
-                    (b.kafka_topic.as_str(), b.kafka_offset, b.raw.as_slice()),
-                    ("t", 7, payload)
-                );
-                b.reason.as_str()
-            }
-            Decoded::Hit(_) => "hit",
-        };
+        let mut reason =
+            |payload: &[u8]| match decode_within("t", 0, 7, payload, 4096, &mut enricher) {
+                Decoded::Bad(b) => {
+                    assert_eq!(
+                        (b.kafka_topic.as_str(), b.kafka_offset, b.raw.as_slice()),
+                        ("t", 7, payload)
+                    );
+                    b.reason.as_str()
+                }
+                Decoded::Hit(_) => "hit",
+            };
+        assert_eq!(reason(b""), "empty");
         assert_eq!(reason(b"\xff not json"), "undecodable");
         assert_eq!(reason(br#"{"schema_version":99}"#), "unsupported_version");
         let mut h = hit();
-        h.received_at_ms = 5_000_000_000_000_000;
+        h.schema_version = 99;
         let mut buf = Vec::new();
+        wire::encode(&h, &mut buf);
+        assert!(buf.starts_with(br#"{"schema_version":99,"#));
+        assert_eq!(
+            reason(&buf),
+            "unsupported_version",
+            "a whole hit of a later version"
+        );
+        let mut h = hit();
+        h.received_at_ms = 5_000_000_000_000_000;
+        buf.clear();
         wire::encode(&h, &mut buf);
         assert_eq!(reason(&buf), "out_of_range");
         let mut h = hit();
@@ -410,5 +467,31 @@ mod tests {
         buf.clear();
         wire::encode(&hit(), &mut buf);
         assert_eq!(reason(&buf), "hit");
+    }
+
+    #[test]
+    fn a_payload_over_the_limit_is_too_large_even_as_a_valid_hit() {
+        let mut h = hit();
+        h.props.push(("blob".into(), "x".repeat(5000)));
+        let mut buf = Vec::new();
+        wire::encode(&h, &mut buf);
+        let mut enricher = crate::enrich::tests::shared();
+        assert!(
+            matches!(
+                decode_within("t", 0, 1, &buf, buf.len(), &mut enricher),
+                Decoded::Hit(_)
+            ),
+            "at the limit it is read"
+        );
+        match decode_within("t", 0, 1, &buf, buf.len() - 1, &mut enricher) {
+            Decoded::Bad(b) => {
+                assert_eq!(b.reason, BadReason::TooLarge);
+                assert_eq!(b.raw, buf, "the dead-letter topic gets every byte");
+                assert_eq!(b.payload.len(), TOO_LARGE_STORED_BYTES);
+                assert_eq!(b.payload.as_bytes(), &buf[..TOO_LARGE_STORED_BYTES]);
+                assert!(b.error.contains(&buf.len().to_string()), "{}", b.error);
+            }
+            Decoded::Hit(_) => panic!("over the limit"),
+        }
     }
 }

@@ -183,6 +183,147 @@ async fn a_poison_message_is_dead_lettered_and_the_partition_keeps_flowing() {
     not(feature = "integration"),
     ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
 )]
+async fn empty_null_huge_and_future_messages_are_dead_lettered_each_by_its_reason() {
+    use pixelpipe_common::wire;
+    let topic = unique_topic("hostile_input");
+    create_topics(&topic, 1).await;
+    let prefix = format!("{}_", unique("hostile_input"));
+    let url = clickhouse_url();
+    let config = sink_config(&topic, &prefix);
+    // A valid hit of about 900 KB: below what a broker and a producer take by default (1 MB),
+    // far above what an edge writes.
+    let mut huge = wire::decode(&encoded_hit("s", 100)).unwrap();
+    huge.props.push(("blob".into(), "x".repeat(900 * 1024)));
+    let mut huge_bytes = Vec::new();
+    wire::encode(&huge, &mut huge_bytes);
+    assert!(huge_bytes.len() > config.kafka.max_payload_bytes);
+    // 2 MiB that lz4 makes small enough for the broker (its limit counts compressed bytes, as the
+    // edge's lz4 producer sends them), but more than a producer takes uncompressed by default.
+    let mut larger = b"{\"schema_version\":1,\"junk\":\"".to_vec();
+    larger.resize(2 * 1024 * 1024, b'y');
+    // A whole hit, every field as version 1 has it, that says it is version 99.
+    let mut future = wire::decode(&encoded_hit("s", 101)).unwrap();
+    future.schema_version = 99;
+    let mut future_bytes = Vec::new();
+    wire::encode(&future, &mut future_bytes);
+    assert!(future_bytes.starts_with(br#"{"schema_version":99,"#));
+
+    let good: Vec<Vec<u8>> = (0..10).map(|i| encoded_hit("s", i)).collect();
+    let mut payloads: Vec<Option<&[u8]>> = good[..5].iter().map(|p| Some(p.as_slice())).collect();
+    payloads.push(Some(b""));
+    payloads.push(None);
+    payloads.push(Some(&huge_bytes));
+    payloads.push(Some(&larger));
+    payloads.push(Some(&future_bytes));
+    payloads.extend(good[5..].iter().map(|p| Some(p.as_slice())));
+    produce_payloads(
+        &topic,
+        &payloads,
+        &[
+            ("compression.type", "lz4"),
+            ("message.max.bytes", "10000000"),
+        ],
+    );
+    let sink = RunningSink::start(config);
+
+    let hits = wait_for(
+        &url,
+        &format!("SELECT count() FROM pixelpipe.{prefix}hits"),
+        10,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(hits, 10, "the good messages after the bad ones are stored");
+    let bad: Vec<(String, i64, u64)> = ch(&url)
+        .query(&format!(
+            "SELECT reason, kafka_offset, length(payload) FROM pixelpipe.{prefix}bad_hits FINAL ORDER BY kafka_offset"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        bad,
+        vec![
+            ("empty".to_string(), 5, 0),
+            ("empty".to_string(), 6, 0),
+            (
+                "too_large".to_string(),
+                7,
+                pixelpipe_sink::row::TOO_LARGE_STORED_BYTES as u64
+            ),
+            (
+                "too_large".to_string(),
+                8,
+                pixelpipe_sink::row::TOO_LARGE_STORED_BYTES as u64
+            ),
+            (
+                "unsupported_version".to_string(),
+                9,
+                future_bytes.len() as u64
+            ),
+        ]
+    );
+    for (reason, want) in [
+        ("empty", 2.0),
+        ("too_large", 2.0),
+        ("unsupported_version", 1.0),
+        ("undecodable", 0.0),
+    ] {
+        let series = format!("pixelpipe_sink_dead_lettered_total{{reason=\"{reason}\"}}");
+        assert_eq!(sink.wait_metric(&series, want).await, want, "{series}");
+    }
+
+    // The dead-letter topic has every byte, the huge payload included, and each reason.
+    let dlq = format!("{topic}.dlq");
+    let messages = tokio::task::spawn_blocking(move || read_raw(&dlq, 5))
+        .await
+        .unwrap();
+    let by_offset: std::collections::BTreeMap<String, (usize, String)> = messages
+        .iter()
+        .map(|(payload, headers)| {
+            let header = |k: &str| {
+                headers
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            (
+                header("pixelpipe.source.offset"),
+                (payload.len(), header("pixelpipe.reason")),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_offset,
+        [
+            ("5".to_string(), (0, "empty".to_string())),
+            ("6".to_string(), (0, "empty".to_string())),
+            ("7".to_string(), (huge_bytes.len(), "too_large".to_string())),
+            ("8".to_string(), (larger.len(), "too_large".to_string())),
+            (
+                "9".to_string(),
+                (future_bytes.len(), "unsupported_version".to_string())
+            ),
+        ]
+        .into_iter()
+        .collect()
+    );
+    for original in [&huge_bytes, &larger] {
+        assert!(
+            messages.iter().any(|(p, _)| p == original),
+            "the dead-letter topic has all {} bytes",
+            original.len()
+        );
+    }
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
+)]
 async fn two_sinks_in_one_group_store_every_row_once() {
     let topic = unique_topic("group");
     create_topics(&topic, 4).await;

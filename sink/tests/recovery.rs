@@ -210,7 +210,7 @@ async fn clickhouse_stopped_mid_stream_is_waited_out() {
         .unwrap();
     // The sink keeps the batch and retries while the server is down.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while sink.metric("pixelpipe_sink_insert_retries_total").await < 2.0 {
+    while sink.metric_sum("pixelpipe_sink_insert_retries_total").await < 2.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the sink never retried"

@@ -114,6 +114,8 @@ impl HitConsumer for FakeConsumer {
 struct Writer {
     shared: Shared,
     failures: AtomicUsize,
+    /// What a transient failure returns.
+    failure: fn() -> Error,
     fatal: AtomicBool,
     revoke_on_failure: Option<(usize, i32)>,
     revoke_on_success: Option<i32>,
@@ -131,6 +133,7 @@ impl Writer {
         Writer {
             shared: shared.clone(),
             failures: AtomicUsize::new(failures),
+            failure: || Error::Kafka(rdkafka::error::KafkaError::Canceled),
             fatal: AtomicBool::new(false),
             revoke_on_failure: None,
             revoke_on_success: None,
@@ -156,7 +159,7 @@ impl RowWriter for Writer {
                 }
             }
             b.log.push(Event::WriteFailed);
-            return Err(Error::Kafka(rdkafka::error::KafkaError::Canceled));
+            return Err((self.failure)());
         }
         let mut b = self.shared.lock().unwrap();
         b.log
@@ -467,6 +470,70 @@ async fn the_batch_in_hand_is_written_and_committed_at_shutdown() {
             Event::Committed(vec![(0, 2)]),
         ]
     );
+}
+
+#[tokio::test]
+async fn retries_are_counted_by_cause() {
+    let shared = broker(&[0], &[(0, 0)]);
+    let mut bad = message(0, 1);
+    bad.payload = b"not a hit".to_vec();
+    shared.lock().unwrap().waiting.push_back(bad);
+    let mut writer = Writer::failing(&shared, 2);
+    writer.failure = || Error::ClickHouse(clickhouse::error::Error::TimedOut);
+    // The dead-letter topic fails once, then ClickHouse twice.
+    let running = start_with(&shared, writer, 1, 2);
+    let metrics = running.metrics.clone();
+    let (result, log) = running
+        .stop_when(|b| b.log.iter().any(|e| matches!(e, Event::Committed(_))))
+        .await;
+    result.unwrap();
+    assert_eq!(
+        log.iter()
+            .filter(|e| matches!(e, Event::WriteFailed | Event::DeadLettersFailed))
+            .count(),
+        3,
+        "{log:?}"
+    );
+    let text = metrics.render();
+    for series in [
+        "pixelpipe_sink_insert_retries_total{cause=\"kafka\"} 1",
+        "pixelpipe_sink_insert_retries_total{cause=\"clickhouse_timeout\"} 2",
+        "pixelpipe_sink_insert_retries_total{cause=\"clickhouse_error\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn empty_null_and_oversized_messages_are_dead_lettered_and_the_partition_flows_on() {
+    let shared = broker(&[0], &[(0, 0)]);
+    let max = SinkConfig::default().kafka.max_payload_bytes;
+    for (offset, payload) in [(1, Vec::new()), (2, vec![b' '; max + 1])] {
+        let mut m = message(0, offset);
+        m.payload = payload;
+        shared.lock().unwrap().waiting.push_back(m);
+    }
+    shared.lock().unwrap().waiting.push_back(message(0, 3));
+    let running = start(&shared, Writer::failing(&shared, 0), 4);
+    let metrics = running.metrics.clone();
+    let (result, log) = running.stop_after(3).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::DeadLettered(2),
+            Event::Written(vec![(0, 4)], 2),
+            Event::Committed(vec![(0, 4)]),
+        ]
+    );
+    let text = metrics.render();
+    for series in [
+        "pixelpipe_sink_dead_lettered_total{reason=\"empty\"} 1",
+        "pixelpipe_sink_dead_lettered_total{reason=\"too_large\"} 1",
+        "pixelpipe_sink_dead_lettered_total{reason=\"undecodable\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} in\n{text}");
+    }
 }
 
 #[test]

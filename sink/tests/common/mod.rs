@@ -144,11 +144,7 @@ impl RunningSink {
 
     /// One series' value from the sink's `/metrics`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let addr = self.admin;
-        let r = tokio::task::spawn_blocking(move || kafka::http(addr, "GET", "/metrics", &[], b""))
-            .await
-            .unwrap();
-        let text = String::from_utf8(r.body).unwrap();
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(series)?
@@ -158,6 +154,32 @@ impl RunningSink {
                     .ok()
             })
             .unwrap_or_else(|| panic!("{series} not in metrics"))
+    }
+
+    /// The sum of every series of metric `name`, whatever its labels.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
+        let values: Vec<f64> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let rest = match rest.strip_prefix('{') {
+                    Some(labelled) => &labelled[labelled.find('}')? + 1..],
+                    None => rest,
+                };
+                rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+            })
+            .collect();
+        assert!(!values.is_empty(), "{name} not in metrics");
+        values.iter().sum()
+    }
+
+    async fn metrics_text(&self) -> String {
+        let addr = self.admin;
+        let r = tokio::task::spawn_blocking(move || kafka::http(addr, "GET", "/metrics", &[], b""))
+            .await
+            .unwrap();
+        String::from_utf8(r.body).unwrap()
     }
 }
 
@@ -179,15 +201,30 @@ pub fn encoded_hit(site: &str, i: u64) -> Vec<u8> {
 
 /// Produces raw payloads to `topic` and waits until Kafka has them all.
 pub fn produce(topic: &str, payloads: &[Vec<u8>]) {
-    let producer: BaseProducer = ClientConfig::new()
+    let payloads: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
+    produce_payloads(topic, &payloads, &[]);
+}
+
+/// [`produce`], where `None` is a message with a null payload (a tombstone), with extra producer
+/// `properties`.
+pub fn produce_payloads(topic: &str, payloads: &[Option<&[u8]>], properties: &[(&str, &str)]) {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", kafka::brokers())
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+        .set("linger.ms", "5");
+    for (k, v) in properties {
+        config.set(*k, *v);
+    }
+    let producer: BaseProducer = config.create().unwrap();
     for (i, p) in payloads.iter().enumerate() {
         let key = (i % 97).to_string();
         loop {
-            match producer.send(BaseRecord::to(topic).payload(p).key(&key)) {
+            let record = BaseRecord::<String, [u8]>::to(topic).key(&key);
+            let record = match p {
+                Some(p) => record.payload(*p),
+                None => record,
+            };
+            match producer.send(record) {
                 Ok(()) => break,
                 Err((e, _)) => {
                     producer.poll(Duration::from_millis(50));
