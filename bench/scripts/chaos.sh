@@ -18,8 +18,14 @@
 #
 # Pass: missing 0 and duplicates 0 (edge-kill-disk reports its loss, bounded by what was in the
 # channel; see docs/reliability.md). Exit status 1 when a scenario failed.
+# The edges run with kafka.message_timeout_ms = MESSAGE_TIMEOUT_MS (5000; --short 2000), shorter
+# than the outages, so hits Kafka fails during an outage go through the spool and replay; and with
+# kafka.enable_idempotence = false, because tansu 0.6.0 refuses every later batch of a partition
+# once librdkafka bumps the idempotent producer's epoch after a timed-out message (KIP-360; see
+# docs/reliability.md). A retry may then write a hit twice to Kafka; it keeps its event_id, and
+# the duplicates column counts what the exact-count query would see.
 # Settings (environment): HITS (default 20000), RATE hits/s (250), OUTAGE_S (20),
-# CATCH_UP_S (240), BIN_DIR (target/release; build with
+# CATCH_UP_S (240), MESSAGE_TIMEOUT_MS, BIN_DIR (target/release; build with
 # cargo build --release -p pixelpipe-ingest -p pixelpipe-sink -p pixelpipe-bench --bins).
 source "$(dirname "${BASH_SOURCE[0]}")/../../deploy/local/lib.sh"
 
@@ -33,11 +39,12 @@ for a in "$@"; do
   esac
 done
 if [ "$SHORT" = 1 ]; then
-  HITS=${HITS:-3000} RATE=${RATE:-150} OUTAGE_S=${OUTAGE_S:-5}
+  HITS=${HITS:-3000} RATE=${RATE:-150} OUTAGE_S=${OUTAGE_S:-5} MESSAGE_TIMEOUT_MS=${MESSAGE_TIMEOUT_MS:-2000}
   [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(broker-restart)
 fi
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(broker-restart broker-kill sink-kill clickhouse-stop edge-term edge-kill-disk group-kill)
 HITS=${HITS:-20000} RATE=${RATE:-250} OUTAGE_S=${OUTAGE_S:-20} CATCH_UP_S=${CATCH_UP_S:-240}
+MESSAGE_TIMEOUT_MS=${MESSAGE_TIMEOUT_MS:-5000}
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
 for port in 18181 18182 19181 19182 19191 19192; do
   port_open 127.0.0.1 "$port" && die "port $port is taken (a previous run still going?); the suite needs 18181-18182 and 19181-19192"
@@ -70,7 +77,8 @@ start_edge() { # INDEX DURABILITY
     --listen-addr "127.0.0.1:${EDGE_PORTS[$i]}" --admin-addr "127.0.0.1:${EDGE_ADMIN[$i]}" \
     --brokers "$KAFKA_ADDR" --topic "$TOPIC" --set "edge_id=$RUN-edge$i" \
     --set "spool.dir=$WORK/$RUN/spool-$i" --set "spool.durability=$2" \
-    --set "spool.fsync_interval_ms=200" >>"$WORK/$RUN/edge$i.log" 2>&1 &
+    --set "spool.fsync_interval_ms=200" --set "kafka.message_timeout_ms=$MESSAGE_TIMEOUT_MS" \
+    --set kafka.enable_idempotence=false >>"$WORK/$RUN/edge$i.log" 2>&1 &
   PIDS[edge$i]=$!
   for _ in $(seq 1 150); do
     kill -0 "${PIDS[edge$i]}" 2>/dev/null || die "edge $i exited; see $WORK/$RUN/edge$i.log"
@@ -110,6 +118,15 @@ fault() {
     edge-kill-disk) stop edge0 KILL; start_edge 0 disk ;;
     group-kill) stop edge1 KILL; stop sink1 KILL; sleep 2; start_edge 1 memory; start_sink 1 ;;
   esac >>"$WORK/$RUN/faults.log" 2>&1
+}
+
+# metric PORT NAME: a counter's value from an edge's /metrics (0 when unreachable).
+metric() {
+  local v
+  v=$( (exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf 'GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+    awk -v n="$2" '$1 == n { print int($2) }' <&3) 2>/dev/null) || true
+  echo "${v:-0}"
 }
 
 # stored_counts: "ANSWERED_STORED DISTINCT_STORED ROWS" for this run's table: answered hits
@@ -171,6 +188,10 @@ for SCENARIO in "${SCENARIOS[@]}"; do
   catch_up=$((SECONDS - load_end))
   sleep 2 # a duplicate written after the last missing row would show now
   read -r stored distinct rows <<<"$(stored_counts || echo "0 0 0")"
+  replayed=0
+  for ((i = 0; i < edges; i++)); do
+    replayed=$((replayed + $(metric "${EDGE_ADMIN[$i]}" pixelpipe_ingest_spool_replayed_total)))
+  done
   missing=$((answered - stored))
   duplicates=$((rows - distinct))
   verdict=pass
@@ -178,8 +199,8 @@ for SCENARIO in "${SCENARIOS[@]}"; do
     verdict=FAIL; FAILED=1
   fi
   [ "$SCENARIO" = edge-kill-disk ] && [ "$missing" -ne 0 ] && verdict="reported ($missing lost)"
-  RESULTS+=("$(printf '| %s | %s | %s | %s | %s | %s | %s s | %s |' \
-    "$SCENARIO" "$HITS" "$answered" "$stored" "$missing" "$duplicates" "$catch_up" "$verdict")")
+  RESULTS+=("$(printf '| %s | %s | %s | %s | %s | %s | %s s | %s | %s |' \
+    "$SCENARIO" "$HITS" "$answered" "$stored" "$missing" "$duplicates" "$catch_up" "$replayed" "$verdict")")
 
   for name in "${!PIDS[@]}"; do stop "$name" TERM; done
   if [ "$verdict" = pass ]; then
@@ -189,8 +210,8 @@ for SCENARIO in "${SCENARIOS[@]}"; do
   fi
 done
 
-printf '\n| scenario | sent | answered 2xx | stored | missing | duplicates | catch-up | result |\n'
-printf '| --- | --- | --- | --- | --- | --- | --- | --- |\n'
+printf '\n| scenario | sent | answered 2xx | stored | missing | duplicates | catch-up | replayed from spool | result |\n'
+printf '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
 printf '%s\n' "${RESULTS[@]}"
 printf '\n%s, %s cores, %s; %s hits at %s/s, outages %s s\n' "$(date -u +%Y-%m-%d)" "$(nproc)" \
   "$(uname -m)" "$HITS" "$RATE" "$OUTAGE_S"
