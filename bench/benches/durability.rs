@@ -19,7 +19,7 @@ use pixelpipe_ingest::config::MessageKey;
 use pixelpipe_ingest::privacy::PrivacyConfig;
 use pixelpipe_ingest::produce::testing::RecordingProducer;
 use pixelpipe_ingest::queue::HitQueue;
-use pixelpipe_ingest::spool::Durability;
+use pixelpipe_ingest::spool::{Durability, Entry};
 use pixelpipe_ingest::testing::TempLedger;
 use pixelpipe_ingest::wire::Hit;
 use pixelpipe_ingest::Config;
@@ -91,9 +91,14 @@ fn durability(c: &mut Criterion) {
         b.iter(|| {
             let segment = spool
                 .spool()
-                .append((0..BATCH).map(|_| (None, payload.as_slice())), true)
+                .append(
+                    (0..BATCH).map(|_| (None, payload.as_slice())),
+                    Entry::WrittenAhead,
+                )
                 .unwrap();
-            spool.spool().settle(segment, BATCH as u64);
+            for _ in 0..BATCH {
+                spool.spool().settle(segment, Entry::WrittenAhead);
+            }
             spool.spool().sync().unwrap()
         })
     });

@@ -26,17 +26,25 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PID_FILE="$STATE_DIR/tansu.pid"
 LOG_FILE="$STATE_DIR/tansu.log"
 PG_PORT="${PIXELPIPE_POSTGRES_PORT:-5433}"
+IS_ROOT=false; [ "$(id -u)" = 0 ] && IS_ROOT=true
 # When run as root, PostgreSQL runs as the system user postgres, which owns $PG_DIR; so every parent
 # directory of $PG_DIR needs o+x (the default .local under a checkout in /work or /home has it).
-PG_DIR="$STATE_DIR/postgres"
-PG_DATA="$PG_DIR/data"
-PG_SOCKETS="$PG_DIR/run"             # its unix socket (admin access, peer auth) lives here only
-PG_LOG="$PG_DIR/postgres.log"
+# A checkout postgres cannot reach (say under /root) keeps its cluster in /var/lib/pixelpipe-local
+# instead, one directory per state dir.
+pg_paths() {
+  PG_DIR="$STATE_DIR/postgres"
+  if $IS_ROOT && id postgres >/dev/null 2>&1 && ! (cd / && runuser -u postgres -- test -x "$STATE_DIR") 2>/dev/null; then
+    PG_DIR="/var/lib/pixelpipe-local/postgres-$(printf '%s' "$STATE_DIR" | cksum | cut -d' ' -f1)"
+  fi
+  PG_DATA="$PG_DIR/data"
+  PG_SOCKETS="$PG_DIR/run"             # its unix socket (admin access, peer auth) lives here only
+  PG_LOG="$PG_DIR/postgres.log"
+}
+pg_paths # again after installing PostgreSQL, which creates the user postgres
 # The password of role tansu (made once, random, readable by this user only). Over TCP the cluster
 # asks for passwords (scram-sha-256); there is no trust rule, so other local users get no access.
 PG_PASSWORD_FILE="$STATE_DIR/postgres-tansu.password"
 SCHEMA="$ROOT/deploy/local/vendor/tansu-$TANSU_VERSION/010-schema.sql"
-IS_ROOT=false; [ "$(id -u)" = 0 ] && IS_ROOT=true
 
 install_tansu() {
   if [ -x "$TANSU_BIN" ]; then
@@ -85,6 +93,7 @@ install_postgres() {
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
     || die "apt-get install postgresql failed"
+  pg_paths
   pg_bin >/dev/null || die "postgresql is installed but no /usr/lib/postgresql/*/bin/initdb was found"
   note "installed PostgreSQL ($(pg_bin))"
 }
@@ -123,9 +132,9 @@ init_postgres() {
   step "creating the PostgreSQL cluster in $PG_DATA (first time only)"
   [ "${#PG_SOCKETS}" -le 90 ] || die "$PG_SOCKETS is too long for a unix socket path; set PIXELPIPE_STATE_DIR to a shorter directory"
   if $IS_ROOT; then
-    as_pg test -x "$STATE_DIR" \
-      || die "the user postgres cannot reach $STATE_DIR (a parent directory lacks o+x); set PIXELPIPE_STATE_DIR to a directory it can reach"
     mkdir -p "$PG_DIR"
+    as_pg test -x "$PG_DIR/.." \
+      || die "the user postgres cannot reach $PG_DIR (a parent directory lacks o+x); set PIXELPIPE_STATE_DIR to a directory it can reach"
     chown postgres:postgres "$PG_DIR"
   else
     mkdir -p "$PG_DIR"

@@ -17,7 +17,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use crate::metrics::Metrics;
 use crate::outbound::{Encoded, Outbound};
 use crate::produce::{BufferFull, Origin, SharedProducer};
-use crate::spool::Durability;
+use crate::spool::{Durability, Entry};
 use crate::wire::Hit;
 
 /// How the batcher threads run.
@@ -133,11 +133,18 @@ impl Worker {
         }
         let origin = match self.settings.durability {
             Durability::Memory => Origin::Memory,
-            Durability::Disk => match outbound.ledger.spool().append(self.out.iter(), true) {
-                Ok(segment) => Origin::Live(segment),
-                // Full or unwritable: Kafka may still take them; if it does not, the ledger
-                // counts the loss.
-                Err(_) => Origin::Memory,
+            Durability::Disk => match outbound
+                .ledger
+                .spool()
+                .append(self.out.iter(), Entry::WrittenAhead)
+            {
+                Ok(segment) => Origin::WrittenAhead(segment),
+                // Full or unwritable: Kafka may still take them from memory; if it does not,
+                // the ledger counts the loss.
+                Err(error) => {
+                    outbound.ledger.write_ahead_skipped(self.out.len(), &error);
+                    Origin::Memory
+                }
             },
         };
         for (key, payload) in self.out.iter() {

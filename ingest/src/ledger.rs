@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::hit::DropReason;
 use crate::metrics::Metrics;
 use crate::produce::{DeliveryFailure, Origin};
-use crate::spool::{now_ms, AppendError, Spool};
+use crate::spool::{AppendError, Entry, Spool};
 
 /// After the last failed delivery, how long `/readyz` keeps saying deliveries are failing when
 /// nothing has been delivered since. Bounded so an edge with no traffic (the load balancer took
@@ -28,9 +28,13 @@ pub struct Ledger {
     outcomes: AtomicU64,
     last_delivered: AtomicU64,
     last_failed: AtomicU64,
+    /// Milliseconds since `started` of the last failure: a monotonic clock, so a wall-clock step
+    /// cannot hold readiness down.
     last_failed_ms: AtomicU64,
+    started: Instant,
     too_large_logged: AtomicBool,
     spool_error_logged: AtomicBool,
+    write_ahead_logged: AtomicBool,
 }
 
 impl Ledger {
@@ -43,8 +47,10 @@ impl Ledger {
             last_delivered: AtomicU64::new(0),
             last_failed: AtomicU64::new(0),
             last_failed_ms: AtomicU64::new(0),
+            started: Instant::now(),
             too_large_logged: AtomicBool::new(false),
             spool_error_logged: AtomicBool::new(false),
+            write_ahead_logged: AtomicBool::new(false),
         }
     }
 
@@ -63,14 +69,10 @@ impl Ledger {
         self.metrics.delivered(handed_over.elapsed());
         let n = self.outcomes.fetch_add(1, Ordering::Relaxed) + 1;
         self.last_delivered.fetch_max(n, Ordering::Relaxed);
-        match origin {
-            Origin::Memory => {}
-            Origin::Live(segment) => self.spool.settle(segment, 1),
-            Origin::Replay(segment) => {
-                self.metrics.spool_replayed();
-                self.spool.settle(segment, 1);
-            }
+        if let Origin::Replay(_) = origin {
+            self.metrics.spool_replayed();
         }
+        self.settle(origin);
     }
 
     /// Kafka refused a hit, or gave up on it. Every failure but one goes to the spool, to be
@@ -100,7 +102,8 @@ impl Ledger {
         if failure != DeliveryFailure::Purged {
             let n = self.outcomes.fetch_add(1, Ordering::Relaxed) + 1;
             self.last_failed.fetch_max(n, Ordering::Relaxed);
-            self.last_failed_ms.store(now_ms(), Ordering::Relaxed);
+            self.last_failed_ms
+                .store(self.elapsed_ms(), Ordering::Relaxed);
         }
         self.keep(origin, key, payload);
     }
@@ -110,33 +113,57 @@ impl Ledger {
         self.keep(origin, key, payload);
     }
 
+    /// `durability = "disk"` could not write a batch ahead (`error`): its hits go to Kafka from
+    /// memory only. Counted, and logged once.
+    pub fn write_ahead_skipped(&self, hits: usize, error: &AppendError) {
+        self.metrics.write_ahead_skipped(hits as u64);
+        if !self.write_ahead_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(%error, "disk durability: a batch could not be written ahead and went to Kafka from memory only (logged once; see pixelpipe_ingest_spool_write_ahead_skipped_total)");
+        }
+    }
+
     /// Whether Kafka refused the latest hit it decided on, within [`FAILING_WINDOW`].
     pub fn failing(&self) -> bool {
         self.last_failed.load(Ordering::Relaxed) > self.last_delivered.load(Ordering::Relaxed)
-            && now_ms().saturating_sub(self.last_failed_ms.load(Ordering::Relaxed))
+            && self
+                .elapsed_ms()
+                .saturating_sub(self.last_failed_ms.load(Ordering::Relaxed))
                 < FAILING_WINDOW.as_millis() as u64
     }
 
-    /// Appends the hit for replay, then settles where it came from; counts it dropped when the
-    /// spool cannot take it.
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Appends the hit for replay, then settles where it was kept before. A hit only in memory
+    /// that the spool cannot take is counted dropped. A hit already on disk is moved regardless of
+    /// `spool.max_bytes`; if even that write fails, its record stays where it is, unsettled, and is
+    /// replayed at the next start.
     fn keep(&self, origin: Origin, key: Option<&[u8]>, payload: &[u8]) {
-        match self.spool.append([(key, payload)], false) {
-            Ok(_) => {}
+        let entry = match origin {
+            Origin::Memory => Entry::Pending,
+            Origin::WrittenAhead(_) | Origin::Replay(_) => Entry::Moved,
+        };
+        match self.spool.append([(key, payload)], entry) {
+            Ok(_) => self.settle(origin),
             Err(AppendError::Full) => self.metrics.dropped(DropReason::SpoolFull),
             Err(AppendError::Io(error)) => {
                 if !self.spool_error_logged.swap(true, Ordering::Relaxed) {
-                    tracing::error!(%error, "cannot write the spool; hits Kafka did not take are dropped (logged once)");
+                    tracing::error!(%error, "cannot write the spool; hits only in memory are dropped, \
+                        hits already on disk stay for the next start (logged once)");
                 }
-                self.metrics.dropped(DropReason::SpoolError);
+                if origin == Origin::Memory {
+                    self.metrics.dropped(DropReason::SpoolError);
+                }
             }
         }
-        self.settle(origin);
     }
 
     fn settle(&self, origin: Origin) {
         match origin {
             Origin::Memory => {}
-            Origin::Live(segment) | Origin::Replay(segment) => self.spool.settle(segment, 1),
+            Origin::WrittenAhead(segment) => self.spool.settle(segment, Entry::WrittenAhead),
+            Origin::Replay(segment) => self.spool.settle(segment, Entry::Pending),
         }
     }
 }

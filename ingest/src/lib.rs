@@ -139,6 +139,8 @@ pub async fn run_with_producer(
         config.queue.high_water_percent,
         outbound.clone(),
     );
+    // Everything that can refuse the configuration comes before any thread starts.
+    let edge = Arc::new(Edge::new(&config, queue, producer.clone(), ledger.clone())?);
     let (stop_reload, reload_stopped) = watch::channel(false);
     let reloader = tokio::spawn(reload_geo(geo, metrics.clone(), reload_stopped));
     let batchers = Batchers::spawn(
@@ -154,7 +156,7 @@ pub async fn run_with_producer(
     )
     .map_err(|source| Error::io("starting batcher threads", source))?;
     let replay = Replay::spawn(
-        ledger.clone(),
+        ledger,
         producer.clone(),
         ReplaySettings {
             rate_hits_per_s: config.spool.replay_rate_hits_per_s,
@@ -162,8 +164,6 @@ pub async fn run_with_producer(
         },
     )
     .map_err(|source| Error::io("starting the spool replay thread", source))?;
-    let edge = Arc::new(Edge::new(&config, queue, producer.clone(), ledger)?);
-
     let (stop_public, public_stopped) = watch::channel(false);
     let (stop_admin, admin_stopped) = watch::channel(false);
     let public_addr = listeners.public_addr();

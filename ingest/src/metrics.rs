@@ -115,6 +115,7 @@ struct SpoolMetrics {
     replayed: IntCounter,
     corrupt: IntCounter,
     spilled: IntCounter,
+    write_ahead_skipped: IntCounter,
 }
 
 /// Label values resolved once, so the request path increments plain atomics instead of looking
@@ -286,6 +287,10 @@ impl Metrics {
                     "pixelpipe_ingest_queue_spilled_total",
                     "Hits the channel could not take, written to the spool by the request handler.",
                 ),
+                write_ahead_skipped: counter(
+                    "pixelpipe_ingest_spool_write_ahead_skipped_total",
+                    "Hits durability = disk could not write ahead (spool full or unwritable); sent from memory only.",
+                ),
             },
             registry,
             // Resolving a label creates its series at zero, so every reason exists from the
@@ -424,6 +429,11 @@ impl Metrics {
     /// Counts torn or corrupt spool records skipped.
     pub fn spool_corrupt(&self, records: u64) {
         self.spool.corrupt.inc_by(records);
+    }
+
+    /// Counts hits `disk` durability could not write ahead.
+    pub fn write_ahead_skipped(&self, hits: u64) {
+        self.spool.write_ahead_skipped.inc_by(hits);
     }
 
     /// Counts a hit the channel could not take (it goes to the spool).

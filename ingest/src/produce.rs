@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use crate::spool::SegmentId;
 
-/// Where a handed-over hit is kept besides the producer, so its fate can settle it.
+/// Where a handed-over hit is kept besides the producer's memory, so its fate can settle it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// Only in memory (`durability = "memory"`, or the spool was full).
     Memory,
-    /// Appended to this spool segment before it was handed over (`durability = "disk"`).
-    Live(SegmentId),
+    /// Written ahead to this spool segment before it was handed over (`durability = "disk"`).
+    WrittenAhead(SegmentId),
     /// Replayed from this spool segment.
     Replay(SegmentId),
 }

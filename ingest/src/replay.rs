@@ -1,11 +1,12 @@
 //! The spool's worker thread: replays spooled hits to Kafka in order at a bounded rate beside
-//! live traffic, backs off while deliveries fail, fsyncs the spool and deletes settled segments on
+//! live traffic, pauses while deliveries fail, fsyncs the spool and deletes settled segments on
 //! `spool.fsync_interval_ms`, keeps the spool's gauges current, and lets the producer replace
-//! itself after a fatal error.
+//! itself after a fatal error (checked every 100 ms).
 //!
 //! Replay hands a record to the producer with [`Origin::Replay`]; the ledger settles it when
-//! Kafka acknowledges it, or appends it again when Kafka fails it, so a record is never lost
-//! between the two. It does not decide what a failure means (`ledger`) or touch files (`spool`).
+//! Kafka acknowledges it, or moves it to the end of the spool when Kafka fails it, so a record is
+//! never lost between the two. It does not decide what a failure means (`ledger`) or touch files
+//! (`spool`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,8 +19,6 @@ use crate::spool::{record, ReplayBatch};
 
 /// How often the worker wakes for housekeeping, and the unit of the rate budget.
 const TICK: Duration = Duration::from_millis(100);
-/// The longest pause between replay attempts while deliveries fail.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How the worker runs.
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +52,7 @@ impl Replay {
             settings,
             stop: stop.clone(),
             current: None,
-            backoff: TICK,
+            allowance: 0.0,
         };
         let thread = std::thread::Builder::new()
             .name("spool-replay".into())
@@ -76,21 +75,29 @@ impl Replay {
     }
 }
 
+/// The segment being replayed: its bytes, the offset of the next record, and how many records
+/// were handed to Kafka so far.
+struct Reading {
+    batch: ReplayBatch,
+    at: usize,
+    handed_over: u64,
+}
+
 struct Worker {
     ledger: Arc<Ledger>,
     producer: SharedProducer,
     settings: ReplaySettings,
     stop: Arc<AtomicBool>,
-    /// The segment being replayed and the byte offset of its next record.
-    current: Option<(ReplayBatch, usize)>,
-    backoff: Duration,
+    current: Option<Reading>,
+    /// Records the rate allows now (fractions carry over, so low rates are kept too).
+    allowance: f64,
 }
 
 impl Worker {
     fn run(mut self) {
         let spool = self.ledger.spool().clone();
         let mut next_sync = Instant::now() + self.settings.fsync_interval;
-        let budget_per_tick = (self.settings.rate_hits_per_s as usize / 10).max(1);
+        let per_tick = f64::from(self.settings.rate_hits_per_s) * TICK.as_secs_f64();
         while !self.stop.load(Ordering::SeqCst) {
             let tick_end = Instant::now() + TICK;
             self.producer.recover();
@@ -100,26 +107,25 @@ impl Worker {
                 }
                 next_sync = Instant::now() + self.settings.fsync_interval;
             }
-            let pause = if !self.producer.connected() || self.ledger.failing() {
-                let pause = self.backoff;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                pause
+            // While Kafka refuses hits, replaying them only moves them around the spool. The
+            // ledger's failing window spaces out the attempts: after it passes without a
+            // delivery, replay tries again, and one failure pauses it for another window.
+            if self.producer.connected() && !self.ledger.failing() {
+                self.allowance = (self.allowance + per_tick).min(per_tick.max(1.0));
+                self.replay();
             } else {
-                self.backoff = TICK;
-                self.replay(budget_per_tick);
-                tick_end.saturating_duration_since(Instant::now())
-            };
+                self.allowance = 0.0;
+            }
             // Gauges: the oldest record's age grows even when nothing else changes.
             self.ledger
                 .metrics()
                 .spool(spool.stats(), crate::spool::now_ms());
-            self.sleep(pause.min(next_sync.saturating_duration_since(Instant::now())));
+            self.sleep_until(tick_end);
         }
     }
 
     /// Sleeps in short steps so a stop is seen quickly.
-    fn sleep(&self, total: Duration) {
-        let until = Instant::now() + total;
+    fn sleep_until(&self, until: Instant) {
         while !self.stop.load(Ordering::SeqCst) {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -129,23 +135,20 @@ impl Worker {
         }
     }
 
-    /// A record of this run's segment was damaged on disk: counted, and settled, since it was
-    /// counted when appended and can never be delivered. (A recovered segment's were counted when
-    /// it was opened, and never counted as records.)
-    fn corrupt(ledger: &Ledger, batch: &ReplayBatch) {
-        if !batch.recovered {
-            ledger.metrics().spool_corrupt(1);
-            ledger.spool().settle(batch.segment, 1);
-        }
-    }
-
-    /// Hands up to `budget` spooled records to the producer.
-    fn replay(&mut self, mut budget: usize) {
+    /// Hands spooled records to the producer while the rate allows, until a send is refused or
+    /// fails.
+    fn replay(&mut self) {
         let spool = self.ledger.spool().clone();
-        while budget > 0 && !self.stop.load(Ordering::SeqCst) {
+        while self.allowance >= 1.0 && !self.stop.load(Ordering::SeqCst) {
             if self.current.is_none() {
                 match spool.next_replay() {
-                    Ok(Some(batch)) => self.current = Some((batch, 0)),
+                    Ok(Some(batch)) => {
+                        self.current = Some(Reading {
+                            batch,
+                            at: 0,
+                            handed_over: 0,
+                        })
+                    }
                     Ok(None) => return,
                     Err(error) => {
                         tracing::error!(%error, "cannot read a spool segment; retrying");
@@ -153,32 +156,29 @@ impl Worker {
                     }
                 }
             }
-            let Some((batch, at)) = &mut self.current else {
+            let Some(r) = &mut self.current else {
                 return;
             };
-            match record::decode(&batch.bytes[*at..]) {
-                record::Decoded::Record(r, len) => {
-                    if batch.recovered || !r.live {
-                        match self
-                            .producer
-                            .send(r.key, r.payload, Origin::Replay(batch.segment))
-                        {
-                            Ok(()) => budget -= 1,
-                            // Try the same record again next tick.
-                            Err(BufferFull) => return,
+            match record::decode(&r.batch.bytes[r.at..]) {
+                record::Decoded::Record(rec, len) => {
+                    // Written-ahead records of this run are the batchers' to settle.
+                    if r.batch.recovered || !rec.live {
+                        let origin = Origin::Replay(r.batch.segment);
+                        if let Err(BufferFull) = self.producer.send(rec.key, rec.payload, origin) {
+                            return; // the same record again next tick
                         }
+                        r.handed_over += 1;
+                        self.allowance -= 1.0;
                     }
-                    *at += len;
+                    r.at += len;
+                    // A refusal reported at once (say, a deleted topic) ends this pass.
+                    if self.ledger.failing() {
+                        return;
+                    }
                 }
-                record::Decoded::Corrupt { skip } => {
-                    Self::corrupt(&self.ledger, batch);
-                    *at += skip;
-                }
+                record::Decoded::Corrupt { skip } => r.at += skip,
                 record::Decoded::Torn | record::Decoded::End => {
-                    if *at < batch.bytes.len() {
-                        Self::corrupt(&self.ledger, batch);
-                    }
-                    spool.replayed(batch.segment);
+                    spool.replayed(r.batch.segment, r.handed_over);
                     self.current = None;
                 }
             }

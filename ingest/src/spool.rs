@@ -105,7 +105,7 @@ impl SpoolConfig {
             "must be at least 65536",
         )?;
         check(
-            self.max_bytes >= 2 * self.segment_bytes,
+            self.max_bytes >= self.segment_bytes.saturating_mul(2),
             "spool.max_bytes",
             "must be at least twice spool.segment_bytes",
         )?;
@@ -153,22 +153,36 @@ pub struct OpenError {
 pub struct Stats {
     /// Bytes of all segment files.
     pub bytes: u64,
-    /// Records not settled yet (replay pending, or handed to Kafka and not yet acknowledged).
+    /// Records not settled yet: waiting for replay, or handed to Kafka and not acknowledged.
     pub records: u64,
-    /// When the oldest unsettled segment's first record was appended (ms since the epoch): an
-    /// upper bound of the oldest hit's age.
+    /// When the oldest segment still holding records for replay got its first one (ms since the
+    /// epoch): an upper bound of the age of the oldest hit Kafka has not taken. Written-ahead
+    /// records in flight (`disk` durability) do not count.
     pub oldest_appended_ms: Option<u64>,
 }
 
+/// What kind of record an append writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Written ahead of the hand-over to Kafka (`durability = "disk"`): the caller hands it over
+    /// and settles it from its delivery report; replay in this process skips it.
+    WrittenAhead,
+    /// For replay to send: a hit Kafka did not take. Subject to `spool.max_bytes`.
+    Pending,
+    /// For replay to send, moving from an older segment (its replay failed, or it was written
+    /// ahead and failed). Exempt from `spool.max_bytes`: refusing it would lose a hit already on
+    /// disk, and the space comes back when the older segment is deleted.
+    Moved,
+}
+
 /// A sealed segment handed to replay: its id and its bytes (records are read with
-/// [`record::decode`]).
+/// [`record::decode`]). When done, tell [`Spool::replayed`] how many records were handed over.
 pub struct ReplayBatch {
     /// The segment; settle each record against it.
     pub segment: SegmentId,
     /// The file's bytes.
     pub bytes: Vec<u8>,
-    /// Left by a previous run: every record is replayed, live ones too, and its corrupt
-    /// records were already counted when the spool was opened.
+    /// Left by a previous run: every record is replayed, written-ahead ones too.
     pub recovered: bool,
 }
 
@@ -190,6 +204,10 @@ pub struct Spool {
 struct State {
     active: SegmentId,
     file: Arc<File>,
+    /// Set when a failed write could not be undone: the next append starts a new segment first.
+    active_damaged: bool,
+    /// Sealed segments written since the last fsync; [`Spool::sync`] fsyncs them too.
+    sealed_unsynced: Vec<Arc<File>>,
     segments: BTreeMap<SegmentId, Segment>,
     total_bytes: u64,
     scratch: Vec<u8>,
@@ -198,13 +216,15 @@ struct State {
 #[derive(Debug, Default)]
 struct Segment {
     bytes: u64,
-    /// Records appended and not settled.
-    unsettled: u64,
-    /// Records replay must still read: pending ones written this run, or all of a recovered one.
+    /// Written-ahead records not yet settled by their delivery report.
+    ahead: u64,
+    /// Records for replay not yet settled (all intact records of a recovered segment).
+    pending: u64,
+    /// Of those, how many replay has not read yet; stable once the segment is sealed.
     to_replay: u64,
-    /// Left by a previous run: replay sends its live records too.
+    /// Left by a previous run: replay sends its written-ahead records too.
     recovered: bool,
-    first_appended_ms: Option<u64>,
+    first_pending_ms: Option<u64>,
 }
 
 impl Spool {
@@ -231,12 +251,12 @@ impl Spool {
             let bytes = fs::read(&path).map_err(err("cannot read a segment"))?;
             let (records, corrupt) = scan(&bytes);
             metrics.spool_corrupt(corrupt);
+            if corrupt > 0 {
+                tracing::warn!(segment = %path.display(), corrupt, "spool segment has torn or corrupt records; they are skipped");
+            }
             if records.is_empty() {
                 fs::remove_file(&path).map_err(err("cannot remove an empty segment"))?;
                 continue;
-            }
-            if corrupt > 0 {
-                tracing::warn!(segment = %path.display(), corrupt, "spool segment has torn or corrupt records; they are skipped");
             }
             total_bytes += bytes.len() as u64;
             let n = records.len() as u64;
@@ -244,15 +264,16 @@ impl Spool {
                 id,
                 Segment {
                     bytes: bytes.len() as u64,
-                    unsettled: n,
+                    ahead: 0,
+                    pending: n,
                     to_replay: n,
                     recovered: true,
-                    first_appended_ms: records.first().map(|r| r.appended_ms),
+                    first_pending_ms: records.first().map(|r| r.appended_ms),
                 },
             );
         }
         if !segments.is_empty() {
-            let n: u64 = segments.values().map(|s| s.unsettled).sum();
+            let n: u64 = segments.values().map(|s| s.pending).sum();
             tracing::info!(
                 segments = segments.len(),
                 records = n,
@@ -260,8 +281,8 @@ impl Spool {
                 "spool holds hits from a previous run; replaying them"
             );
         }
-        let active = segments.keys().next_back().map_or(1, |last| last + 1);
-        let file = create_segment(&dir, active).map_err(err("cannot create a segment"))?;
+        let first = segments.keys().next_back().map_or(1, |last| last + 1);
+        let (active, file) = create_segment(&dir, first).map_err(err("cannot create a segment"))?;
         segments.insert(active, Segment::default());
         let spool = Spool {
             max_bytes: config.max_bytes,
@@ -271,6 +292,8 @@ impl Spool {
             state: Mutex::new(State {
                 active,
                 file: Arc::new(file),
+                active_damaged: false,
+                sealed_unsynced: Vec::new(),
                 segments,
                 total_bytes,
                 scratch: Vec::with_capacity(64 * 1024),
@@ -289,17 +312,17 @@ impl Spool {
         self.durability
     }
 
-    /// Appends records in one write and returns the segment that holds them all. `live` marks
-    /// hits about to be handed to Kafka by the caller (disk mode); otherwise replay sends them.
+    /// Appends records of one kind in one write and returns the segment that holds them all.
     ///
     /// # Errors
-    /// [`AppendError::Full`] when they would take the spool over `spool.max_bytes` (nothing is
-    /// written); [`AppendError::Io`] when the write fails (the segment is sealed, so a partial
-    /// write is never appended to).
+    /// [`AppendError::Full`] when they would take the spool over `spool.max_bytes` (never for
+    /// [`Entry::Moved`]); [`AppendError::Io`] when the write fails. Either way nothing was
+    /// appended: a partial write is cut off again, or, if that fails too, the segment is sealed
+    /// and the next append starts a new one.
     pub fn append<'a>(
         &self,
         records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8])>,
-        live: bool,
+        entry: Entry,
     ) -> Result<SegmentId, AppendError> {
         let now = now_ms();
         let mut guard = self.lock();
@@ -308,7 +331,7 @@ impl Spool {
         let mut n = 0u64;
         for (key, payload) in records {
             Record {
-                live,
+                live: entry == Entry::WrittenAhead,
                 appended_ms: now,
                 key,
                 payload,
@@ -320,16 +343,17 @@ impl Spool {
             return Ok(state.active);
         }
         let len = state.scratch.len() as u64;
-        if state.total_bytes + len > self.max_bytes {
+        if entry != Entry::Moved && state.total_bytes + len > self.max_bytes {
             return Err(AppendError::Full);
         }
-        if state.segments[&state.active].bytes >= self.segment_bytes {
+        if state.active_damaged || state.segments[&state.active].bytes >= self.segment_bytes {
             self.rotate(state)?;
         }
         if let Err(e) = (&*state.file).write_all(&state.scratch) {
-            // Part of the batch may be on disk; never append after it. The partial record is
-            // torn and skipped when read.
-            self.rotate(state)?;
+            let written = state.segments[&state.active].bytes;
+            if state.file.set_len(written).is_err() {
+                state.active_damaged = true;
+            }
             return Err(e.into());
         }
         let id = state.active;
@@ -338,22 +362,28 @@ impl Spool {
             .get_mut(&id)
             .expect("active segment is tracked");
         seg.bytes += len;
-        seg.unsettled += n;
-        if !live {
+        if entry == Entry::WrittenAhead {
+            seg.ahead += n;
+        } else {
+            seg.pending += n;
             seg.to_replay += n;
+            seg.first_pending_ms.get_or_insert(now);
         }
-        seg.first_appended_ms.get_or_insert(now);
         state.total_bytes += len;
         self.metrics.spool_appended(n);
         self.publish(state);
         Ok(id)
     }
 
-    /// Marks `n` records of `segment` settled: delivered, dropped for good, or appended again.
-    pub fn settle(&self, segment: SegmentId, n: u64) {
+    /// Settles one record of `segment`: delivered, dropped for good, or moved to a later
+    /// segment. `entry` says which kind it was ([`Entry::WrittenAhead`] or a replayed one).
+    pub fn settle(&self, segment: SegmentId, entry: Entry) {
         let mut state = self.lock();
         if let Some(seg) = state.segments.get_mut(&segment) {
-            seg.unsettled = seg.unsettled.saturating_sub(n);
+            match entry {
+                Entry::WrittenAhead => seg.ahead = seg.ahead.saturating_sub(1),
+                Entry::Pending | Entry::Moved => seg.pending = seg.pending.saturating_sub(1),
+            }
         }
         self.publish(&state);
     }
@@ -362,7 +392,8 @@ impl Spool {
     /// the active segment has records to replay, it is sealed first so replay can read it.
     ///
     /// # Errors
-    /// The segment cannot be read, or a new active one cannot be created.
+    /// The segment cannot be read (retry later), or a new active one cannot be created. A
+    /// segment file that has vanished is reported and its records counted lost.
     pub fn next_replay(&self) -> std::io::Result<Option<ReplayBatch>> {
         let mut guard = self.lock();
         let state = &mut *guard;
@@ -382,38 +413,77 @@ impl Spool {
         };
         let recovered = state.segments[&id].recovered;
         drop(guard);
-        let bytes = fs::read(segment_path(&self.dir, id))?;
-        Ok(Some(ReplayBatch {
-            segment: id,
-            bytes,
-            recovered,
-        }))
-    }
-
-    /// Replay has handed every record of `segment` to Kafka (or settled it).
-    pub fn replayed(&self, segment: SegmentId) {
-        let mut state = self.lock();
-        if let Some(seg) = state.segments.get_mut(&segment) {
-            seg.to_replay = 0;
+        match fs::read(segment_path(&self.dir, id)) {
+            Ok(bytes) => Ok(Some(ReplayBatch {
+                segment: id,
+                bytes,
+                recovered,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::error!(segment = id, "a spool segment vanished; its hits are lost");
+                self.replayed(id, 0);
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 
-    /// Fsyncs the active segment, then deletes every sealed segment that was settled and read
-    /// before the fsync began (what they re-appended is then durable too). Returns how many
-    /// segments were deleted.
+    /// Replay has read all of `segment` and handed `handed_over` of its records to Kafka. Records
+    /// it was told to expect but could not read (damaged on disk) are settled now and counted
+    /// corrupt; a recovered segment's damage was counted when the spool was opened.
+    pub fn replayed(&self, segment: SegmentId, handed_over: u64) {
+        let mut state = self.lock();
+        let Some(seg) = state.segments.get_mut(&segment) else {
+            return;
+        };
+        let unreadable = seg.to_replay.saturating_sub(handed_over);
+        seg.to_replay = 0;
+        seg.pending = seg.pending.saturating_sub(unreadable);
+        if unreadable > 0 {
+            tracing::warn!(
+                segment,
+                unreadable,
+                "spool records could not be read back; those hits are lost"
+            );
+            self.metrics.spool_corrupt(unreadable);
+        }
+        self.publish(&state);
+    }
+
+    /// Fsyncs every segment written since the last call (sealed ones and the active one), then
+    /// deletes every sealed segment that was read and settled before the fsync began, so what
+    /// it moved to later segments is durable first. Returns how many segments were deleted.
     ///
     /// # Errors
-    /// The fsync or a deletion failed; the spool stays usable and the next call tries again.
+    /// An fsync or a deletion failed; nothing unsynced is deleted, and the next call tries
+    /// again.
     pub fn sync(&self) -> std::io::Result<usize> {
-        let (file, done): (Arc<File>, Vec<SegmentId>) = {
-            let state = self.lock();
+        let (files, done): (Vec<Arc<File>>, Vec<SegmentId>) = {
+            let mut state = self.lock();
             let done = (state.segments.iter())
-                .filter(|(id, s)| **id != state.active && s.unsettled == 0 && s.to_replay == 0)
+                .filter(|(id, s)| {
+                    **id != state.active && s.ahead == 0 && s.pending == 0 && s.to_replay == 0
+                })
                 .map(|(id, _)| *id)
                 .collect();
-            (state.file.clone(), done)
+            let mut files = std::mem::take(&mut state.sealed_unsynced);
+            files.push(state.file.clone());
+            (files, done)
         };
-        file.sync_data()?;
+        for (i, file) in files.iter().enumerate() {
+            if let Err(e) = file.sync_data() {
+                // Keep the sealed ones for the next try.
+                let mut state = self.lock();
+                let active = state.file.clone();
+                state.sealed_unsynced.extend(
+                    files[i..]
+                        .iter()
+                        .filter(|f| !Arc::ptr_eq(f, &active))
+                        .cloned(),
+                );
+                return Err(e);
+            }
+        }
         for id in &done {
             match fs::remove_file(segment_path(&self.dir, *id)) {
                 Ok(()) => {}
@@ -446,10 +516,11 @@ impl Spool {
 
     /// Seals the active segment and starts the next one.
     fn rotate(&self, state: &mut State) -> std::io::Result<()> {
-        let next = state.active + 1;
-        let file = create_segment(&self.dir, next)?;
-        state.file = Arc::new(file);
+        let (next, file) = create_segment(&self.dir, state.active + 1)?;
+        let sealed = std::mem::replace(&mut state.file, Arc::new(file));
+        state.sealed_unsynced.push(sealed);
         state.active = next;
+        state.active_damaged = false;
         state.segments.insert(next, Segment::default());
         Ok(())
     }
@@ -463,10 +534,10 @@ impl Spool {
 fn stats(state: &State) -> Stats {
     Stats {
         bytes: state.total_bytes,
-        records: state.segments.values().map(|s| s.unsettled).sum(),
+        records: state.segments.values().map(|s| s.ahead + s.pending).sum(),
         oldest_appended_ms: (state.segments.values())
-            .filter(|s| s.unsettled > 0)
-            .find_map(|s| s.first_appended_ms),
+            .filter(|s| s.pending > 0)
+            .find_map(|s| s.first_pending_ms),
     }
 }
 
@@ -502,14 +573,24 @@ fn segment_path(dir: &Path, id: SegmentId) -> PathBuf {
     dir.join(format!("{id:020}{SEGMENT_SUFFIX}"))
 }
 
-fn create_segment(dir: &Path, id: SegmentId) -> std::io::Result<File> {
-    let file = File::options()
-        .create_new(true)
-        .append(true)
-        .open(segment_path(dir, id))?;
-    // The new name must survive a power loss too, or its records would vanish with it.
-    File::open(dir)?.sync_all()?;
-    Ok(file)
+/// Creates the segment file `id`, or the next free id after it (a file left by a failed
+/// attempt is never reused), and makes its name durable. Returns the id used.
+fn create_segment(dir: &Path, mut id: SegmentId) -> std::io::Result<(SegmentId, File)> {
+    loop {
+        let path = segment_path(dir, id);
+        match File::options().create_new(true).append(true).open(&path) {
+            Ok(file) => {
+                // The new name must survive a power loss too, or its records would vanish.
+                if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+                    let _ = fs::remove_file(&path);
+                    return Err(e);
+                }
+                return Ok((id, file));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => id += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn segment_ids(dir: &Path) -> std::io::Result<Vec<SegmentId>> {

@@ -110,10 +110,13 @@ fn a_reopened_spool_replays_what_was_left_and_counts_damage() {
     {
         let spool = Spool::open(&config(&dir), metrics.clone()).unwrap();
         spool
-            .append([(Some(&b"k"[..]), &b"pending"[..])], false)
+            .append([(Some(&b"k"[..]), &b"pending"[..])], Entry::Pending)
             .unwrap();
         spool
-            .append([(None, &b"live-1"[..]), (None, b"live-2")], true)
+            .append(
+                [(None, &b"live-1"[..]), (None, b"live-2")],
+                Entry::WrittenAhead,
+            )
             .unwrap();
         // Dropped without settling: as a kill -9 would leave it.
     }
@@ -140,8 +143,9 @@ fn a_reopened_spool_replays_what_was_left_and_counts_damage() {
         [b"pending".to_vec(), b"live-1".to_vec()],
         "live records of a previous run are replayed too"
     );
-    spool.settle(batch.segment, 2);
-    spool.replayed(batch.segment);
+    spool.replayed(batch.segment, 2);
+    spool.settle(batch.segment, Entry::Pending);
+    spool.settle(batch.segment, Entry::Pending);
     assert_eq!(spool.sync().unwrap(), 1);
     assert_eq!(segment_files(&dir).len(), 1, "only the new active segment");
     assert_eq!(spool.stats(), Stats::default());
@@ -152,31 +156,122 @@ fn a_segment_is_deleted_only_when_replayed_and_settled() {
     let t = TempLedger::new();
     let spool = t.spool();
     let seg = spool
-        .append([(None, &b"a"[..]), (None, b"b")], false)
+        .append([(None, &b"a"[..]), (None, b"b")], Entry::Pending)
         .unwrap();
-    let live = spool.append([(None, &b"c"[..])], true).unwrap();
-    assert_eq!(seg, live);
+    let ahead = spool
+        .append([(None, &b"c"[..])], Entry::WrittenAhead)
+        .unwrap();
+    assert_eq!(seg, ahead);
     assert_eq!(spool.stats().records, 3);
     assert!(spool.stats().oldest_appended_ms.is_some());
 
-    // Replay catches up with the active segment: it is sealed and handed over; live records
-    // are not replay's to send.
+    // Replay catches up with the active segment: it is sealed and handed over; written-ahead
+    // records are not replay's to send.
     let batch = spool.next_replay().unwrap().unwrap();
     assert_eq!(batch.segment, seg);
     assert!(!batch.recovered);
     assert_eq!(payloads(&batch), [b"a".to_vec(), b"b".to_vec()]);
-    spool.settle(seg, 2);
-    spool.replayed(seg);
+    spool.replayed(seg, 2);
+    spool.settle(seg, Entry::Pending);
+    spool.settle(seg, Entry::Pending);
     assert_eq!(
         spool.sync().unwrap(),
         0,
-        "the live record is still in flight"
+        "the written-ahead record is in flight"
     );
-    spool.settle(seg, 1);
+    assert_eq!(
+        spool.stats().oldest_appended_ms,
+        None,
+        "a hit in flight is not waiting"
+    );
+    spool.settle(seg, Entry::WrittenAhead);
     assert_eq!(spool.sync().unwrap(), 1);
     assert!(spool.next_replay().unwrap().is_none());
+    assert_eq!(spool.stats(), Stats::default());
+}
+
+/// Damage inside this run's segment: the records replay could not read are settled when it is
+/// done with the segment (and counted), so the segment does not stay forever; a length that
+/// cannot be trusted costs the rest of the segment, and says so.
+#[test]
+fn records_damaged_in_this_run_are_counted_and_do_not_pin_the_segment() {
+    let t = TempLedger::new();
+    let spool = t.spool();
+    let seg = spool
+        .append(
+            [
+                (None, &b"one"[..]),
+                (None, b"two"),
+                (None, b"three"),
+                (None, b"four"),
+            ],
+            Entry::Pending,
+        )
+        .unwrap();
+    let one = Record {
+        live: false,
+        appended_ms: 0,
+        key: None,
+        payload: b"one",
+    }
+    .encoded_len() as u64;
+    let file = segment_files(t.dir()).pop().unwrap();
+    let f = File::options().write(true).open(&file).unwrap();
+    // The second record's length field: implausibly large.
+    std::os::unix::fs::FileExt::write_at(&f, &u32::MAX.to_le_bytes(), one).unwrap();
+    let batch = spool.next_replay().unwrap().unwrap();
+    assert_eq!(payloads(&batch), [b"one".to_vec()]);
+    spool.replayed(seg, 1);
+    spool.settle(seg, Entry::Pending);
     assert_eq!(spool.stats().records, 0);
-    assert_eq!(spool.stats().bytes, 0);
+    assert!(t
+        .metrics()
+        .render()
+        .contains("pixelpipe_ingest_spool_corrupt_records_total 3"));
+    assert_eq!(spool.sync().unwrap(), 1);
+}
+
+/// A hit already on disk whose replay fails is moved even when the spool is full: refusing it
+/// would lose it, and its old segment gives the space back.
+#[test]
+fn moving_a_spooled_hit_ignores_the_cap() {
+    let t = TempLedger::with(|c| {
+        c.segment_bytes = 64 * 1024;
+        c.max_bytes = 128 * 1024;
+    });
+    let spool = t.spool();
+    let payload = vec![1u8; 1000];
+    while spool
+        .append([(None, payload.as_slice())], Entry::Pending)
+        .is_ok()
+    {}
+    let before = spool.stats().records;
+    assert!(matches!(
+        spool.append([(None, payload.as_slice())], Entry::Pending),
+        Err(AppendError::Full)
+    ));
+    spool
+        .append([(None, payload.as_slice())], Entry::Moved)
+        .unwrap();
+    assert_eq!(spool.stats().records, before + 1);
+}
+
+/// A file left behind under the next segment's name (a crash between creating it and using
+/// it) is never appended to: the spool moves on to a free name.
+#[test]
+fn a_stray_segment_name_is_skipped() {
+    let t = TempLedger::new();
+    let spool = t.spool();
+    let first = spool.append([(None, &b"a"[..])], Entry::Pending).unwrap();
+    fs::write(segment_path(t.dir(), first + 1), b"stray").unwrap();
+    let batch = spool.next_replay().unwrap().unwrap(); // seals `first`
+    assert_eq!(batch.segment, first);
+    let next = spool.append([(None, &b"b"[..])], Entry::Pending).unwrap();
+    assert_eq!(next, first + 2);
+    assert_eq!(
+        fs::read(segment_path(t.dir(), first + 1)).unwrap(),
+        b"stray"
+    );
 }
 
 #[test]
@@ -189,7 +284,7 @@ fn the_cap_holds_and_segments_rotate() {
     let payload = vec![7u8; 1000];
     let mut appended = 0;
     loop {
-        match spool.append([(None, payload.as_slice())], false) {
+        match spool.append([(None, payload.as_slice())], Entry::Pending) {
             Ok(_) => appended += 1,
             Err(AppendError::Full) => break,
             Err(e) => panic!("{e}"),
@@ -201,7 +296,7 @@ fn the_cap_holds_and_segments_rotate() {
     assert!(segment_files(t.dir()).len() >= 2, "rotated at 64 KiB");
     assert!(spool.above_high_water());
     assert!(matches!(
-        spool.append([(None, payload.as_slice())], false),
+        spool.append([(None, payload.as_slice())], Entry::Pending),
         Err(AppendError::Full)
     ));
 }
