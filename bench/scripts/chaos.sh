@@ -16,8 +16,11 @@
 #   edge-kill-disk   the edge killed with SIGKILL under durability = "disk", then started
 #   group-kill       two edges and two sinks in one group; one of each killed, then started
 #
-# Pass: missing 0 and duplicates 0 (edge-kill-disk reports its loss, bounded by what was in the
-# channel; see docs/reliability.md). Exit status 1 when a scenario failed.
+# Pass: missing 0 and duplicates 0. edge-kill-disk reports its loss (what was in the channel;
+# docs/reliability.md) and passes when it is within one fsync interval of traffic
+# (RATE x FSYNC_INTERVAL_MS). group-kill's killed edge runs durability = "memory": what it held in
+# memory is reported as missing, and the scenario passes when the loss is within what that edge
+# could hold (its share of RATE x MESSAGE_TIMEOUT_MS). Exit status 1 when a scenario failed.
 # The edges run with kafka.message_timeout_ms = MESSAGE_TIMEOUT_MS (5000; --short 2000), shorter
 # than the outages, so hits Kafka fails during an outage go through the spool and replay; and with
 # kafka.enable_idempotence = false, because tansu 0.6.0 refuses every later batch of a partition
@@ -45,6 +48,11 @@ fi
 [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(broker-restart broker-kill sink-kill clickhouse-stop edge-term edge-kill-disk group-kill)
 HITS=${HITS:-20000} RATE=${RATE:-250} OUTAGE_S=${OUTAGE_S:-20} CATCH_UP_S=${CATCH_UP_S:-240}
 MESSAGE_TIMEOUT_MS=${MESSAGE_TIMEOUT_MS:-5000}
+# The sinks' consumer-group session. tansu 0.6 does not rebalance when a dead member's session
+# runs out, and a member that joins before then can be left with no partitions: a killed sink is
+# started again only after the session has expired, as a restarted process usually is.
+SESSION_TIMEOUT_S=6
+FSYNC_INTERVAL_MS=200
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
 for port in 18181 18182 19181 19182 19191 19192; do
   port_open 127.0.0.1 "$port" && die "port $port is taken (a previous run still going?); the suite needs 18181-18182 and 19181-19192"
@@ -77,7 +85,7 @@ start_edge() { # INDEX DURABILITY
     --listen-addr "127.0.0.1:${EDGE_PORTS[$i]}" --admin-addr "127.0.0.1:${EDGE_ADMIN[$i]}" \
     --brokers "$KAFKA_ADDR" --topic "$TOPIC" --set "edge_id=$RUN-edge$i" \
     --set "spool.dir=$WORK/$RUN/spool-$i" --set "spool.durability=$2" \
-    --set "spool.fsync_interval_ms=200" --set "kafka.message_timeout_ms=$MESSAGE_TIMEOUT_MS" \
+    --set "spool.fsync_interval_ms=$FSYNC_INTERVAL_MS" --set "kafka.message_timeout_ms=$MESSAGE_TIMEOUT_MS" \
     --set kafka.enable_idempotence=false >>"$WORK/$RUN/edge$i.log" 2>&1 &
   PIDS[edge$i]=$!
   for _ in $(seq 1 150); do
@@ -92,7 +100,8 @@ start_sink() { # INDEX
   local i=$1
   PIXELPIPE_LOG=warn,pixelpipe_sink=info "$BIN_DIR/pixelpipe-sink" --set "kafka.brokers=$KAFKA_ADDR" \
     --set "kafka.topic=$TOPIC" --set "kafka.group_id=$RUN" --set "clickhouse.table_prefix=${RUN}_" \
-    --set "admin.listen_addr=127.0.0.1:${SINK_ADMIN[$i]}" >>"$WORK/$RUN/sink$i.log" 2>&1 &
+    --set "admin.listen_addr=127.0.0.1:${SINK_ADMIN[$i]}" \
+    --set "kafka.properties.session.timeout.ms=$((SESSION_TIMEOUT_S * 1000))" >>"$WORK/$RUN/sink$i.log" 2>&1 &
   PIDS[sink$i]=$!
   sleep 0.5
   kill -0 "${PIDS[sink$i]}" 2>/dev/null || die "sink $i exited; see $WORK/$RUN/sink$i.log"
@@ -112,11 +121,11 @@ fault() {
   case "$SCENARIO" in
     broker-restart) "$ROOT/deploy/local/kafka.sh" stop; sleep "$OUTAGE_S"; "$ROOT/deploy/local/kafka.sh" start ;;
     broker-kill) "$ROOT/deploy/local/kafka.sh" kill; sleep 5; "$ROOT/deploy/local/kafka.sh" start ;;
-    sink-kill) stop sink0 KILL; sleep 2; start_sink 0 ;;
+    sink-kill) stop sink0 KILL; sleep $((SESSION_TIMEOUT_S + 2)); start_sink 0 ;;
     clickhouse-stop) "$ROOT/deploy/local/clickhouse.sh" stop; sleep "$OUTAGE_S"; "$ROOT/deploy/local/clickhouse.sh" start ;;
     edge-term) stop edge0 TERM; start_edge 0 memory ;;
     edge-kill-disk) stop edge0 KILL; start_edge 0 disk ;;
-    group-kill) stop edge1 KILL; stop sink1 KILL; sleep 2; start_edge 1 memory; start_sink 1 ;;
+    group-kill) stop edge1 KILL; stop sink1 KILL; sleep $((SESSION_TIMEOUT_S + 2)); start_edge 1 memory; start_sink 1 ;;
   esac >>"$WORK/$RUN/faults.log" 2>&1
 }
 
@@ -194,11 +203,17 @@ for SCENARIO in "${SCENARIOS[@]}"; do
   done
   missing=$((answered - stored))
   duplicates=$((rows - distinct))
+  case "$SCENARIO" in
+    edge-kill-disk) allowed=$((RATE * FSYNC_INTERVAL_MS / 1000 * 3)) ;; # three kills
+    group-kill) allowed=$((RATE * MESSAGE_TIMEOUT_MS / 1000 / 2 * 3)) ;;
+    *) allowed=0 ;;
+  esac
   verdict=pass
-  if [ "$duplicates" -ne 0 ] || { [ "$missing" -ne 0 ] && [ "$SCENARIO" != edge-kill-disk ]; }; then
+  if [ "$duplicates" -ne 0 ] || [ "$missing" -gt "$allowed" ]; then
     verdict=FAIL; FAILED=1
+  elif [ "$missing" -gt 0 ]; then
+    verdict="pass ($missing lost in memory, bound $allowed)"
   fi
-  [ "$SCENARIO" = edge-kill-disk ] && [ "$missing" -ne 0 ] && verdict="reported ($missing lost)"
   RESULTS+=("$(printf '| %s | %s | %s | %s | %s | %s | %s s | %s | %s |' \
     "$SCENARIO" "$HITS" "$answered" "$stored" "$missing" "$duplicates" "$catch_up" "$replayed" "$verdict")")
 

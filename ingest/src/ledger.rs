@@ -167,3 +167,47 @@ impl Ledger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TempLedger;
+
+    /// The one failure no retry can fix: dropped with its own reason, never spooled; a spooled
+    /// copy of it is settled so its segment can go.
+    #[test]
+    fn a_hit_too_large_for_kafka_is_dropped_not_spooled() {
+        let t = TempLedger::new();
+        let ledger = t.ledger();
+        ledger.failed(Origin::Memory, None, b"big", DeliveryFailure::TooLarge);
+        let seg = t
+            .spool()
+            .append([(None, &b"big"[..])], Entry::Pending)
+            .unwrap();
+        ledger.failed(Origin::Replay(seg), None, b"big", DeliveryFailure::TooLarge);
+        assert_eq!(t.spool().stats().records, 0);
+        let text = t.metrics().render();
+        assert!(
+            text.contains("pixelpipe_ingest_hits_dropped_total{reason=\"too_large\"} 2"),
+            "{text}"
+        );
+        assert!(!ledger.failing(), "Kafka is not failing; the hit is");
+    }
+
+    /// Every other failure, whatever its reason, keeps the hit.
+    #[test]
+    fn every_other_failure_is_spooled() {
+        let t = TempLedger::new();
+        let ledger = t.ledger();
+        for failure in DeliveryFailure::ALL {
+            if failure != DeliveryFailure::TooLarge {
+                ledger.failed(Origin::Memory, None, b"hit", failure);
+            }
+        }
+        assert_eq!(
+            t.spool().stats().records,
+            DeliveryFailure::ALL.len() as u64 - 1
+        );
+        assert_eq!(t.metrics().report().dropped, 0);
+    }
+}

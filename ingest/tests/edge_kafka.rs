@@ -548,3 +548,51 @@ async fn privacy_policies_decide_what_reaches_kafka() {
         "the raw IP appears only in the `full` site's kept hit"
     );
 }
+
+/// A hit larger than Kafka takes (here: the producer's `message.max.bytes` set low) is the one
+/// hit the edge gives up: counted `too_large`, not spooled; the hits around it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
+async fn a_hit_too_large_for_kafka_is_dropped_and_counted_the_rest_delivered() {
+    let topic = unique_topic("too-large");
+    create_topic(&topic, 1).await;
+    let mut config = test_config(&topic);
+    config
+        .kafka
+        .properties
+        .insert("message.max.bytes".into(), "1500".into());
+    let edge = RunningEdge::start(config);
+    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    let addr = edge.public;
+    tokio::task::spawn_blocking(move || {
+        let big = "x".repeat(1900);
+        for target in [
+            "/p.gif?site=s&n=small-1".to_owned(),
+            format!("/p.gif?site=s&n=big&note={big}"),
+            "/p.gif?site=s&n=small-2".to_owned(),
+        ] {
+            assert_eq!(http(addr, "GET", &target, &[], b"").status, 200);
+        }
+    })
+    .await
+    .unwrap();
+    let read = topic.clone();
+    let hits = tokio::task::spawn_blocking(move || read_hits(&read, 2, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let mut ns: Vec<String> = hits
+        .iter()
+        .map(|h| h.props.iter().find(|(k, _)| k == "n").unwrap().1.clone())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, ["small-1", "small-2"]);
+    let report = edge.shutdown().await;
+    assert_eq!(
+        (report.delivered, report.dropped, report.spooled),
+        (2, 1, 0),
+        "{report:?}"
+    );
+}
