@@ -69,7 +69,7 @@ impl Ledger {
         self.metrics.delivered(handed_over.elapsed());
         let n = self.outcomes.fetch_add(1, Ordering::Relaxed) + 1;
         self.last_delivered.fetch_max(n, Ordering::Relaxed);
-        if let Origin::Replay(_) = origin {
+        if let Origin::Replay { .. } = origin {
             self.metrics.spool_replayed();
         }
         self.settle(origin);
@@ -142,7 +142,10 @@ impl Ledger {
     fn keep(&self, origin: Origin, key: Option<&[u8]>, payload: &[u8]) {
         let entry = match origin {
             Origin::Memory => Entry::Pending,
-            Origin::WrittenAhead(_) | Origin::Replay(_) => Entry::Moved,
+            Origin::WrittenAhead(_) => Entry::Moved {
+                since_ms: crate::spool::now_ms(),
+            },
+            Origin::Replay { since_ms, .. } => Entry::Moved { since_ms },
         };
         match self.spool.append([(key, payload)], entry) {
             Ok(_) => self.settle(origin),
@@ -163,7 +166,7 @@ impl Ledger {
         match origin {
             Origin::Memory => {}
             Origin::WrittenAhead(segment) => self.spool.settle(segment, Entry::WrittenAhead),
-            Origin::Replay(segment) => self.spool.settle(segment, Entry::Pending),
+            Origin::Replay { segment, .. } => self.spool.settle(segment, Entry::Pending),
         }
     }
 }
@@ -184,7 +187,11 @@ mod tests {
             .spool()
             .append([(None, &b"big"[..])], Entry::Pending)
             .unwrap();
-        ledger.failed(Origin::Replay(seg), None, b"big", DeliveryFailure::TooLarge);
+        let replayed = Origin::Replay {
+            segment: seg,
+            since_ms: 0,
+        };
+        ledger.failed(replayed, None, b"big", DeliveryFailure::TooLarge);
         assert_eq!(t.spool().stats().records, 0);
         let text = t.metrics().render();
         assert!(

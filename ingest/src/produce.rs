@@ -18,8 +18,14 @@ pub enum Origin {
     Memory,
     /// Written ahead to this spool segment before it was handed over (`durability = "disk"`).
     WrittenAhead(SegmentId),
-    /// Replayed from this spool segment.
-    Replay(SegmentId),
+    /// Replayed from a spool segment.
+    Replay {
+        /// The segment it was read from.
+        segment: SegmentId,
+        /// When it first entered the spool (ms since the epoch); kept if it is moved again, so
+        /// the oldest-record age counts from there.
+        since_ms: u64,
+    },
 }
 
 /// The producer's buffer is full; the hit was not taken.

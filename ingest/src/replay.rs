@@ -163,7 +163,10 @@ impl Worker {
                 record::Decoded::Record(rec, len) => {
                     // Written-ahead records of this run are the batchers' to settle.
                     if r.batch.recovered || !rec.live {
-                        let origin = Origin::Replay(r.batch.segment);
+                        let origin = Origin::Replay {
+                            segment: r.batch.segment,
+                            since_ms: rec.appended_ms,
+                        };
                         if let Err(BufferFull) = self.producer.send(rec.key, rec.payload, origin) {
                             return; // the same record again next tick
                         }

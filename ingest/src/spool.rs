@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -155,9 +155,10 @@ pub struct Stats {
     pub bytes: u64,
     /// Records not settled yet: waiting for replay, or handed to Kafka and not acknowledged.
     pub records: u64,
-    /// When the oldest segment still holding records for replay got its first one (ms since the
-    /// epoch): an upper bound of the age of the oldest hit Kafka has not taken. Written-ahead
-    /// records in flight (`disk` durability) do not count.
+    /// The earliest time a record still waiting for replay entered the spool, over the segments
+    /// holding such records (ms since the epoch; a moved record keeps its first time): an upper
+    /// bound of the age of the oldest hit Kafka has not taken. Written-ahead records in flight
+    /// (`disk` durability) do not count.
     pub oldest_appended_ms: Option<u64>,
 }
 
@@ -171,8 +172,12 @@ pub enum Entry {
     Pending,
     /// For replay to send, moving from an older segment (its replay failed, or it was written
     /// ahead and failed). Exempt from `spool.max_bytes`: refusing it would lose a hit already on
-    /// disk, and the space comes back when the older segment is deleted.
-    Moved,
+    /// disk, and the space comes back when the older segment is deleted. Keeps `since_ms`, when
+    /// the hit first entered the spool (ms since the epoch), so its age is not reset.
+    Moved {
+        /// When the hit first entered the spool.
+        since_ms: u64,
+    },
 }
 
 /// A sealed segment handed to replay: its id and its bytes (records are read with
@@ -196,6 +201,8 @@ pub struct Spool {
     state: Mutex<State>,
     /// Mirror of the total size, read without the lock by `/readyz`.
     bytes: AtomicU64,
+    /// An fsync failed: nothing is deleted any more in this run.
+    fsync_failed: AtomicBool,
     metrics: Metrics,
     /// Held open for its advisory lock: the directory is this process's alone.
     _lock: File,
@@ -299,6 +306,7 @@ impl Spool {
                 scratch: Vec::with_capacity(64 * 1024),
             }),
             bytes: AtomicU64::new(total_bytes),
+            fsync_failed: AtomicBool::new(false),
             metrics,
             _lock: lock,
             dir,
@@ -324,7 +332,10 @@ impl Spool {
         records: impl IntoIterator<Item = (Option<&'a [u8]>, &'a [u8])>,
         entry: Entry,
     ) -> Result<SegmentId, AppendError> {
-        let now = now_ms();
+        let appended_ms = match entry {
+            Entry::Moved { since_ms } => since_ms,
+            Entry::WrittenAhead | Entry::Pending => now_ms(),
+        };
         let mut guard = self.lock();
         let state = &mut *guard;
         state.scratch.clear();
@@ -332,7 +343,7 @@ impl Spool {
         for (key, payload) in records {
             Record {
                 live: entry == Entry::WrittenAhead,
-                appended_ms: now,
+                appended_ms,
                 key,
                 payload,
             }
@@ -343,7 +354,7 @@ impl Spool {
             return Ok(state.active);
         }
         let len = state.scratch.len() as u64;
-        if entry != Entry::Moved && state.total_bytes + len > self.max_bytes {
+        if !matches!(entry, Entry::Moved { .. }) && state.total_bytes + len > self.max_bytes {
             return Err(AppendError::Full);
         }
         if state.active_damaged || state.segments[&state.active].bytes >= self.segment_bytes {
@@ -367,7 +378,10 @@ impl Spool {
         } else {
             seg.pending += n;
             seg.to_replay += n;
-            seg.first_pending_ms.get_or_insert(now);
+            seg.first_pending_ms = Some(
+                seg.first_pending_ms
+                    .map_or(appended_ms, |t| t.min(appended_ms)),
+            );
         }
         state.total_bytes += len;
         self.metrics.spool_appended(n);
@@ -382,7 +396,7 @@ impl Spool {
         if let Some(seg) = state.segments.get_mut(&segment) {
             match entry {
                 Entry::WrittenAhead => seg.ahead = seg.ahead.saturating_sub(1),
-                Entry::Pending | Entry::Moved => seg.pending = seg.pending.saturating_sub(1),
+                Entry::Pending | Entry::Moved { .. } => seg.pending = seg.pending.saturating_sub(1),
             }
         }
         self.publish(&state);
@@ -411,14 +425,21 @@ impl Spool {
             }
             None => return Ok(None),
         };
-        let recovered = state.segments[&id].recovered;
+        let (recovered, counted) = (state.segments[&id].recovered, state.segments[&id].bytes);
         drop(guard);
         match fs::read(segment_path(&self.dir, id)) {
-            Ok(bytes) => Ok(Some(ReplayBatch {
-                segment: id,
-                bytes,
-                recovered,
-            })),
+            Ok(mut bytes) => {
+                // This run's segment: only what appends counted (a cut-short write that could
+                // not be undone lies beyond, and was never counted).
+                if !recovered {
+                    bytes.truncate(usize::try_from(counted).unwrap_or(usize::MAX));
+                }
+                Ok(Some(ReplayBatch {
+                    segment: id,
+                    bytes,
+                    recovered,
+                }))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::error!(segment = id, "a spool segment vanished; its hits are lost");
                 self.replayed(id, 0);
@@ -470,8 +491,18 @@ impl Spool {
             files.push(state.file.clone());
             (files, done)
         };
+        if self.fsync_failed.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other(
+                "an earlier fsync failed; no segment is deleted until the edge restarts",
+            ));
+        }
         for (i, file) in files.iter().enumerate() {
             if let Err(e) = file.sync_data() {
+                // Linux may report a later fsync of the same pages as clean although they never
+                // reached the disk (PostgreSQL's "fsyncgate"): deleting anything after this
+                // could lose the only durable copy, so this run deletes no more segments.
+                self.fsync_failed.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "spool fsync failed; no spool segment is deleted until the edge restarts");
                 // Keep the sealed ones for the next try.
                 let mut state = self.lock();
                 let active = state.file.clone();
@@ -484,19 +515,25 @@ impl Spool {
                 return Err(e);
             }
         }
+        let mut first_error = None;
+        let mut deleted = 0;
         for id in &done {
             match fs::remove_file(segment_path(&self.dir, *id)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
             }
+            deleted += 1;
             let mut state = self.lock();
             if let Some(seg) = state.segments.remove(id) {
                 state.total_bytes -= seg.bytes;
             }
             self.publish(&state);
         }
-        Ok(done.len())
+        first_error.map_or(Ok(deleted), Err)
     }
 
     /// Bytes, records and the oldest record's time.
@@ -537,7 +574,8 @@ fn stats(state: &State) -> Stats {
         records: state.segments.values().map(|s| s.ahead + s.pending).sum(),
         oldest_appended_ms: (state.segments.values())
             .filter(|s| s.pending > 0)
-            .find_map(|s| s.first_pending_ms),
+            .filter_map(|s| s.first_pending_ms)
+            .min(),
     }
 }
 
@@ -601,8 +639,8 @@ fn segment_ids(dir: &Path) -> std::io::Result<Vec<SegmentId>> {
             continue;
         };
         match stem.parse() {
-            Ok(id) => ids.push(id),
-            Err(_) => tracing::warn!(file = ?name, "not a spool segment name; left alone"),
+            Ok(id) if stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()) => ids.push(id),
+            _ => tracing::warn!(file = ?name, "not a spool segment name; left alone"),
         }
     }
     ids.sort_unstable();

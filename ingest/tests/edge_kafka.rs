@@ -263,10 +263,7 @@ async fn without_a_broker_hits_are_spooled_and_delivered_by_the_next_start() {
     let hits = tokio::task::spawn_blocking(move || read_hits(&topic, 25, Duration::from_secs(60)))
         .await
         .unwrap();
-    let mut seen: Vec<String> = hits
-        .iter()
-        .map(|h| h.props.iter().find(|(k, _)| k == "n").unwrap().1.clone())
-        .collect();
+    let mut seen: Vec<String> = hits.iter().map(|h| prop(h, "n").to_owned()).collect();
     seen.sort_by_key(|n| n.parse::<u32>().unwrap());
     assert_eq!(seen, (0..25).map(|i| i.to_string()).collect::<Vec<_>>());
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -302,14 +299,15 @@ async fn refused_hits_are_spooled_and_replayed_when_kafka_takes_them() {
     })
     .await
     .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while edge.metric("pixelpipe_ingest_spool_records").await != Some(30.0) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the failed hits never reached the spool"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(
+        edge.wait_metric(
+            "pixelpipe_ingest_spool_records",
+            30.0,
+            Duration::from_secs(30)
+        )
+        .await,
+        "the failed hits never reached the spool"
+    );
     assert!(
         edge.wait_ready(false, Duration::from_secs(5)).await,
         "/readyz must not say ready while deliveries fail"
@@ -319,18 +317,7 @@ async fn refused_hits_are_spooled_and_replayed_when_kafka_takes_them() {
     let hits = tokio::task::spawn_blocking(move || read_hits(&read, 30, Duration::from_secs(90)))
         .await
         .unwrap();
-    let mut ns: Vec<u32> = hits
-        .iter()
-        .map(|h| {
-            h.props
-                .iter()
-                .find(|(k, _)| k == "n")
-                .unwrap()
-                .1
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let mut ns: Vec<u32> = hits.iter().map(|h| prop(h, "n").parse().unwrap()).collect();
     ns.sort_unstable();
     ns.dedup();
     assert_eq!(ns, (0..30).collect::<Vec<_>>());
@@ -583,10 +570,7 @@ async fn a_hit_too_large_for_kafka_is_dropped_and_counted_the_rest_delivered() {
     let hits = tokio::task::spawn_blocking(move || read_hits(&read, 2, Duration::from_secs(60)))
         .await
         .unwrap();
-    let mut ns: Vec<String> = hits
-        .iter()
-        .map(|h| h.props.iter().find(|(k, _)| k == "n").unwrap().1.clone())
-        .collect();
+    let mut ns: Vec<String> = hits.iter().map(|h| prop(h, "n").to_owned()).collect();
     ns.sort();
     assert_eq!(ns, ["small-1", "small-2"]);
     let report = edge.shutdown().await;

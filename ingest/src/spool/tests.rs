@@ -250,10 +250,34 @@ fn moving_a_spooled_hit_ignores_the_cap() {
         spool.append([(None, payload.as_slice())], Entry::Pending),
         Err(AppendError::Full)
     ));
+    let an_hour_ago = now_ms() - 3_600_000;
     spool
-        .append([(None, payload.as_slice())], Entry::Moved)
+        .append(
+            [(None, payload.as_slice())],
+            Entry::Moved {
+                since_ms: an_hour_ago,
+            },
+        )
         .unwrap();
     assert_eq!(spool.stats().records, before + 1);
+    assert_eq!(
+        spool.stats().oldest_appended_ms,
+        Some(an_hour_ago),
+        "a moved hit keeps its age"
+    );
+}
+
+/// Only canonical names are segments: anything else in the directory is left alone.
+#[test]
+fn other_files_in_the_directory_are_left_alone() {
+    let t = TempLedger::new();
+    let dir = t.dir().join("other");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("1.seg"), b"not ours").unwrap();
+    fs::write(dir.join("notes.txt"), b"x").unwrap();
+    let spool = Spool::open(&config(&dir), Metrics::new()).unwrap();
+    assert_eq!(spool.stats(), Stats::default());
+    assert_eq!(fs::read(dir.join("1.seg")).unwrap(), b"not ours");
 }
 
 /// A file left behind under the next segment's name (a crash between creating it and using

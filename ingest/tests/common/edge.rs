@@ -193,6 +193,18 @@ impl RunningEdge {
         false
     }
 
+    /// Polls one series until it reads `want`; false when `timeout` passes first.
+    pub async fn wait_metric(&self, series: &str, want: f64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.metric(series).await != Some(want) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
     /// One series' value from `/metrics`, e.g. `pixelpipe_ingest_kafka_delivered_total`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let addr = self.admin;

@@ -121,3 +121,13 @@ pub fn http(
         body: raw[split + 4..].to_vec(),
     }
 }
+
+/// The value of custom property `key` of a hit; panics when it has none.
+pub fn prop<'a>(hit: &'a Hit, key: &str) -> &'a str {
+    hit.props
+        .iter()
+        .find(|(k, _)| k == key)
+        .unwrap_or_else(|| panic!("no property {key} in {hit:?}"))
+        .1
+        .as_str()
+}
