@@ -53,7 +53,7 @@ MESSAGE_TIMEOUT_MS=${MESSAGE_TIMEOUT_MS:-5000}
 # started again only after the session has expired, as a restarted process usually is.
 SESSION_TIMEOUT_S=6
 FSYNC_INTERVAL_MS=200
-BIN_DIR=${BIN_DIR:-$ROOT/target/release}
+BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 for port in 18181 18182 19181 19182 19191 19192; do
   port_open 127.0.0.1 "$port" && die "port $port is taken (a previous run still going?); the suite needs 18181-18182 and 19181-19192"
 done

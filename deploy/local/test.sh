@@ -30,5 +30,5 @@ if [ $# -eq 0 ]; then
   step "building the binaries for the chaos suite (debug)"
   cargo build --locked -p pixelpipe-ingest -p pixelpipe-sink -p pixelpipe-bench --bins
   step "running bench/scripts/chaos.sh --short"
-  BIN_DIR="$ROOT/target/debug" "$ROOT/bench/scripts/chaos.sh" --short
+  BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/debug" "$ROOT/bench/scripts/chaos.sh" --short
 fi
