@@ -404,16 +404,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Records what the spool holds, as of `now_ms` (milliseconds since the epoch).
-    pub fn spool(&self, stats: crate::spool::Stats, now_ms: u64) {
+    /// Records what the spool holds: bytes of its files, records not yet settled, and the age of
+    /// the oldest hit waiting for replay (zero when none).
+    pub fn spool(&self, bytes: u64, records: u64, oldest_age: Duration) {
         let m = &self.spool;
-        m.bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-        m.records
-            .set(i64::try_from(stats.records).unwrap_or(i64::MAX));
-        let age_ms = stats
-            .oldest_appended_ms
-            .map_or(0, |t| now_ms.saturating_sub(t));
-        m.oldest_age.set(age_ms as f64 / 1000.0);
+        m.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        m.records.set(i64::try_from(records).unwrap_or(i64::MAX));
+        m.oldest_age.set(oldest_age.as_secs_f64());
     }
 
     /// Counts hits written to the spool.

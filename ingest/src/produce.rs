@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::spool::SegmentId;
+/// A spool segment's number (the spool's `SegmentId`; named here as a plain integer so the
+/// vocabulary of producers does not depend on the spool).
+pub type Segment = u64;
 
 /// Where a handed-over hit is kept besides the producer's memory, so its fate can settle it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,11 +19,11 @@ pub enum Origin {
     /// Only in memory (`durability = "memory"`, or the spool was full).
     Memory,
     /// Written ahead to this spool segment before it was handed over (`durability = "disk"`).
-    WrittenAhead(SegmentId),
+    WrittenAhead(Segment),
     /// Replayed from a spool segment.
     Replay {
         /// The segment it was read from.
-        segment: SegmentId,
+        segment: Segment,
         /// When it first entered the spool (ms since the epoch); kept if it is moved again, so
         /// the oldest-record age counts from there.
         since_ms: u64,
@@ -112,76 +114,6 @@ impl DeliveryFailure {
             DeliveryFailure::BrokerError => "broker_error",
             DeliveryFailure::Fatal => "fatal",
             DeliveryFailure::Other => "other",
-        }
-    }
-}
-
-/// A producer for tests and benches (feature `test-util`).
-#[cfg(any(test, feature = "test-util"))]
-pub mod testing {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Mutex, OnceLock};
-    use std::time::Instant;
-
-    use super::*;
-    use crate::ledger::Ledger;
-
-    /// A message as the producer saw it: key and payload.
-    pub type Sent = (Option<Vec<u8>>, Vec<u8>);
-
-    /// Records what it is sent, and can pretend to be full or failing. Always connected. With a
-    /// ledger attached ([`RecordingProducer::report_to`]) every taken message is reported
-    /// delivered at once, or failed while `failing` is set. The edge alone, without the
-    /// batchers, never calls `send`, so benches of the request path pay nothing for it.
-    #[derive(Default)]
-    pub struct RecordingProducer {
-        /// Every message delivered, in order.
-        pub sent: Mutex<Vec<Sent>>,
-        /// While true, `send` answers [`BufferFull`].
-        pub full: AtomicBool,
-        /// While true, every message taken is reported failed (`other`).
-        pub failing: AtomicBool,
-        /// How many sends were refused as full.
-        pub refused: AtomicUsize,
-        ledger: OnceLock<Arc<Ledger>>,
-    }
-
-    impl RecordingProducer {
-        /// Reports outcomes to `ledger` from now on.
-        pub fn report_to(&self, ledger: Arc<Ledger>) {
-            let _ = self.ledger.set(ledger);
-        }
-    }
-
-    impl HitProducer for RecordingProducer {
-        fn send(
-            &self,
-            key: Option<&[u8]>,
-            payload: &[u8],
-            origin: Origin,
-        ) -> Result<(), BufferFull> {
-            if self.full.load(Ordering::SeqCst) {
-                self.refused.fetch_add(1, Ordering::SeqCst);
-                return Err(BufferFull);
-            }
-            if self.failing.load(Ordering::SeqCst) {
-                if let Some(ledger) = self.ledger.get() {
-                    ledger.failed(origin, key, payload, DeliveryFailure::Other);
-                }
-                return Ok(());
-            }
-            self.sent
-                .lock()
-                .expect("not poisoned")
-                .push((key.map(<[u8]>::to_vec), payload.to_vec()));
-            if let Some(ledger) = self.ledger.get() {
-                ledger.delivered(origin, Instant::now());
-            }
-            Ok(())
-        }
-        fn flush(&self, _timeout: Duration) {}
-        fn connected(&self) -> bool {
-            true
         }
     }
 }

@@ -116,10 +116,7 @@ impl Worker {
             } else {
                 self.allowance = 0.0;
             }
-            // Gauges: the oldest record's age grows even when nothing else changes.
-            self.ledger
-                .metrics()
-                .spool(spool.stats(), crate::spool::now_ms());
+            spool.refresh_gauges();
             self.sleep_until(tick_end);
         }
     }
@@ -192,8 +189,8 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::produce::testing::RecordingProducer;
     use crate::produce::HitProducer;
+    use crate::testing::RecordingProducer;
     use crate::testing::TempLedger;
 
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {

@@ -28,7 +28,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pixelpipe_common::layers::{check, ConfigError};
 use serde::{Deserialize, Serialize};
@@ -562,9 +562,20 @@ impl Spool {
         Ok(())
     }
 
+    /// Brings the gauges up to date; the oldest record's age grows even when nothing changes,
+    /// so replay calls this on every tick.
+    pub fn refresh_gauges(&self) {
+        self.publish(&self.lock());
+    }
+
     fn publish(&self, state: &State) {
         self.bytes.store(state.total_bytes, Ordering::Relaxed);
-        self.metrics.spool(stats(state), now_ms());
+        let s = stats(state);
+        let age_ms = s
+            .oldest_appended_ms
+            .map_or(0, |t| now_ms().saturating_sub(t));
+        self.metrics
+            .spool(s.bytes, s.records, Duration::from_millis(age_ms));
     }
 }
 

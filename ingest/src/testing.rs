@@ -1,9 +1,12 @@
 //! Fixtures for tests and benches (feature `test-util`): a ledger over a spool in a directory of
-//! its own, removed when dropped.
+//! its own, removed when dropped, and a producer that records what it is sent.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::produce::{BufferFull, DeliveryFailure, HitProducer, Origin};
 
 use crate::config::MessageKey;
 use crate::geo::Geo;
@@ -85,7 +88,7 @@ impl TempLedger {
         let edge = crate::service::Edge::new(
             config,
             queue,
-            Arc::new(crate::produce::testing::RecordingProducer::default()),
+            Arc::new(RecordingProducer::default()),
             self.ledger(),
         )
         .expect("a valid config");
@@ -128,5 +131,59 @@ impl Default for TempLedger {
 impl Drop for TempLedger {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A message as the producer saw it: key and payload.
+pub type Sent = (Option<Vec<u8>>, Vec<u8>);
+
+/// Records what it is sent, and can pretend to be full or failing. Always connected. With a
+/// ledger attached ([`RecordingProducer::report_to`]) every taken message is reported
+/// delivered at once, or failed while `failing` is set. The edge alone, without the
+/// batchers, never calls `send`, so benches of the request path pay nothing for it.
+#[derive(Default)]
+pub struct RecordingProducer {
+    /// Every message delivered, in order.
+    pub sent: Mutex<Vec<Sent>>,
+    /// While true, `send` answers [`BufferFull`].
+    pub full: AtomicBool,
+    /// While true, every message taken is reported failed (`other`).
+    pub failing: AtomicBool,
+    /// How many sends were refused as full.
+    pub refused: AtomicUsize,
+    ledger: OnceLock<Arc<Ledger>>,
+}
+
+impl RecordingProducer {
+    /// Reports outcomes to `ledger` from now on.
+    pub fn report_to(&self, ledger: Arc<Ledger>) {
+        let _ = self.ledger.set(ledger);
+    }
+}
+
+impl HitProducer for RecordingProducer {
+    fn send(&self, key: Option<&[u8]>, payload: &[u8], origin: Origin) -> Result<(), BufferFull> {
+        if self.full.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(BufferFull);
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            if let Some(ledger) = self.ledger.get() {
+                ledger.failed(origin, key, payload, DeliveryFailure::Other);
+            }
+            return Ok(());
+        }
+        self.sent
+            .lock()
+            .expect("not poisoned")
+            .push((key.map(<[u8]>::to_vec), payload.to_vec()));
+        if let Some(ledger) = self.ledger.get() {
+            ledger.delivered(origin, Instant::now());
+        }
+        Ok(())
+    }
+    fn flush(&self, _timeout: Duration) {}
+    fn connected(&self) -> bool {
+        true
     }
 }

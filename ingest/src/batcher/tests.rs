@@ -5,9 +5,9 @@
 use super::*;
 use crate::config::MessageKey;
 use crate::privacy::{visitor_id, PrivacyConfig};
-use crate::produce::testing::RecordingProducer;
 use crate::queue::HitQueue;
 use crate::spool::{scan, Durability};
+use crate::testing::RecordingProducer;
 use crate::testing::{raw_privacy, TempLedger};
 use crate::wire::{self, testing::sample_hit};
 use std::sync::atomic::Ordering;
