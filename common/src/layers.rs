@@ -115,9 +115,19 @@ where
         let path = dotted_path(dotted);
         set_path(&mut table, &defaults, &path, value, dotted)?;
     }
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::setting("config", e.message().to_owned()))
+    // serde_path_to_error: a wrong value deep in the tree (an unknown enum variant, a wrong
+    // type) is reported at its dotted path, not as an error of the whole configuration.
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+        |e: serde_path_to_error::Error<toml::de::Error>| {
+            let path = e.path().to_string();
+            let setting = if path.is_empty() || path == "." {
+                "config"
+            } else {
+                &path
+            };
+            ConfigError::setting(setting, e.inner().message().to_owned())
+        },
+    )
 }
 
 /// Deep-merges `over` into `base`: tables merge, everything else replaces.

@@ -509,6 +509,18 @@ mod tests {
         assert!(e.contains("kafka.properties.Bad_Name"), "{e}");
         let e = err_text(load(&[], &[("http", "x")]));
         assert!(e.contains("http") && e.contains("section"), "{e}");
+        // A value of the wrong variant, deep in the tree, is named by its path too.
+        for (setting, value) in [
+            ("spool.durability", "Disk"),
+            ("kafka.message_key", "bogus"),
+            ("privacy.ip_mode", "bogus"),
+        ] {
+            let e = err_text(load(&[], &[(setting, value)]));
+            assert!(
+                e.contains(&format!("`{setting}`")) && e.contains("unknown variant"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
