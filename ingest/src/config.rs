@@ -65,6 +65,12 @@ pub struct HttpConfig {
     pub body_read_timeout_ms: u64,
     /// Largest `/collect` body; larger ones get 413. Default 65536 (64 KiB).
     pub max_body_bytes: usize,
+    /// Largest `/collect` body once its `Content-Encoding` (gzip, deflate) is undone; larger
+    /// ones get 413, so a decompression bomb costs at most this. Default 262144 (256 KiB).
+    pub max_decoded_body_bytes: usize,
+    /// Events one `/collect` request may carry; a larger array gets 413 and its events are
+    /// counted invalid (`too_many_events`). Default 200.
+    pub max_events_per_request: usize,
     /// On shutdown, how long in-flight requests may take before their connections are cut.
     /// Default 5000.
     pub shutdown_grace_ms: u64,
@@ -190,6 +196,8 @@ impl Default for HttpConfig {
             max_header_bytes: 16_384,
             body_read_timeout_ms: 10_000,
             max_body_bytes: 64 * 1024,
+            max_decoded_body_bytes: 256 * 1024,
+            max_events_per_request: 200,
             shutdown_grace_ms: 5_000,
             trusted_proxies: Vec::new(),
             worker_threads: 0,
@@ -301,6 +309,16 @@ impl layers::Validate for Config {
         check(
             h.body_read_timeout_ms > 0,
             "http.body_read_timeout_ms",
+            "must be at least 1",
+        )?;
+        check(
+            h.max_decoded_body_bytes >= h.max_body_bytes,
+            "http.max_decoded_body_bytes",
+            "must be at least http.max_body_bytes",
+        )?;
+        check(
+            h.max_events_per_request > 0,
+            "http.max_events_per_request",
             "must be at least 1",
         )?;
         check(

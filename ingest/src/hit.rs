@@ -64,16 +64,19 @@ pub enum InvalidReason {
     QueryTooLong,
     /// An element of a `/collect` array is not a JSON object.
     NotAnObject,
+    /// One of more events than `http.max_events_per_request` in one `/collect` request.
+    TooManyEvents,
 }
 
 impl InvalidReason {
     /// Every reason, for metrics registration.
-    pub const ALL: [InvalidReason; 5] = [
+    pub const ALL: [InvalidReason; 6] = [
         InvalidReason::MissingSite,
         InvalidReason::BadSite,
         InvalidReason::BadKind,
         InvalidReason::QueryTooLong,
         InvalidReason::NotAnObject,
+        InvalidReason::TooManyEvents,
     ];
 
     /// Metric label value.
@@ -84,6 +87,7 @@ impl InvalidReason {
             InvalidReason::BadKind => "bad_kind",
             InvalidReason::QueryTooLong => "query_too_long",
             InvalidReason::NotAnObject => "not_an_object",
+            InvalidReason::TooManyEvents => "too_many_events",
         }
     }
 }

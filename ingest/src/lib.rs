@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batcher;
+pub mod body;
 pub mod client_ip;
 pub mod config;
 pub mod error;

@@ -350,6 +350,11 @@ impl Metrics {
         self.hot.invalid[reason as usize].inc();
     }
 
+    /// Counts `hits` invalid hits of one reason.
+    pub fn invalid_many(&self, reason: InvalidReason, hits: u64) {
+        self.hot.invalid[reason as usize].inc_by(hits);
+    }
+
     /// Counts the cut fields of one hit by reason.
     pub fn cuts(&self, cuts: &Cuts) {
         if cuts.total() == 0 {

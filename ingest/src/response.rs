@@ -41,6 +41,27 @@ pub enum RequestError {
     /// The body could not be read from the connection.
     #[error("body could not be read: {0}")]
     BodyRead(String),
+    /// A `/collect` body decodes (`Content-Encoding`) to more than
+    /// `http.max_decoded_body_bytes`.
+    #[error("body larger than {limit_bytes} bytes once decoded (http.max_decoded_body_bytes)")]
+    DecodedTooLarge {
+        /// The configured limit.
+        limit_bytes: usize,
+    },
+    /// A `/collect` body in a `Content-Encoding` the edge does not decode.
+    #[error("unsupported Content-Encoding `{0}`: send gzip, deflate or no encoding")]
+    UnsupportedEncoding(String),
+    /// A `/collect` body that is not valid in its `Content-Encoding`.
+    #[error("body not valid in its Content-Encoding: {0}")]
+    BadEncoding(String),
+    /// A `/collect` array with more events than `http.max_events_per_request`.
+    #[error("{count} events in one request; at most {limit} (http.max_events_per_request): send them in several")]
+    TooManyEvents {
+        /// Events in the request.
+        count: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// A `/collect` body is not JSON of the accepted shape.
     #[error("malformed JSON: {0}")]
     BadJson(String),
@@ -65,12 +86,17 @@ impl RequestError {
     /// The HTTP status the error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::BodyTooLarge { .. }
+            | RequestError::DecodedTooLarge { .. }
+            | RequestError::TooManyEvents { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             RequestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             RequestError::BodyRead(_)
+            | RequestError::BadEncoding(_)
             | RequestError::BadJson(_)
             | RequestError::ClickRefused(_) => StatusCode::BAD_REQUEST,
-            RequestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RequestError::UnsupportedMediaType(_) | RequestError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             RequestError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             RequestError::NotFound => StatusCode::NOT_FOUND,
         }

@@ -18,6 +18,7 @@ use hyper::body::Body;
 use hyper::header::{self, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::body;
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpConfig, LimitsConfig};
 use crate::error::Error;
@@ -228,6 +229,7 @@ impl Edge {
             return Err(RequestError::BodyTooLarge { limit_bytes });
         }
         let meta = self.meta(&req, peer);
+        let encoding = req.headers().get(header::CONTENT_ENCODING).cloned();
         let timeout_ms = self.http.body_read_timeout_ms;
         let read = Limited::new(req.into_body(), limit_bytes).collect();
         let body = match tokio::time::timeout(Duration::from_millis(timeout_ms), read).await {
@@ -241,6 +243,7 @@ impl Edge {
             Ok(Err(e)) => return Err(RequestError::BodyRead(e.to_string())),
             Ok(Ok(collected)) => collected.to_bytes(),
         };
+        let body = body::decode(encoding.as_ref(), body, self.http.max_decoded_body_bytes)?;
         let value: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| RequestError::BadJson(e.to_string()))?;
         let objects = match &value {
@@ -252,6 +255,15 @@ impl Edge {
                 ))
             }
         };
+        let limit = self.http.max_events_per_request;
+        if objects.len() > limit {
+            self.metrics
+                .invalid_many(InvalidReason::TooManyEvents, objects.len() as u64);
+            return Err(RequestError::TooManyEvents {
+                count: objects.len(),
+                limit,
+            });
+        }
         for item in objects {
             match item {
                 serde_json::Value::Object(object) => {

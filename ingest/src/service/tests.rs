@@ -834,3 +834,63 @@ mod properties {
         }
     }
 }
+
+/// Compressed and marked bodies are read like plain ones; a bomb, an unknown coding and too
+/// many events are refused with a status and a message that name the limit or the coding.
+#[tokio::test]
+async fn collect_reads_gzip_deflate_and_a_bom_and_bounds_them() {
+    use flate2::write::{GzEncoder, ZlibEncoder};
+    use std::io::Write;
+    let f = fixture(config(), 1024);
+    let json = br#"[{"site":"s.example","e":"signup"},{"site":"s.example","e":"pageview"}]"#;
+    let post = |coding: Option<&str>, body: Vec<u8>| {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri("/collect")
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(c) = coding {
+            b = b.header(header::CONTENT_ENCODING, c);
+        }
+        b.body(Full::new(Bytes::from(body))).unwrap()
+    };
+    let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(json).unwrap();
+    let mut zl = ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zl.write_all(json).unwrap();
+    for (coding, body) in [
+        (Some("gzip"), gz.finish().unwrap()),
+        (Some("deflate"), zl.finish().unwrap()),
+        (None, [&b"\xEF\xBB\xBF"[..], json].concat()),
+    ] {
+        let (status, _, body) = call(&f, post(coding, body)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{coding:?}: {body:?}");
+    }
+    assert_eq!(f.rx.try_iter().count(), 6);
+
+    let (status, _, body) = call(&f, post(Some("br"), json.to_vec())).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(String::from_utf8_lossy(&body).contains("`br`"));
+
+    let mut bomb = GzEncoder::new(Vec::new(), flate2::Compression::best());
+    bomb.write_all(&vec![b' '; 4 * 1024 * 1024]).unwrap();
+    let (status, _, body) = call(&f, post(Some("gzip"), bomb.finish().unwrap())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(String::from_utf8_lossy(&body).contains("http.max_decoded_body_bytes"));
+
+    let many = format!("[{}]", vec![r#"{"site":"s.example"}"#; 201].join(","));
+    let (status, _, body) = call(&f, post(None, many.into_bytes())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(String::from_utf8_lossy(&body).contains("http.max_events_per_request"));
+    assert_eq!(
+        counter(
+            &f,
+            "pixelpipe_ingest_hits_invalid_total{reason=\"too_many_events\"}"
+        ),
+        201
+    );
+    assert_eq!(
+        f.rx.try_iter().count(),
+        0,
+        "nothing of a refused request is kept"
+    );
+}
