@@ -111,11 +111,13 @@ pub enum CutReason {
     BadType,
     /// A well-known parameter given twice: the first is kept, later ones dropped.
     Duplicate,
+    /// `eid` is not a UUID: dropped, and the hit gets an event id of its own.
+    BadEventId,
 }
 
 impl CutReason {
     /// Every reason, for metrics registration.
-    pub const ALL: [CutReason; 8] = [
+    pub const ALL: [CutReason; 9] = [
         CutReason::BadEncoding,
         CutReason::KeyTooLong,
         CutReason::ValueTooLong,
@@ -124,6 +126,7 @@ impl CutReason {
         CutReason::BadCurrency,
         CutReason::BadType,
         CutReason::Duplicate,
+        CutReason::BadEventId,
     ];
 
     /// Metric label value.
@@ -137,6 +140,7 @@ impl CutReason {
             CutReason::BadCurrency => "bad_currency",
             CutReason::BadType => "bad_type",
             CutReason::Duplicate => "duplicate",
+            CutReason::BadEventId => "bad_event_id",
         }
     }
 }
@@ -327,6 +331,8 @@ pub struct Draft<'a> {
     target: Option<String>,
     /// A `sig` parameter was seen: the URL claims to be signed and must be checked.
     signed: bool,
+    /// `eid`, when given and a UUID.
+    client_event_id: Option<Uuid>,
     fields: Hit,
     params: usize,
     cuts: Cuts,
@@ -393,6 +399,7 @@ impl<'a> Draft<'a> {
             sent_at_secs: None,
             target: None,
             signed: false,
+            client_event_id: None,
             fields,
             params: 0,
             cuts: meta.cuts,
@@ -437,6 +444,14 @@ impl<'a> Draft<'a> {
                     Ok(secs) if self.sent_at_secs.is_none() => self.sent_at_secs = Some(secs),
                     Ok(_) => self.cuts.add(CutReason::Duplicate),
                     Err(_) => self.cuts.add(CutReason::BadNumber),
+                }
+                return;
+            }
+            params::CLIENT_EVENT_ID => {
+                match Uuid::try_parse(value.trim()) {
+                    Ok(id) if self.client_event_id.is_none() => self.client_event_id = Some(id),
+                    Ok(_) => self.cuts.add(CutReason::Duplicate),
+                    Err(_) => self.cuts.add(CutReason::BadEventId),
                 }
                 return;
             }
@@ -591,7 +606,10 @@ impl<'a> Draft<'a> {
             }
             hit.site_id = site;
             hit.kind = kind;
-            hit.event_id = event_id(hit.received_at_ms);
+            hit.event_id = match self.client_event_id {
+                Some(client) => client_bound_event_id(&hit.site_id, client),
+                None => event_id(hit.received_at_ms),
+            };
             hit.cut_fields = self.cuts.total();
             Ok(hit)
         })();
@@ -607,6 +625,18 @@ fn event_id(ms: u64) -> Uuid {
         ms / 1000,
         ((ms % 1000) * 1_000_000) as u32,
     ))
+}
+
+/// The event id of a hit that carries a client-made id: a UUIDv5 (RFC 9562 §5.5) of the client
+/// id in a namespace of the site's own. A retry with the same id gets the same `event_id`, which
+/// the stored table's dedup folds; another site's ids, or a client guessing ids, can never land
+/// on this site's events.
+fn client_bound_event_id(site: &str, client: Uuid) -> Uuid {
+    let site_namespace = Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("pixelpipe:site:{site}").as_bytes(),
+    );
+    Uuid::new_v5(&site_namespace, client.as_bytes())
 }
 
 /// Applies a query string (without `?`) to a draft. Returns `Err` when it is too long to read.
@@ -940,5 +970,31 @@ mod tests {
         assert!(!with("sec-purpose", "navigate"));
         assert!(!with("x-other", "prefetch"), "only the known headers count");
         assert!(!is_prefetch(&HeaderMap::new()));
+    }
+
+    /// A client's retry (same `eid`) gets the same `event_id`; another site, or another id, a
+    /// different one; without `eid`, each hit its own UUIDv7; a bad or repeated `eid` is cut.
+    #[test]
+    fn a_client_event_id_makes_retries_one_event_bound_to_its_site() {
+        let eid = "0190a5d2-7c1e-7b3e-8f00-000000000001";
+        let a = hit(&format!("site=shop&eid={eid}"));
+        let retry = hit(&format!("site=shop&e=pageview&eid={}", eid.to_uppercase()));
+        assert_eq!(a.event_id, retry.event_id);
+        assert_eq!(a.event_id.get_version_num(), 5);
+        let other_site = hit(&format!("site=blog&eid={eid}"));
+        assert_ne!(a.event_id, other_site.event_id);
+        let other_id = hit("site=shop&eid=0190a5d2-7c1e-7b3e-8f00-000000000002");
+        assert_ne!(a.event_id, other_id.event_id);
+        assert_ne!(hit("site=shop").event_id, hit("site=shop").event_id);
+
+        let (r, cuts) = from_query("site=shop&eid=not-a-uuid", &limits());
+        assert_eq!(r.unwrap().event_id.get_version_num(), 7);
+        assert_eq!(cuts.get(CutReason::BadEventId), 1);
+        let (r, cuts) = from_query(
+            &format!("site=shop&eid={eid}&eid=0190a5d2-7c1e-7b3e-8f00-000000000002"),
+            &limits(),
+        );
+        assert_eq!(r.unwrap().event_id, a.event_id, "the first is kept");
+        assert_eq!(cuts.get(CutReason::Duplicate), 1);
     }
 }

@@ -51,6 +51,9 @@ pub const PROPS: &str = "props";
 pub const CACHE_BUSTER: &str = "cb";
 /// Cache buster as jQuery and others add it: read and not stored, never signed.
 pub const CACHE_BUSTER_UNDERSCORE: &str = "_";
+/// A client-made event id (a UUID): a client that retries sends the same one, and the hit's
+/// `event_id` is derived from it and the site, so the retry folds into the first (docs/hits.md).
+pub const CLIENT_EVENT_ID: &str = "eid";
 /// A click's target URL (`GET /c`).
 pub const TARGET: &str = "u";
 /// The send time of an email, Unix seconds; believed only from a validly signed URL.

@@ -631,3 +631,58 @@ async fn signed_send_times_and_unverified_conversions_reach_clickhouse() {
     );
     p.sink.stop().await;
 }
+
+/// A client that retries (the same `eid`, on a beacon and on a pixel) is counted once by the
+/// documented exact-count query; hits without `eid` stay distinct, and one site cannot fold
+/// another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
+)]
+async fn client_retries_with_an_event_id_are_counted_once() {
+    let Pipeline {
+        edge,
+        sink,
+        url,
+        table,
+    } = Pipeline::start("eid", 2, test_config).await;
+    let addr = edge.public;
+    tokio::task::spawn_blocking(move || {
+        let beacon =
+            br#"{"site":"shop","e":"signup","eid":"0190a5d2-7c1e-7b3e-8f00-00000000000a"}"#;
+        for _ in 0..3 {
+            assert_eq!(http(addr, "POST", "/collect", &[], beacon).status, 204);
+        }
+        for target in [
+            "/p.gif?site=shop&e=open&eid=0190a5d2-7c1e-7b3e-8f00-00000000000b",
+            "/p.gif?site=shop&e=open&eid=0190a5d2-7c1e-7b3e-8f00-00000000000b",
+            "/p.gif?site=blog&e=open&eid=0190a5d2-7c1e-7b3e-8f00-00000000000b",
+            "/p.gif?site=shop&e=open",
+            "/p.gif?site=shop&e=open",
+        ] {
+            assert_eq!(http(addr, "GET", target, &[], b"").status, 200);
+        }
+    })
+    .await
+    .unwrap();
+    let rows = wait_for(
+        &url,
+        &format!("SELECT count() FROM {table}"),
+        8,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(rows, 8, "every request reached ClickHouse");
+    assert_eq!(
+        number(&url, &format!("SELECT uniqExact(event_id) FROM {table}")).await,
+        5,
+        "signup once, shop's open once, blog's open, two opens without eid"
+    );
+    assert_eq!(
+        number(&url, &format!("SELECT count() FROM {table} FINAL")).await,
+        5
+    );
+    edge.shutdown().await;
+    sink.stop().await;
+}
