@@ -197,7 +197,6 @@ pub struct Spool {
     max_bytes: u64,
     segment_bytes: u64,
     high_water_bytes: u64,
-    durability: Durability,
     state: Mutex<State>,
     /// Mirror of the total size, read without the lock by `/readyz`.
     bytes: AtomicU64,
@@ -295,7 +294,6 @@ impl Spool {
             max_bytes: config.max_bytes,
             segment_bytes: config.segment_bytes,
             high_water_bytes: config.max_bytes / 100 * u64::from(config.high_water_percent),
-            durability: config.durability,
             state: Mutex::new(State {
                 active,
                 file: Arc::new(file),
@@ -313,11 +311,6 @@ impl Spool {
         };
         spool.publish(&spool.lock());
         Ok(spool)
-    }
-
-    /// The configured durability.
-    pub fn durability(&self) -> Durability {
-        self.durability
     }
 
     /// Appends records of one kind in one write and returns the segment that holds them all.
