@@ -24,6 +24,22 @@ pub fn pixel_request(i: u64) -> Request<Full<Bytes>> {
         .expect("the sample requests are valid")
 }
 
+/// The `i`-th beacon of the mix (every tenth request of [`sample_request`]) as an in-memory
+/// `POST /collect`, with the headers a browser's `sendBeacon` sends.
+pub fn beacon_request(i: u64) -> Request<Full<Bytes>> {
+    let s = sample_request(i / 10 * 10 + 9);
+    Request::builder()
+        .method("POST")
+        .uri(s.target)
+        .header("host", "px.example")
+        .header("user-agent", s.user_agent)
+        .header("origin", "https://blog.example")
+        .header("content-type", "text/plain;charset=UTF-8")
+        .header("content-length", s.body.len())
+        .body(Full::new(Bytes::from(s.body)))
+        .expect("the sample requests are valid")
+}
+
 /// One request of the mix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleRequest {

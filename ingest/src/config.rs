@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::client_ip::TrustedProxies;
 use crate::geo::GeoConfig;
+use crate::hit;
 pub use crate::hit::LimitsConfig;
 use crate::links::LinksConfig;
 use crate::privacy::PrivacyConfig;
@@ -417,6 +418,31 @@ impl layers::Validate for Config {
             "kafka.statistics_interval_ms",
             "must be at least 1 (readiness needs broker state)",
         )?;
+        // librdkafka refuses a message over its `message.max.bytes` (default 1000000) before it
+        // is sent; the edge would have answered its pixel and then could only drop it.
+        let max_message_bytes = match k.properties.get("message.max.bytes") {
+            None => LIBRDKAFKA_MESSAGE_MAX_BYTES,
+            Some(v) => v.trim().parse::<usize>().map_err(|_| {
+                ConfigError::setting(
+                    "kafka.properties.message.max.bytes",
+                    "must be a number of bytes",
+                )
+            })?,
+        };
+        let largest = hit::largest_message_bytes(l, &self.edge_id);
+        if largest > max_message_bytes {
+            return Err(ConfigError::setting(
+                "limits.max_params",
+                format!(
+                    "with limits.max_key_bytes {} and limits.max_value_bytes {}, one hit can take \
+                     {largest} bytes on Kafka, over the producer's message.max.bytes \
+                     ({max_message_bytes}); lower these limits, or raise \
+                     kafka.properties.\"message.max.bytes\" (and the broker's message.max.bytes \
+                     and the topic's max.message.bytes with it)",
+                    l.max_key_bytes, l.max_value_bytes
+                ),
+            ));
+        }
         for name in k.properties.keys() {
             check(
                 !name.is_empty()
@@ -430,6 +456,9 @@ impl layers::Validate for Config {
         Ok(())
     }
 }
+
+/// librdkafka's default `message.max.bytes` (CONFIGURATION.md of librdkafka 2.x).
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 fn valid_topic(t: &str) -> bool {
     (1..=249).contains(&t.len())
@@ -454,6 +483,32 @@ mod tests {
 
     fn err_text(r: Result<Config>) -> String {
         r.unwrap_err().to_string()
+    }
+
+    /// A hit that cannot fit a Kafka message is refused at start, naming the limits and
+    /// `message.max.bytes`; raising `message.max.bytes` (or lowering the limits) fixes it.
+    #[test]
+    fn a_hit_larger_than_a_kafka_message_is_refused_at_start() {
+        let e = err_text(load(&[], &[("limits.max_value_bytes", "20000")]));
+        for named in [
+            "limits.max_params",
+            "limits.max_value_bytes 20000",
+            "message.max.bytes (1000000)",
+        ] {
+            assert!(e.contains(named), "{named}: {e}");
+        }
+        let raised = [
+            ("limits.max_value_bytes", "20000"),
+            ("kafka.properties.message.max.bytes", "20000000"),
+        ];
+        assert!(load(&[], &raised).is_ok());
+        let e = err_text(load(&[], &[("kafka.properties.message.max.bytes", "1MB")]));
+        assert!(e.contains("kafka.properties.message.max.bytes"), "{e}");
+        let e = err_text(load(
+            &[],
+            &[("kafka.properties.message.max.bytes", "100000")],
+        ));
+        assert!(e.contains("message.max.bytes (100000)"), "{e}");
     }
 
     #[test]

@@ -14,11 +14,14 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use hyper::header::{HeaderMap, HeaderName, ACCEPT_LANGUAGE, HOST, REFERER, USER_AGENT};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_LANGUAGE, HOST, REFERER, USER_AGENT,
+};
 use serde::{Deserialize, Serialize};
 use uuid::{NoContext, Timestamp, Uuid};
 
 use crate::form;
+use crate::json;
 use crate::params;
 use crate::wire::{kind, Hit, Signature, Transport, SCHEMA_VERSION};
 
@@ -113,11 +116,14 @@ pub enum CutReason {
     Duplicate,
     /// `eid` is not a UUID: dropped, and the hit gets an event id of its own.
     BadEventId,
+    /// A JSON string held a lone UTF-16 surrogate escape (`"caf\ud83d"`): each is replaced by
+    /// U+FFFD and the field kept.
+    LoneSurrogate,
 }
 
 impl CutReason {
     /// Every reason, for metrics registration.
-    pub const ALL: [CutReason; 9] = [
+    pub const ALL: [CutReason; 10] = [
         CutReason::BadEncoding,
         CutReason::KeyTooLong,
         CutReason::ValueTooLong,
@@ -127,6 +133,7 @@ impl CutReason {
         CutReason::BadType,
         CutReason::Duplicate,
         CutReason::BadEventId,
+        CutReason::LoneSurrogate,
     ];
 
     /// Metric label value.
@@ -141,6 +148,7 @@ impl CutReason {
             CutReason::BadType => "bad_type",
             CutReason::Duplicate => "duplicate",
             CutReason::BadEventId => "bad_event_id",
+            CutReason::LoneSurrogate => "lone_surrogate",
         }
     }
 }
@@ -575,6 +583,13 @@ impl<'a> Draft<'a> {
         self.cuts.add(reason);
     }
 
+    /// Counts the lone surrogates replaced in a JSON text.
+    fn surrogates(&mut self, text: &json::Text<'_>) {
+        for _ in 0..text.replaced {
+            self.cuts.add(CutReason::LoneSurrogate);
+        }
+    }
+
     /// Validates and completes the hit, giving it its `event_id`. The cuts are returned either
     /// way so the caller can count them.
     pub fn finish(mut self) -> (Result<Hit, InvalidReason>, Cuts) {
@@ -617,6 +632,52 @@ impl<'a> Draft<'a> {
     }
 }
 
+/// Bytes the edge may add to a hit after it is built (place, AS organisation, visitor id, IP hash):
+/// names from the GeoIP databases and fixed-size ids, far below this.
+const ADDED_AFTER_BUILD_BYTES: usize = 2048;
+
+/// An upper bound on one Kafka message the edge can produce under `limits`, in bytes: its key
+/// (at most a `uid`, so `max_value_bytes`) and the encoding of the largest hit it can build.
+///
+/// That hit has every header it keeps at `max_value_bytes` of `"` (two bytes each in JSON) and
+/// `max_params` custom properties whose names and values are at their limits of U+0001 (six bytes
+/// each, `\u0001`: nothing costs more); well-known fields count against `max_params` too and carry
+/// no name, so properties are the worst case. Events per request and body limits do not enter:
+/// each event is its own message.
+pub fn largest_message_bytes(limits: &LimitsConfig, edge_id: &str) -> usize {
+    let quotes = "\"".repeat(limits.max_value_bytes);
+    let mut headers = HeaderMap::new();
+    for name in [USER_AGENT, REFERER, ACCEPT_LANGUAGE, HOST] {
+        headers.insert(
+            name,
+            HeaderValue::from_str(&quotes).expect("`\"` is a header character"),
+        );
+    }
+    for name in ["dnt", "sec-gpc"] {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(&quotes).expect("`\"` is a header character"),
+        );
+    }
+    let ip = IpAddr::from([0xffff_u16; 8]);
+    let meta = RequestMeta::new(u64::MAX / 2, Some(ip), "/collect", &headers, limits);
+    let mut draft = Draft::new(&meta, Transport::Beacon, edge_id, limits);
+    draft.site_id = Some("s".repeat(64));
+    draft.kind = Some("k".repeat(64));
+    let name = "\u{1}".repeat(limits.max_key_bytes);
+    let value = "\u{1}".repeat(limits.max_value_bytes);
+    for _ in 0..limits.max_params {
+        draft.prop(&name, &value);
+    }
+    let Ok(hit) = draft.finish().0 else {
+        // Unreachable: the site and kind above are valid. No bound is then the safe answer.
+        return usize::MAX;
+    };
+    let mut encoded = Vec::new();
+    crate::wire::encode(&hit, &mut encoded);
+    limits.max_value_bytes + encoded.len() + ADDED_AFTER_BUILD_BYTES
+}
+
 /// A UUIDv7 for a hit received at `ms`. `NoContext` fills the sub-millisecond bits at random from
 /// a thread-local generator: no lock shared between requests, unlike `Uuid::now_v7`'s counter.
 fn event_id(ms: u64) -> Uuid {
@@ -653,37 +714,35 @@ pub fn apply_query(draft: &mut Draft<'_>, query: &str) -> Result<(), InvalidReas
     Ok(())
 }
 
-/// Applies one JSON object of a `/collect` body. Numbers and booleans are read as their text;
-/// `props` may hold an object of custom properties; other nested values are cut.
-pub fn apply_json_object(
-    draft: &mut Draft<'_>,
-    object: &serde_json::Map<String, serde_json::Value>,
-) {
-    use serde_json::Value;
-    fn scalar(v: &Value) -> Option<Cow<'_, str>> {
-        match v {
-            Value::String(s) => Some(Cow::Borrowed(s)),
-            Value::Number(n) => Some(Cow::Owned(n.to_string())),
-            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-            _ => None,
-        }
-    }
-    for (key, value) in object {
-        match (key.as_str(), value) {
+/// Applies the members of one `/collect` event (see `json`), as [`apply_query`] applies a query's
+/// parameters: in the order sent, a repeated well-known name counted `duplicate`. Strings,
+/// numbers (as the text sent) and booleans are text; `null` is absent; `props` may hold an object
+/// of custom properties; any other object or array is cut (`bad_type`); a replaced lone surrogate
+/// is counted (`lone_surrogate`) and its field kept.
+pub fn apply_json_object(draft: &mut Draft<'_>, members: &[(json::Text<'_>, json::Value<'_>)]) {
+    use json::Value;
+    for (key, value) in members {
+        draft.surrogates(key);
+        match (key.text.as_ref(), value) {
             (_, Value::Null) => {}
-            (params::PROPS, Value::Object(props)) => {
-                for (pk, pv) in props {
-                    match (pv, scalar(pv)) {
-                        (Value::Null, _) => {}
-                        (_, Some(text)) => draft.prop(pk, &text),
-                        (_, None) => draft.cut(CutReason::BadType),
+            (params::PROPS, Value::Object(raw)) => {
+                for (pk, pv) in json::members(raw).unwrap_or_default() {
+                    draft.surrogates(&pk);
+                    match pv {
+                        Value::Null => {}
+                        Value::Scalar(text) => {
+                            draft.surrogates(&text);
+                            draft.prop(&pk.text, &text.text);
+                        }
+                        Value::Object(_) | Value::Array => draft.cut(CutReason::BadType),
                     }
                 }
             }
-            (_, v) => match scalar(v) {
-                Some(text) => draft.param(key, &text),
-                None => draft.cut(CutReason::BadType),
-            },
+            (name, Value::Scalar(text)) => {
+                draft.surrogates(text);
+                draft.param(name, &text.text);
+            }
+            (_, Value::Object(_) | Value::Array) => draft.cut(CutReason::BadType),
         }
     }
 }
@@ -691,7 +750,6 @@ pub fn apply_json_object(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
 
     fn limits() -> LimitsConfig {
         LimitsConfig::default()
@@ -920,18 +978,22 @@ mod tests {
         assert_eq!(r.unwrap().cut_fields, 3, "header cuts count on the hit");
     }
 
-    #[test]
-    fn json_objects_map_like_parameters() {
+    fn from_json(body: &str) -> (Result<Hit, InvalidReason>, Cuts) {
         let m = meta();
         let l = limits();
-        let v: serde_json::Value = serde_json::from_str(
+        let events = json::events(body.as_bytes()).unwrap();
+        let members = json::members(events[0]).unwrap();
+        let mut d = Draft::new(&m, Transport::Beacon, "edge-1", &l);
+        apply_json_object(&mut d, &members);
+        d.finish()
+    }
+
+    #[test]
+    fn json_objects_map_like_parameters() {
+        let (r, cuts) = from_json(
             r#"{"e":"conversion","site":"s","value":12.5,"currency":"usd","variant":7,"ok":true,
                 "gone":null,"props":{"plan":"pro","site":"not-the-site","seats":3,"bad":[1]},"nested":{"a":1}}"#,
-        )
-        .unwrap();
-        let mut d = Draft::new(&m, Transport::Beacon, "e", &l);
-        apply_json_object(&mut d, v.as_object().unwrap());
-        let (r, cuts) = d.finish();
+        );
         let h = r.unwrap();
         assert_eq!((h.kind.as_str(), h.site_id.as_str()), ("conversion", "s"));
         assert_eq!(
@@ -939,19 +1001,152 @@ mod tests {
             (Some(12.5), Some("USD"), Some("7"))
         );
         assert_eq!(h.transport, Transport::Beacon);
-        let mut props = h.props.clone();
-        props.sort();
         let want: Vec<(String, String)> = [
             ("ok", "true"),
             ("plan", "pro"),
-            ("seats", "3"),
             ("site", "not-the-site"),
+            ("seats", "3"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        assert_eq!(props, want);
+        assert_eq!(h.props, want, "in the order sent");
         assert_eq!(cuts.get(CutReason::BadType), 2);
+    }
+
+    /// The same odd input reads the same whether it came as a query string or as JSON: repeats,
+    /// bad numbers, limits, and custom properties in the order sent.
+    #[test]
+    fn json_and_query_strings_agree() {
+        let many: String = (0..70).map(|i| format!("&p{i:02}=x")).collect();
+        let many_json: String = (0..70).map(|i| format!(r#","p{i:02}":"x""#)).collect();
+        let long_key = "k".repeat(65);
+        let long_value = "v".repeat(3000);
+        for (query, body) in [
+            (
+                "site=s&title=a&title=b&zeta=1&alpha=2&zeta=3".to_owned(),
+                r#"{"site":"s","title":"a","title":"b","zeta":1,"alpha":2,"zeta":3}"#.to_owned(),
+            ),
+            (
+                "site=s&value=1e400&value=abc&value=2.5&currency=euro".into(),
+                r#"{"site":"s","value":1e400,"value":"abc","value":2.5,"currency":"euro"}"#.into(),
+            ),
+            (
+                "site=s&uid=123456789012345678901234".into(),
+                r#"{"site":"s","uid":123456789012345678901234}"#.into(),
+            ),
+            (
+                format!("site=s{many}"),
+                format!(r#"{{"site":"s"{many_json}}}"#),
+            ),
+            (
+                format!("site=s&{long_key}=1&t={long_value}"),
+                format!(r#"{{"site":"s","{long_key}":1,"t":"{long_value}"}}"#),
+            ),
+        ] {
+            let (q, q_cuts) = from_query(&query, &limits());
+            let (j, j_cuts) = from_json(&body);
+            let (mut q, mut j) = (q.unwrap(), j.unwrap());
+            assert_eq!(q_cuts, j_cuts, "{body}");
+            (j.transport, j.event_id) = (q.transport, q.event_id);
+            (q.received_at_ms, j.received_at_ms) = (0, 0);
+            assert_eq!(q, j, "{body}");
+        }
+    }
+
+    /// One bad value costs that value, never the rest of its hit.
+    #[test]
+    fn a_bad_json_value_is_cut_and_the_hit_kept() {
+        let (r, cuts) = from_json(r#"{"site":"s","title":"caf\ud83d","value":1e400,"url":"/a"}"#);
+        let h = r.unwrap();
+        assert_eq!(h.title.as_deref(), Some("caf\u{FFFD}"));
+        assert_eq!(h.value, None);
+        assert_eq!(h.url.as_deref(), Some("/a"));
+        assert_eq!(cuts.get(CutReason::LoneSurrogate), 1);
+        assert_eq!(cuts.get(CutReason::BadNumber), 1);
+        assert_eq!(h.cut_fields, 2);
+        let (r, cuts) = from_json(r#"{"site":"s","props":{"n\udc00":"\ud800"}}"#);
+        assert_eq!(
+            r.unwrap().props,
+            vec![("n\u{FFFD}".to_owned(), "\u{FFFD}".to_owned())]
+        );
+        assert_eq!(cuts.get(CutReason::LoneSurrogate), 2);
+        let (r, _) = from_json(
+            r#"{"site":"s","uid":123456789012345678901234,"props":{"big":-98765432109876543210.5}}"#,
+        );
+        let h = r.unwrap();
+        assert_eq!(h.user_id.as_deref(), Some("123456789012345678901234"));
+        assert_eq!(
+            h.props,
+            vec![("big".to_owned(), "-98765432109876543210.5".to_owned())]
+        );
+    }
+
+    /// The bound used to check `message.max.bytes` at start is above any hit a request can
+    /// really make: every header and parameter at its limit, of the characters JSON writes
+    /// longest, through the real query and JSON paths.
+    #[test]
+    fn no_hit_is_larger_than_the_message_bound() {
+        let l = LimitsConfig {
+            max_query_bytes: 1 << 20,
+            max_params: 20,
+            max_key_bytes: 10,
+            max_value_bytes: 100,
+        };
+        let bound = largest_message_bytes(&l, "edge-1");
+        let quotes = "\"".repeat(l.max_value_bytes + 5);
+        let mut headers = HeaderMap::new();
+        for name in [
+            "user-agent",
+            "referer",
+            "accept-language",
+            "host",
+            "dnt",
+            "sec-gpc",
+        ] {
+            headers.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_str(&quotes).unwrap(),
+            );
+        }
+        let ip = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        let m = RequestMeta::new(1_700_000_000_123, Some(ip), "/collect", &headers, &l);
+        let key = "%01".repeat(l.max_key_bytes);
+        let value = "%01".repeat(l.max_value_bytes);
+        let mut query = format!("site={}&uid={value}&url={value}", "s".repeat(64));
+        for i in 0..l.max_params {
+            query.push_str(&format!("&{key}{i}={value}"));
+        }
+        let mut d = Draft::new(&m, Transport::Pixel, "edge-1", &l);
+        apply_query(&mut d, &query).unwrap();
+        let from_query = d.finish().0.unwrap();
+        let key = "\\u0001".repeat(l.max_key_bytes);
+        let value = "\\u0001".repeat(l.max_value_bytes);
+        let mut body = format!(r#"{{"site":"s","title":"{value}","props":{{"#);
+        for i in 0..l.max_params {
+            body.push_str(&format!(r#""{key}{i}":"{value}","#));
+        }
+        body.push_str(r#""x":"y"}}"#);
+        let events = json::events(body.as_bytes()).unwrap();
+        let mut d = Draft::new(&m, Transport::Beacon, "edge-1", &l);
+        apply_json_object(&mut d, &json::members(events[0]).unwrap());
+        let from_json = d.finish().0.unwrap();
+        for hit in [from_query, from_json] {
+            let mut encoded = Vec::new();
+            crate::wire::encode(&hit, &mut encoded);
+            let key_bytes = hit.user_id.as_ref().map_or(0, String::len);
+            assert!(
+                encoded.len() > 2000,
+                "the test hit is large: {}",
+                encoded.len()
+            );
+            assert!(
+                key_bytes + encoded.len() <= bound,
+                "{} + {} > {bound}",
+                key_bytes,
+                encoded.len()
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod error;
 pub mod form;
 pub mod geo;
 pub mod hit;
+pub mod json;
 pub mod kafka;
 pub mod ledger;
 pub mod links;

@@ -23,6 +23,7 @@ use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpConfig, LimitsConfig};
 use crate::error::Error;
 use crate::hit::{apply_json_object, apply_query, Draft, InvalidReason, RequestMeta};
+use crate::json;
 use crate::ledger::Ledger;
 use crate::links::{ClickRefusal, Links};
 use crate::metrics::{Metrics, Route};
@@ -244,35 +245,25 @@ impl Edge {
             Ok(Ok(collected)) => collected.to_bytes(),
         };
         let body = body::decode(encoding.as_ref(), body, self.http.max_decoded_body_bytes)?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| RequestError::BadJson(e.to_string()))?;
-        let objects = match &value {
-            serde_json::Value::Object(_) => std::slice::from_ref(&value),
-            serde_json::Value::Array(items) => items.as_slice(),
-            _ => {
-                return Err(RequestError::BadJson(
-                    "expected an object or an array of objects".into(),
-                ))
-            }
-        };
+        let events = json::events(&body).map_err(RequestError::BadJson)?;
         let limit = self.http.max_events_per_request;
-        if objects.len() > limit {
+        if events.len() > limit {
             self.metrics
-                .invalid_many(InvalidReason::TooManyEvents, objects.len() as u64);
+                .invalid_many(InvalidReason::TooManyEvents, events.len() as u64);
             return Err(RequestError::TooManyEvents {
-                count: objects.len(),
+                count: events.len(),
                 limit,
             });
         }
-        for item in objects {
-            match item {
-                serde_json::Value::Object(object) => {
+        for event in events {
+            match json::members(event) {
+                Some(members) => {
                     let mut draft =
                         Draft::new(&meta, Transport::Beacon, &self.edge_id, &self.limits);
-                    apply_json_object(&mut draft, object);
+                    apply_json_object(&mut draft, &members);
                     self.finish(draft);
                 }
-                _ => self.metrics.invalid(InvalidReason::NotAnObject),
+                None => self.metrics.invalid(InvalidReason::NotAnObject),
             }
         }
         Ok(response::cors(response::empty(StatusCode::NO_CONTENT)))

@@ -686,3 +686,87 @@ async fn client_retries_with_an_event_id_are_counted_once() {
     edge.shutdown().await;
     sink.stop().await;
 }
+
+/// A beacon whose events each hold one bad value (a lone surrogate, a number beyond `f64`, an
+/// integer beyond 2^53, a repeated name) is answered `204` and every event is a row: the bad
+/// value replaced, cut or kept as sent, custom properties in the order sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs Kafka (TEST_KAFKA_BROKERS) and ClickHouse (TEST_CLICKHOUSE_URL): run deploy/local/test.sh"
+)]
+async fn one_bad_value_in_a_beacon_costs_only_that_value() {
+    let Pipeline {
+        edge,
+        sink,
+        url,
+        table,
+    } = Pipeline::start("messy", 1, test_config).await;
+    let addr = edge.public;
+    tokio::task::spawn_blocking(move || {
+        let beacon = br#"[{"site":"s","e":"read","msg":"a","title":"caf\ud83d"},
+            {"site":"s","e":"conversion","msg":"b","value":1e400,"currency":"EUR"},
+            {"site":"s","e":"signup","msg":"c","uid":123456789012345678901234,
+             "zeta":"1","alpha":"2","zeta":"3","title":"first","title":"second"}]"#;
+        assert_eq!(http(addr, "POST", "/collect", &[], beacon).status, 204);
+    })
+    .await
+    .unwrap();
+    let rows = wait_for(
+        &url,
+        &format!("SELECT count() FROM {table}"),
+        3,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(rows, 3, "each event is a row");
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Row {
+        message_id: String,
+        title: String,
+        has_value: u8,
+        user_id: String,
+        props: String,
+        cut_fields: u16,
+    }
+    let rows: Vec<Row> = ch(&url)
+        .query(&format!(
+            "SELECT message_id, title, toUInt8(isNotNull(value)) AS has_value, user_id,
+                    arrayStringConcat(arrayMap((k, v) -> concat(k, '=', v), prop_keys, prop_values), '&') AS props,
+                    toUInt16(cut_fields) AS cut_fields
+             FROM {table} ORDER BY message_id"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.message_id.as_str(),
+                r.title.as_str(),
+                r.has_value,
+                r.user_id.as_str(),
+                r.props.as_str(),
+                r.cut_fields,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a", "caf\u{FFFD}", 0, "", "", 1),
+            ("b", "", 0, "", "", 1),
+            (
+                "c",
+                "first",
+                0,
+                "123456789012345678901234",
+                "zeta=1&alpha=2&zeta=3",
+                1
+            ),
+        ]
+    );
+    edge.shutdown().await;
+    sink.stop().await;
+}

@@ -317,6 +317,28 @@ async fn collect_rejects_bad_bodies_with_a_reason() {
     );
 }
 
+/// The events of one body stand alone: a lone surrogate, a number beyond `f64` or an integer
+/// beyond 2^53 in one event costs that value (replaced, cut or kept as sent), never the others.
+#[tokio::test]
+async fn one_bad_value_never_costs_the_other_events() {
+    let f = fixture(config(), 16);
+    let body = r#"[{"site":"a","title":"caf\ud83d"},{"site":"b","e":"conversion","value":1e400},
+        {"site":"c","uid":123456789012345678901234,"props":{"n":1.0e2}}]"#;
+    let (status, _, _) = call(&f, req("POST", "/collect", body)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let hits: Vec<_> = f.rx.try_iter().collect();
+    assert_eq!(hits.len(), 3);
+    assert_eq!(hits[0].title.as_deref(), Some("caf\u{FFFD}"));
+    assert_eq!((hits[1].kind.as_str(), hits[1].value), ("conversion", None));
+    assert_eq!(hits[1].cut_fields, 1);
+    assert_eq!(hits[2].user_id.as_deref(), Some("123456789012345678901234"));
+    assert_eq!(hits[2].props, vec![("n".to_owned(), "1.0e2".to_owned())]);
+    for (reason, n) in [("lone_surrogate", 1), ("bad_number", 1)] {
+        let name = format!("pixelpipe_ingest_fields_cut_total{{reason=\"{reason}\"}}");
+        assert_eq!(counter(&f, &name), n, "{reason}");
+    }
+}
+
 #[tokio::test]
 async fn routes_methods_and_health() {
     let f = fixture(config(), 16);
