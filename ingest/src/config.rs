@@ -14,6 +14,7 @@ use pixelpipe_common::layers::{self, check, ConfigError, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::client_ip::TrustedProxies;
+pub use crate::file_producer::FileConfig;
 use crate::geo::GeoConfig;
 use crate::hit;
 pub use crate::hit::LimitsConfig;
@@ -33,8 +34,12 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The hand-over from request handlers to the batcher threads.
     pub queue: QueueConfig,
-    /// The Kafka producer.
+    /// Where hits go: `kafka` (default) or `file`, see [`Output`].
+    pub output: Output,
+    /// The Kafka producer (`output = "kafka"`).
     pub kafka: KafkaConfig,
+    /// The file producer (`output = "file"`).
+    pub file: FileConfig,
     /// The write-ahead spool for hits Kafka has not taken (docs/reliability.md).
     pub spool: SpoolConfig,
     /// The admin listener (metrics).
@@ -45,6 +50,17 @@ pub struct Config {
     pub geoip: GeoConfig,
     /// Signed links, conversions that must be signed, and click redirects.
     pub links: LinksConfig,
+}
+
+/// Where the batchers hand hits over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Output {
+    /// A Kafka topic (`[kafka]`): what the sink reads.
+    Kafka,
+    /// JSON Lines files on local disk (`[file]`), one hit per line, rotated by size: for shipping
+    /// with other tools, debugging, and measuring the edge alone.
+    File,
 }
 
 /// The public HTTP listener.
@@ -178,7 +194,9 @@ impl Default for Config {
             http: HttpConfig::default(),
             limits: LimitsConfig::default(),
             queue: QueueConfig::default(),
+            output: Output::Kafka,
             kafka: KafkaConfig::default(),
+            file: FileConfig::default(),
             spool: SpoolConfig::default(),
             admin: AdminConfig::default(),
             privacy: PrivacyConfig::default(),
@@ -286,6 +304,7 @@ impl layers::Validate for Config {
         self.privacy.check()?;
         self.links.check()?;
         self.spool.check()?;
+        self.file.check()?;
         check(
             !self.edge_id.trim().is_empty(),
             "edge_id",
@@ -430,7 +449,7 @@ impl layers::Validate for Config {
             })?,
         };
         let largest = hit::largest_message_bytes(l, &self.edge_id);
-        if largest > max_message_bytes {
+        if self.output == Output::Kafka && largest > max_message_bytes {
             return Err(ConfigError::setting(
                 "limits.max_params",
                 format!(

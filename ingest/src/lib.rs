@@ -6,7 +6,7 @@
 //!    ▲                                        │ full: spilled to the spool           │ outbound: geo,
 //!    └──────── 43-byte GIF, never waits ──────┘                                      │ privacy, encode
 //!                                                        (disk durability: spool) ◄──┤
-//!                                     produce::HitProducer = kafka (ThreadedProducer) ▼
+//!      produce::HitProducer = kafka (ThreadedProducer) or file_producer (JSON Lines) ▼
 //!                                        delivery report ─► ledger: settle, or spool ─► replay
 //! ```
 //!
@@ -22,6 +22,7 @@ pub mod body;
 pub mod client_ip;
 pub mod config;
 pub mod error;
+pub mod file_producer;
 pub mod form;
 pub mod geo;
 pub mod hit;
@@ -54,11 +55,12 @@ use std::time::Duration;
 use pixelpipe_common::{admin, http, layers};
 use tokio::sync::watch;
 
-pub use config::{Config, RuntimeLayout};
+pub use config::{Config, Output, RuntimeLayout};
 pub use error::{Error, Result};
 pub use metrics::Report;
 
 use batcher::{BatcherSettings, Batchers};
+use file_producer::FileProducer;
 use kafka::KafkaProducer;
 use ledger::Ledger;
 use metrics::Metrics;
@@ -98,7 +100,7 @@ impl Listeners {
     }
 }
 
-/// Runs the edge with a Kafka producer until `shutdown` completes.
+/// Runs the edge with the producer `output` names (Kafka or files) until `shutdown` completes.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -107,7 +109,12 @@ pub async fn run(
     run_with_producer(
         config,
         listeners,
-        |config, ledger| Ok(Arc::new(KafkaProducer::new(&config.kafka, ledger)?)),
+        |config, ledger| -> Result<SharedProducer> {
+            Ok(match config.output {
+                Output::Kafka => Arc::new(KafkaProducer::new(&config.kafka, ledger)?),
+                Output::File => Arc::new(FileProducer::new(&config.file, ledger)?),
+            })
+        },
         shutdown,
     )
     .await

@@ -1,5 +1,5 @@
 //! The producer seam: where encoded hits leave the batchers. [`HitProducer`] is the one trait a
-//! destination implements (Kafka today, in `kafka`), [`DeliveryFailure`] the bounded reasons a
+//! destination implements (Kafka in `kafka`, JSON Lines files in `file_producer`), [`DeliveryFailure`] the bounded reasons a
 //! handed-over hit was not delivered.
 //!
 //! Nothing here knows a destination. A producer reports each message's fate to the
@@ -78,13 +78,15 @@ pub enum DeliveryFailure {
     BrokerError,
     /// The idempotent producer lost its sequence or epoch (and so became unusable).
     Fatal,
+    /// The file producer could not write its file (disk full, an I/O error).
+    WriteFailed,
     /// Anything else the client reported.
     Other,
 }
 
 impl DeliveryFailure {
     /// Every reason, so each series exists from the start.
-    pub const ALL: [DeliveryFailure; 12] = [
+    pub const ALL: [DeliveryFailure; 13] = [
         DeliveryFailure::TimedOut,
         DeliveryFailure::Purged,
         DeliveryFailure::TooLarge,
@@ -96,6 +98,7 @@ impl DeliveryFailure {
         DeliveryFailure::Transport,
         DeliveryFailure::BrokerError,
         DeliveryFailure::Fatal,
+        DeliveryFailure::WriteFailed,
         DeliveryFailure::Other,
     ];
 
@@ -113,6 +116,7 @@ impl DeliveryFailure {
             DeliveryFailure::Transport => "transport",
             DeliveryFailure::BrokerError => "broker_error",
             DeliveryFailure::Fatal => "fatal",
+            DeliveryFailure::WriteFailed => "write_failed",
             DeliveryFailure::Other => "other",
         }
     }
