@@ -113,11 +113,14 @@ pub enum CutReason {
     Duplicate,
     /// `eid` is not a UUID: dropped, and the hit gets an event id of its own.
     BadEventId,
+    /// A trusted proxy named a client that is not an address (`unknown`, an obfuscated name,
+    /// garbage): the hit has no client IP rather than the proxy's (see `client_ip`).
+    UnknownClientIp,
 }
 
 impl CutReason {
     /// Every reason, for metrics registration.
-    pub const ALL: [CutReason; 9] = [
+    pub const ALL: [CutReason; 10] = [
         CutReason::BadEncoding,
         CutReason::KeyTooLong,
         CutReason::ValueTooLong,
@@ -127,6 +130,7 @@ impl CutReason {
         CutReason::BadType,
         CutReason::Duplicate,
         CutReason::BadEventId,
+        CutReason::UnknownClientIp,
     ];
 
     /// Metric label value.
@@ -141,6 +145,7 @@ impl CutReason {
             CutReason::BadType => "bad_type",
             CutReason::Duplicate => "duplicate",
             CutReason::BadEventId => "bad_event_id",
+            CutReason::UnknownClientIp => "unknown_client_ip",
         }
     }
 }
@@ -200,7 +205,8 @@ impl DropReason {
 pub struct Cuts([u16; CutReason::ALL.len()]);
 
 impl Cuts {
-    fn add(&mut self, reason: CutReason) {
+    /// Counts one field cut for `reason`.
+    pub fn add(&mut self, reason: CutReason) {
         let slot = &mut self.0[reason as usize];
         *slot = slot.saturating_add(1);
     }
@@ -222,7 +228,8 @@ impl Cuts {
 pub struct RequestMeta {
     /// Receive time, ms since the epoch.
     pub received_at_ms: u64,
-    /// Client address after the trusted-proxy rule.
+    /// Client address after the trusted-proxy rule; `None` when a trusted proxy named a client
+    /// that is not an address.
     pub client_ip: Option<IpAddr>,
     /// `User-Agent`.
     pub user_agent: Option<String>,
