@@ -1,14 +1,24 @@
 //! Which IP address a hit came from.
 //!
-//! The socket peer is the client unless it is one of the configured trusted proxies; only then are
-//! `Forwarded` (RFC 7239) or `X-Forwarded-For` believed, walked from the right past every trusted
-//! hop, so a client cannot forge its address by sending the header itself. This module owns that
-//! rule and the CIDR matching it needs; it does not decide what is kept of the address (privacy is
-//! applied later, off the request path).
+//! The socket peer is the client unless it is one of the configured trusted proxies
+//! (`http.trusted_proxies`). Only then is a forwarding header believed, and only the one those
+//! proxies write (`http.client_ip_header`: `X-Forwarded-For`, `Forwarded` of RFC 7239, or
+//! `X-Real-IP`). The others are ignored: a proxy passes on unchanged whatever the client put in a
+//! header the proxy does not write itself, so believing it would let a client choose its address.
+//!
+//! The chosen header's entries are walked from the right, the nearest hop, past every trusted
+//! address; the first address not trusted is the client. An entry the walk reaches that is not an
+//! address (`unknown`, an obfuscated `_name` of RFC 7239 §6.3, garbage) leaves the client
+//! unknown: everything to its left was written by a node nobody vouches for, and the proxy to its
+//! right is not the client. This module owns that rule, the parsing of the headers and the CIDR
+//! matching; it does not decide what is kept of the address (privacy is applied later, off the
+//! request path).
 
-use std::net::IpAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use hyper::header::{HeaderMap, FORWARDED};
+use hyper::header::{HeaderMap, HeaderName, FORWARDED};
+use serde::{Deserialize, Serialize};
 
 /// One network, such as `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,199 +78,202 @@ fn prefix_eq(a: &[u8], b: &[u8], prefix_len: u8) -> bool {
     }
 }
 
-/// The proxies whose forwarding headers are believed.
+/// The one header the trusted proxies write to name the client (`http.client_ip_header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`, each hop appending the address it received the
+    /// request from: what nginx (`$proxy_add_x_forwarded_for`), HAProxy (`option forwardfor`),
+    /// Envoy, Traefik, Caddy and the cloud load balancers write. Entries may carry a port
+    /// (`203.0.113.9:1234`, `[2001:db8::1]:443`).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239 §4): the `for` parameter of each element,
+    /// quoted or not, with or without a port (`for="[2001:db8::1]:4711"`).
+    Forwarded,
+    /// `X-Real-IP: client`: one address that the proxy sets rather than appends to, such as
+    /// nginx's `proxy_set_header X-Real-IP $remote_addr`.
+    XRealIp,
+}
+
+impl ClientIpHeader {
+    fn name(self) -> HeaderName {
+        match self {
+            ClientIpHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
+            ClientIpHeader::Forwarded => FORWARDED,
+            ClientIpHeader::XRealIp => HeaderName::from_static("x-real-ip"),
+        }
+    }
+}
+
+/// The proxies whose forwarding header is believed, and which header that is.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<Cidr>);
+pub struct TrustedProxies {
+    networks: Vec<Cidr>,
+    header: ClientIpHeader,
+}
 
 impl TrustedProxies {
-    /// Parses CIDRs or single addresses; the error names the entry that is wrong.
-    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<TrustedProxies, String> {
-        entries
+    /// Parses CIDRs or single addresses of proxies that write `header`; the error names the entry
+    /// that is wrong.
+    pub fn parse<S: AsRef<str>>(
+        entries: &[S],
+        header: ClientIpHeader,
+    ) -> Result<TrustedProxies, String> {
+        let networks = entries
             .iter()
             .map(|e| Cidr::parse(e.as_ref()))
-            .collect::<Result<_, _>>()
-            .map(TrustedProxies)
+            .collect::<Result<_, _>>()?;
+        Ok(TrustedProxies { networks, header })
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|c| c.contains(ip))
+        self.networks.iter().any(|c| c.contains(ip))
     }
 
-    /// The client's address for a request from `peer` with these headers.
+    /// The client's address for a request from `peer` with these headers; `None` when the
+    /// trusted proxies name a client that is not an address.
     ///
-    /// Walks the forwarding chain from the nearest hop outwards and returns the first address not
-    /// trusted. An entry that is not an address (`unknown`, an obfuscated name, garbage) stops the
-    /// walk: the last address known to be real is returned rather than a guess.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// - A peer that is not trusted is the client, whatever the headers say.
+    /// - A trusted peer that sends no entries (header absent or empty) is the client itself: the
+    ///   request was not forwarded (a health check, a client inside a trusted network).
+    /// - Otherwise the entries, several header lines being one list in order (RFC 9110 §5.3),
+    ///   are walked from the right: a trusted address is passed, the first untrusted one is the
+    ///   client, and one that is not an address makes the client unknown (`None`).
+    /// - When every entry is trusted, the leftmost is the client: a trusted hop vouches for it.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         let peer = peer.to_canonical();
-        if self.0.is_empty() || !self.trusts(peer) {
-            return peer;
+        if !self.trusts(peer) {
+            return Some(peer);
         }
-        let chain = forwarded_chain(headers);
         let mut client = peer;
-        for hop in chain.iter().rev() {
-            match hop {
-                Some(ip) => {
-                    client = ip.to_canonical();
-                    if !self.trusts(client) {
-                        break;
-                    }
-                }
-                None => break,
+        for entry in self.chain(headers).into_iter().rev() {
+            client = entry?.to_canonical();
+            if !self.trusts(client) {
+                break;
             }
         }
-        client
+        Some(client)
+    }
+
+    /// The entries of the configured header, from the original client to the nearest proxy;
+    /// `None` for one that is not an address. A header line that is not text is one such entry.
+    fn chain(&self, headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+        let mut chain = Vec::new();
+        for line in headers.get_all(self.header.name()) {
+            let Ok(text) = line.to_str() else {
+                chain.push(None);
+                continue;
+            };
+            match self.header {
+                ClientIpHeader::Forwarded => forwarded_for(text, &mut chain),
+                ClientIpHeader::XForwardedFor | ClientIpHeader::XRealIp => chain.extend(
+                    text.split(',')
+                        .map(str::trim)
+                        // Empty list elements are ignored (RFC 9110 §5.6.1).
+                        .filter(|e| !e.is_empty())
+                        .map(parse_node),
+                ),
+            }
+        }
+        chain
     }
 }
 
-/// The `for=` addresses of `Forwarded`, or failing that of `X-Forwarded-For`, in order from the
-/// original client to the nearest proxy; `None` for entries that are not addresses.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<Option<IpAddr>> = headers
-        .get_all(FORWARDED)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .filter_map(|element| {
-            element.split(';').find_map(|pair| {
-                let (k, v) = pair.split_once('=')?;
-                k.trim()
+/// Appends the `for` node of each element of one `Forwarded` line (RFC 7239 §4) to `chain`:
+/// `None` for an element without exactly one `for`, or whose quoted string is never closed (a
+/// proxy that appends `, for=…` to the client's text would otherwise have its element swallowed
+/// by the client's open quote).
+fn forwarded_for(line: &str, chain: &mut Vec<Option<IpAddr>>) {
+    let (elements, closed) = split_unquoted(line, b',');
+    let last = elements.len() - 1;
+    for (i, element) in elements.into_iter().enumerate() {
+        if i == last && !closed {
+            chain.push(None);
+        } else if !element.trim().is_empty() {
+            let (pairs, _) = split_unquoted(element, b';');
+            let mut fors = pairs.iter().filter_map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                name.trim()
                     .eq_ignore_ascii_case("for")
-                    .then(|| parse_node(v.trim()))
-            })
-        })
-        .collect();
-    if !forwarded.is_empty() {
-        return forwarded;
+                    .then(|| value.trim())
+            });
+            let node = match (fors.next(), fors.next()) {
+                (Some(value), None) => unquote(value).and_then(|v| parse_node(&v)),
+                _ => None,
+            };
+            chain.push(node);
+        }
     }
-    headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .map(|s| parse_node(s.trim()))
-        .collect()
 }
 
-/// One node: `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:4711"`, `2001:db8::1`.
-fn parse_node(raw: &str) -> Option<IpAddr> {
-    let s = raw.trim_matches('"');
-    if let Ok(ip) = s.parse() {
+/// Splits `text` at `sep` outside quoted strings (RFC 9110 §5.6.4: `"` opens and closes one,
+/// `\` escapes the next character), and says whether every quoted string was closed.
+fn split_unquoted(text: &str, sep: u8) -> (Vec<&str>, bool) {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, b) in text.bytes().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            parts.push(&text[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&text[start..]);
+    (parts, !quoted)
+}
+
+/// A parameter value: a token as it is, or a quoted string without its quotes and escapes.
+fn unquote(value: &str) -> Option<Cow<'_, str>> {
+    let Some(rest) = value.strip_prefix('"') else {
+        return Some(Cow::Borrowed(value));
+    };
+    let inner = rest.strip_suffix('"')?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' { chars.next()? } else { c });
+    }
+    Some(Cow::Owned(out))
+}
+
+/// One node (RFC 7239 §6; the same forms in `X-Forwarded-For`): `192.0.2.43`,
+/// `192.0.2.43:47011`, `[2001:db8::1]`, `[2001:db8::1]:4711`, and leniently a bare
+/// `2001:db8::1`. An obfuscated port (`192.0.2.43:_p1`) still gives the address; `unknown`, an
+/// obfuscated name (`_hidden`) and anything else give `None`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse::<IpAddr>() {
         return Some(ip);
     }
-    if let Some(rest) = s.strip_prefix('[') {
-        return rest.split_once(']')?.0.parse().ok();
+    if let Ok(socket) = node.parse::<SocketAddr>() {
+        return Some(socket.ip());
     }
-    let (host, port) = s.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    if let Some(v6) = node.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    // An obfuscated port (`_` then letters, digits, `.`, `_`, `-`) hides only the port.
+    let (host, port) = node.rsplit_once(':')?;
+    let obfuscated = port.len() > 1
+        && port.starts_with('_')
+        && port
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !obfuscated {
+        return None;
+    }
+    format!("{host}:0")
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|s| s.ip())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use hyper::header::HeaderValue;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn cidr_matching() {
-        let t = TrustedProxies::parse(&[
-            "10.0.0.0/8",
-            "192.168.1.1",
-            "2001:db8::/33",
-            "172.16.0.0/12",
-        ])
-        .unwrap();
-        assert!(t.trusts(ip("10.255.1.2")));
-        assert!(!t.trusts(ip("11.0.0.1")));
-        assert!(t.trusts(ip("192.168.1.1")));
-        assert!(!t.trusts(ip("192.168.1.2")));
-        assert!(t.trusts(ip("2001:db8:7fff::1")));
-        assert!(!t.trusts(ip("2001:db8:8000::1")));
-        assert!(t.trusts(ip("172.31.255.255")));
-        assert!(!t.trusts(ip("172.32.0.0")));
-        assert!(
-            t.trusts(ip("::ffff:10.1.2.3")),
-            "mapped IPv4 matches IPv4 networks"
-        );
-        let all = TrustedProxies::parse(&["0.0.0.0/0"]).unwrap();
-        assert!(all.trusts(ip("8.8.8.8")) && !all.trusts(ip("::1")));
-    }
-
-    #[test]
-    fn bad_cidrs_are_named() {
-        for bad in ["10.0.0.0/33", "::/129", "10.0.0/8", "nope", "10.0.0.0/x"] {
-            let e = TrustedProxies::parse(&[bad]).unwrap_err();
-            assert!(e.contains(bad), "{e}");
-        }
-    }
-
-    #[test]
-    fn untrusted_peer_is_the_client_whatever_it_claims() {
-        let t = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
-        let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=5.6.7.8")]);
-        assert_eq!(t.client_ip(ip("203.0.113.9"), &h), ip("203.0.113.9"));
-        assert_eq!(
-            TrustedProxies::default().client_ip(ip("10.0.0.1"), &h),
-            ip("10.0.0.1")
-        );
-    }
-
-    #[test]
-    fn x_forwarded_for_is_walked_from_the_right() {
-        let t = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
-        // The client forged 6.6.6.6; the first untrusted hop from the right is the real client.
-        let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.7")]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("1.2.3.4"));
-        // Several header lines form one list.
-        let h = headers(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-for", "1.2.3.4"),
-        ]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("1.2.3.4"));
-        // Every hop trusted: the leftmost is the best we know.
-        let h = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("10.1.1.1"));
-        // Garbage stops the walk at the last real address.
-        let h = headers(&[("x-forwarded-for", "1.2.3.4, garbage, 10.0.0.9")]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.9"));
-        // No header from a trusted proxy: the proxy itself.
-        assert_eq!(
-            t.client_ip(ip("10.0.0.1"), &HeaderMap::new()),
-            ip("10.0.0.1")
-        );
-        // IPv6 and ports.
-        let h = headers(&[("x-forwarded-for", "[2001:db8::5]:443, 1.2.3.4:5678")]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("1.2.3.4"));
-        let h = headers(&[("x-forwarded-for", "2001:db8::5")]);
-        assert_eq!(t.client_ip(ip("::ffff:10.0.0.1"), &h), ip("2001:db8::5"));
-    }
-
-    #[test]
-    fn forwarded_wins_over_x_forwarded_for() {
-        let t = TrustedProxies::parse(&["10.0.0.0/8"]).unwrap();
-        let h = headers(&[
-            (
-                "forwarded",
-                "for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\"",
-            ),
-            ("x-forwarded-for", "9.9.9.9"),
-        ]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("2001:db8:cafe::17"));
-        let h = headers(&[("forwarded", "for=\"192.0.2.43:47011\"")]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("192.0.2.43"));
-        let h = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
-        let h = headers(&[("forwarded", "for=_hidden, for=10.0.0.2")]);
-        assert_eq!(t.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.2"));
-    }
-}
+mod tests;

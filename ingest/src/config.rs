@@ -13,7 +13,7 @@ use std::path::Path;
 use pixelpipe_common::layers::{self, check, ConfigError, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::client_ip::TrustedProxies;
+use crate::client_ip::{ClientIpHeader, TrustedProxies};
 pub use crate::file_producer::FileConfig;
 use crate::geo::GeoConfig;
 use crate::hit;
@@ -91,9 +91,13 @@ pub struct HttpConfig {
     /// On shutdown, how long in-flight requests may take before their connections are cut.
     /// Default 5000.
     pub shutdown_grace_ms: u64,
-    /// Peers (CIDRs such as `10.0.0.0/8`, or single addresses) whose `X-Forwarded-For` and
-    /// `Forwarded` headers are believed. Default none: the socket peer is the client.
+    /// Peers (CIDRs such as `10.0.0.0/8`, or single addresses) whose `http.client_ip_header` is
+    /// believed. Default none: the socket peer is the client.
     pub trusted_proxies: Vec<String>,
+    /// The one header the trusted proxies write to name the client (`x-forwarded-for`,
+    /// `forwarded` or `x-real-ip`); the others are the client's word and ignored. Default
+    /// `x-forwarded-for`, what nearly every proxy and load balancer writes.
+    pub client_ip_header: ClientIpHeader,
     /// Threads serving HTTP; 0 means one per CPU core. Default 0.
     pub worker_threads: usize,
     /// How those threads are arranged, see [`RuntimeLayout`]. Default `multi_thread`.
@@ -219,6 +223,7 @@ impl Default for HttpConfig {
             max_events_per_request: 200,
             shutdown_grace_ms: 5_000,
             trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::XForwardedFor,
             worker_threads: 0,
             runtime_layout: RuntimeLayout::MultiThread,
         }
@@ -346,7 +351,7 @@ impl layers::Validate for Config {
             "http.max_body_bytes",
             "must be at least 1",
         )?;
-        TrustedProxies::parse(&h.trusted_proxies)
+        TrustedProxies::parse(&h.trusted_proxies, h.client_ip_header)
             .map_err(|reason| ConfigError::setting("http.trusted_proxies", reason))?;
         check(
             h.listen_addr != self.admin.listen_addr || h.listen_addr.port() == 0,
@@ -606,6 +611,7 @@ mod tests {
             ("spool.durability", "Disk"),
             ("kafka.message_key", "bogus"),
             ("privacy.ip_mode", "bogus"),
+            ("http.client_ip_header", "X-Forwarded-For"),
         ] {
             let e = err_text(load(&[], &[(setting, value)]));
             assert!(
@@ -613,6 +619,33 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn client_ip_header_names_a_header_in_lower_case() {
+        use crate::client_ip::ClientIpHeader as H;
+        assert_eq!(
+            load(&[], &[]).unwrap().http.client_ip_header,
+            H::XForwardedFor
+        );
+        for (value, want) in [
+            ("x-forwarded-for", H::XForwardedFor),
+            ("forwarded", H::Forwarded),
+            ("x-real-ip", H::XRealIp),
+        ] {
+            let c = load(&[("PIXELPIPE_HTTP__CLIENT_IP_HEADER", value)], &[]).unwrap();
+            assert_eq!(c.http.client_ip_header, want, "{value}");
+            let c = load(&[], &[("http.client_ip_header", value)]).unwrap();
+            assert_eq!(c.http.client_ip_header, want, "{value}");
+        }
+        let e = err_text(load(
+            &[("PIXELPIPE_HTTP__CLIENT_IP_HEADER", "x_real_ip")],
+            &[],
+        ));
+        assert!(
+            e.contains("http.client_ip_header") && e.contains("x-real-ip"),
+            "the error names the setting and the values it takes: {e}"
+        );
     }
 
     #[test]

@@ -119,11 +119,14 @@ pub enum CutReason {
     /// A JSON string held a lone UTF-16 surrogate escape (`"caf\ud83d"`): each is replaced by
     /// U+FFFD and the field kept.
     LoneSurrogate,
+    /// A trusted proxy named a client that is not an address (`unknown`, an obfuscated name,
+    /// garbage): the hit has no client IP rather than the proxy's (see `client_ip`).
+    UnknownClientIp,
 }
 
 impl CutReason {
     /// Every reason, for metrics registration.
-    pub const ALL: [CutReason; 10] = [
+    pub const ALL: [CutReason; 11] = [
         CutReason::BadEncoding,
         CutReason::KeyTooLong,
         CutReason::ValueTooLong,
@@ -134,6 +137,7 @@ impl CutReason {
         CutReason::Duplicate,
         CutReason::BadEventId,
         CutReason::LoneSurrogate,
+        CutReason::UnknownClientIp,
     ];
 
     /// Metric label value.
@@ -149,6 +153,7 @@ impl CutReason {
             CutReason::Duplicate => "duplicate",
             CutReason::BadEventId => "bad_event_id",
             CutReason::LoneSurrogate => "lone_surrogate",
+            CutReason::UnknownClientIp => "unknown_client_ip",
         }
     }
 }
@@ -208,7 +213,8 @@ impl DropReason {
 pub struct Cuts([u16; CutReason::ALL.len()]);
 
 impl Cuts {
-    fn add(&mut self, reason: CutReason) {
+    /// Counts one field cut for `reason`.
+    pub fn add(&mut self, reason: CutReason) {
         let slot = &mut self.0[reason as usize];
         *slot = slot.saturating_add(1);
     }
@@ -230,7 +236,8 @@ impl Cuts {
 pub struct RequestMeta {
     /// Receive time, ms since the epoch.
     pub received_at_ms: u64,
-    /// Client address after the trusted-proxy rule.
+    /// Client address after the trusted-proxy rule; `None` when a trusted proxy named a client
+    /// that is not an address.
     pub client_ip: Option<IpAddr>,
     /// `User-Agent`.
     pub user_agent: Option<String>,

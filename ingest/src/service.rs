@@ -22,7 +22,7 @@ use crate::body;
 use crate::client_ip::TrustedProxies;
 use crate::config::{Config, HttpConfig, LimitsConfig};
 use crate::error::Error;
-use crate::hit::{apply_json_object, apply_query, Draft, InvalidReason, RequestMeta};
+use crate::hit::{apply_json_object, apply_query, CutReason, Draft, InvalidReason, RequestMeta};
 use crate::json;
 use crate::ledger::Ledger;
 use crate::links::{ClickRefusal, Links};
@@ -57,8 +57,9 @@ impl Edge {
         producer: SharedProducer,
         ledger: Arc<Ledger>,
     ) -> Result<Edge, Error> {
-        let trusted = TrustedProxies::parse(&config.http.trusted_proxies)
-            .map_err(|reason| ConfigError::setting("http.trusted_proxies", reason))?;
+        let trusted =
+            TrustedProxies::parse(&config.http.trusted_proxies, config.http.client_ip_header)
+                .map_err(|reason| ConfigError::setting("http.trusted_proxies", reason))?;
         Ok(Edge {
             edge_id: config.edge_id.clone(),
             limits: config.limits.clone(),
@@ -276,11 +277,14 @@ impl Edge {
         let client_ip = self.trusted.client_ip(peer, req.headers());
         let mut meta = RequestMeta::new(
             now_ms,
-            Some(client_ip),
+            client_ip,
             req.uri().path(),
             req.headers(),
             &self.limits,
         );
+        if client_ip.is_none() {
+            meta.cuts.add(CutReason::UnknownClientIp);
+        }
         meta.opted_out = has_cookie(req.headers(), &self.optout_cookie);
         meta
     }

@@ -302,6 +302,110 @@ async fn privacy_policies_decide_what_reaches_clickhouse() {
     sink.stop().await;
 }
 
+/// Behind a proxy (127.0.0.1, trusted) that writes only `X-Forwarded-For`: a client's own
+/// `Forwarded` is ignored, nginx- and ALB-style chains name the client, and a chain that names no
+/// address stores no IP (not the proxy's) and no place, with the cut counted on the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
+)]
+async fn the_client_ip_behind_a_proxy_is_the_one_its_header_names() {
+    let Pipeline {
+        edge,
+        sink,
+        url,
+        table,
+    } = Pipeline::start("proxy", 1, privacy_config).await;
+    let addr = edge.public;
+    // In the test databases 81.2.69.142 is London, GB; 214.78.120.5 and 2001:480:10::/48 are
+    // San Diego, US.
+    let cases: [(&str, &[(&str, &str)]); 4] = [
+        (
+            "forged",
+            &[
+                ("Forwarded", "for=214.78.120.5"),
+                ("X-Forwarded-For", "81.2.69.142"),
+            ],
+        ),
+        (
+            "nginx",
+            &[
+                ("Forwarded", "for=214.78.120.5"),
+                ("X-Forwarded-For", "214.78.120.5, 81.2.69.142, 127.0.0.1"),
+            ],
+        ),
+        (
+            "alb6",
+            &[
+                ("Forwarded", "for=81.2.69.142"),
+                ("X-Forwarded-For", "[2001:480:10::7]:51234"),
+            ],
+        ),
+        (
+            "unknown",
+            &[
+                ("Forwarded", "for=214.78.120.5"),
+                ("X-Forwarded-For", "81.2.69.142, unknown"),
+            ],
+        ),
+    ];
+    tokio::task::spawn_blocking(move || {
+        for (case, headers) in cases {
+            let target = format!("/p.gif?site=p-full&case={case}");
+            assert_eq!(
+                http(addr, "GET", &target, headers, b"").status,
+                200,
+                "{case}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+    let n = wait_for(
+        &url,
+        &format!("SELECT count() FROM {table}"),
+        cases.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(n, cases.len() as u64);
+
+    #[derive(clickhouse::Row, serde::Deserialize, Debug, PartialEq)]
+    struct Seen {
+        case: String,
+        ip: String,
+        place: String,
+        cut_fields: u16,
+    }
+    let rows: Vec<Seen> = ch(&url)
+        .query(&format!(
+            "SELECT prop_values[indexOf(prop_keys, 'case')] AS case, IPv6NumToString(client_ip) AS ip,
+                    concat(geo_country, '/', geo_city) AS place, cut_fields
+             FROM {table} ORDER BY case"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let seen = |case: &str, ip: &str, place: &str, cut_fields: u16| Seen {
+        case: case.into(),
+        ip: ip.into(),
+        place: place.into(),
+        cut_fields,
+    };
+    assert_eq!(
+        rows,
+        vec![
+            seen("alb6", "2001:480:10::7", "US/San Diego", 0),
+            seen("forged", "::ffff:81.2.69.142", "GB/London", 0),
+            seen("nginx", "::ffff:81.2.69.142", "GB/London", 0),
+            seen("unknown", "::", "/", 1),
+        ]
+    );
+    edge.shutdown().await;
+    sink.stop().await;
+}
+
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
 const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1.2 Mobile/15E148 Safari/604.1";
 const GOOGLEBOT: &str = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";

@@ -384,6 +384,37 @@ async fn forwarded_addresses_only_from_trusted_proxies() {
 }
 
 #[tokio::test]
+async fn an_unknown_forwarded_client_is_stored_without_an_ip_and_counted() {
+    let mut c = config();
+    c.http.trusted_proxies = vec!["198.51.100.0/24".into()];
+    let f = fixture(c, 16);
+    let unknown = || HeaderValue::from_static("203.0.113.50, unknown");
+    let mut r = req("GET", "/p.gif?site=s", "");
+    r.headers_mut().insert("x-forwarded-for", unknown());
+    assert_eq!(call(&f, r).await.0, StatusCode::OK);
+    let mut r = req("POST", "/collect", r#"[{"site":"a"},{"site":"b"}]"#);
+    r.headers_mut().insert("x-forwarded-for", unknown());
+    assert_eq!(call(&f, r).await.0, StatusCode::NO_CONTENT);
+    let hits: Vec<Hit> = f.rx.try_iter().collect();
+    assert_eq!(hits.len(), 3);
+    for hit in &hits {
+        assert_eq!(
+            (hit.client_ip, hit.cut_fields),
+            (None, 1),
+            "not the proxy's address: {}",
+            hit.site_id
+        );
+    }
+    assert_eq!(
+        counter(
+            &f,
+            "pixelpipe_ingest_fields_cut_total{reason=\"unknown_client_ip\"}"
+        ),
+        3
+    );
+}
+
+#[tokio::test]
 async fn optout_and_optin_set_and_clear_the_cookie_that_hits_carry() {
     let f = fixture(config(), 16);
     let (status, headers, body) = call(&f, req("GET", "/optout", "")).await;
