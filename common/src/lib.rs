@@ -1,6 +1,8 @@
 //! What pixelpipe's edge and sink both use, so that neither depends on the other:
 //!
 //! - [`wire`]: the hit as it travels through Kafka, and its one encoding;
+//! - [`classes`]: traffic classes, and the rules on the request alone that edge and sink both
+//!   apply;
 //! - [`layers`]: configuration from defaults, a file, the environment and flags, its validation,
 //!   and [`layers::ConfigError`], the error that names a bad setting;
 //! - [`process`]: the configuration flags every binary takes, logging, the stop signal;
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod classes;
 pub mod http;
 pub mod layers;
 pub mod process;

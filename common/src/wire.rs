@@ -11,15 +11,19 @@
 //! Absent optional fields are left out rather than written as `null`.
 //!
 //! Compatibility rule: adding an optional field keeps the version; removing or changing the meaning
-//! of a field bumps [`SCHEMA_VERSION`], and a decoder rejects versions it does not know. The
-//! enumerated fields (`transport`, `signature`) are read strictly: a value this build does not know
-//! makes the message undecodable, so it is dead-lettered (and replayable) rather than stored as
-//! something it is not. A new value therefore reaches the sinks before any edge writes it.
+//! of a field bumps [`SCHEMA_VERSION`], and a decoder rejects versions it does not know. Fields a
+//! decoder does not know are ignored, so an older sink reads a newer hit as it did before the field
+//! existed, and a newer sink reads an older hit with the field absent. The enumerated fields
+//! (`transport`, `signature`, `user_agent_class`) are read strictly: a value this build does not
+//! know makes the message undecodable, so it is dead-lettered (and replayable) rather than stored
+//! as something it is not. A new value therefore reaches the sinks before any edge writes it.
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::classes::Class;
 
 /// The schema version this build writes and the only one it reads.
 pub const SCHEMA_VERSION: u16 = 1;
@@ -223,6 +227,12 @@ pub struct Hit {
     /// user agent were removed at the edge.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anonymized: bool,
+    /// What the request's user agent said about the client, decided at the edge just before the
+    /// privacy policy removed it ([`crate::classes::by_user_agent`]): set only on an `anonymized`
+    /// hit whose user agent matched a rule, e.g. `{"class":"bot","reason":"http_library"}`. One
+    /// of a small fixed set, so it identifies no one, and the sink classes the hit by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent_class: Option<Class>,
     /// What the edge found when it checked the URL's signature (`kid`/`exp`/`sig`): `valid`,
     /// `invalid`, `expired` or `unknown_key`; absent when the URL was not signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -338,6 +348,10 @@ pub mod testing {
             visitor_id: Some("ffeeddccbbaa99887766554433221100".into()),
             ip_hash: Some("00112233445566778899aabbccddeeff".into()),
             anonymized: true,
+            user_agent_class: Some(Class {
+                class: crate::classes::TrafficClass::Bot,
+                reason: "http_library",
+            }),
             opted_out: true,
             signature: Some(Signature::Valid),
             sent_at_ms: Some(1_699_999_990_000),
@@ -448,6 +462,32 @@ mod tests {
         assert!(
             matches!(decode(json.as_bytes()), Err(WireError::Malformed(_))),
             "an unknown outcome is not guessed"
+        );
+    }
+
+    #[test]
+    fn the_user_agent_class_is_optional_both_ways_and_read_strictly() {
+        // A hit written before the field existed reads as one without it.
+        let old = br#"{"schema_version":1,"event_id":"01890a5d-ac96-774b-bcce-b302099a8057",
+            "received_at_ms":1700000000123,"edge_id":"e","transport":"pixel","kind":"open",
+            "site_id":"s","path":"/p.gif","anonymized":true}"#;
+        assert_eq!(decode(old).unwrap().user_agent_class, None);
+        // A field this build does not know is ignored: that is how a sink older than a field
+        // reads the hits of newer edges.
+        let mut buf = Vec::new();
+        encode(&full_hit(), &mut buf);
+        let json = String::from_utf8(buf).unwrap();
+        assert!(
+            json.contains(r#""user_agent_class":{"class":"bot","reason":"http_library"}"#),
+            "{json}"
+        );
+        let newer = json.replacen('{', r#"{"a_field_from_the_future":{"x":[1]},"#, 1);
+        assert_eq!(decode(newer.as_bytes()).unwrap(), full_hit());
+        // A class and reason no rule of this build gives is not guessed.
+        let unknown = json.replace(r#""reason":"http_library""#, r#""reason":"new_library""#);
+        assert!(
+            matches!(decode(unknown.as_bytes()), Err(WireError::Malformed(_))),
+            "an unknown reason is dead-lettered, not stored as something else"
         );
     }
 

@@ -401,6 +401,7 @@ impl<'a> Draft<'a> {
             visitor_id: None,
             ip_hash: None,
             anonymized: false,
+            user_agent_class: None,
             opted_out: meta.opted_out,
             signature: None,
             sent_at_ms: None,

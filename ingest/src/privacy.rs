@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hmac::{Hmac, KeyInit, Mac};
+use pixelpipe_common::classes;
 use pixelpipe_common::layers::{check, ConfigError};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -41,7 +42,8 @@ pub enum SignalPolicy {
     Ignore,
     /// Count the hit but keep nothing that identifies the visitor: no IP (nor its hash), no
     /// user id, no user agent, no region, city or network (the country stays); the hit is
-    /// marked `anonymized`.
+    /// marked `anonymized`, and keeps only the class its user agent gave
+    /// (`user_agent_class`, see `pixelpipe_common::classes`).
     Anonymous,
     /// Do not store the hit; it is counted as dropped with the signal as reason.
     Drop,
@@ -283,7 +285,12 @@ impl Privacy {
             hit.client_ip = None;
             hit.ip_hash = None;
             hit.user_id = None;
-            hit.user_agent = None;
+            // What the user agent says about the client (a script, a scanner, a mail proxy) is
+            // one of a few fixed classes and identifies no one: it is decided here, with the rules
+            // the sink applies, before the user agent itself goes, so the hit keeps its class.
+            if let Some(ua) = hit.user_agent.take() {
+                hit.user_agent_class = classes::by_user_agent(&ua);
+            }
             // The country stays (it identifies no one); finer places and the network go.
             hit.geo_region = None;
             hit.geo_city = None;

@@ -536,6 +536,83 @@ async fn privacy_policies_decide_what_reaches_kafka() {
     );
 }
 
+/// A machine that sends a privacy signal is still a machine: the edge removes its user agent but
+/// keeps the class the user agent gave, decided from the full request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
+async fn anonymous_machines_keep_their_class_on_the_topic() {
+    use pixelpipe_common::classes::{Class, TrafficClass};
+    let topic = unique_topic("uaclass");
+    create_topic(&topic, 1).await;
+    let edge = RunningEdge::start(privacy_config(&topic));
+    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    let addr = edge.public;
+    let cases: [(&str, &str, (&str, &str)); 3] = [
+        ("curl", "curl/8.5.0", ("DNT", "1")),
+        (
+            "scanner",
+            "Mozilla/5.0 (compatible; Barracuda Sentinel (EE))",
+            ("Sec-GPC", "1"),
+        ),
+        (
+            "browser",
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            ("DNT", "1"),
+        ),
+    ];
+    tokio::task::spawn_blocking(move || {
+        for (case, ua, signal) in cases {
+            let r = http(
+                addr,
+                "GET",
+                &format!("/p.gif?site=p-trunc&e=open&case={case}"),
+                &[("User-Agent", ua), signal],
+                b"",
+            );
+            assert_eq!(r.status, 200, "{case}");
+        }
+    })
+    .await
+    .unwrap();
+    let hits = tokio::task::spawn_blocking(move || read_hits(&topic, 3, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 3);
+    let by_case = |case: &str| {
+        hits.iter()
+            .find(|h| h.props.contains(&("case".to_string(), case.to_string())))
+            .unwrap_or_else(|| panic!("{case} missing"))
+    };
+    for (case, want) in [
+        (
+            "curl",
+            Some(Class {
+                class: TrafficClass::Bot,
+                reason: "http_library",
+            }),
+        ),
+        (
+            "scanner",
+            Some(Class {
+                class: TrafficClass::Scanner,
+                reason: "barracuda",
+            }),
+        ),
+        ("browser", None),
+    ] {
+        let h = by_case(case);
+        assert_eq!(
+            (h.anonymized, h.user_agent.as_deref(), h.user_agent_class),
+            (true, None, want),
+            "{case}"
+        );
+    }
+    edge.shutdown().await;
+}
+
 /// A hit larger than Kafka takes (here: the producer's `message.max.bytes` set low) is the one
 /// hit the edge gives up: counted `too_large`, not spooled; the hits around it are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

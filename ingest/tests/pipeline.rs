@@ -874,3 +874,147 @@ async fn one_bad_value_in_a_beacon_costs_only_that_value() {
     edge.shutdown().await;
     sink.stop().await;
 }
+
+/// (request target, user agent, extra header, expected status)
+type Request = (
+    String,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    u16,
+);
+
+#[derive(clickhouse::Row, serde::Deserialize, Debug)]
+struct Judged {
+    case: String,
+    kind: String,
+    user_agent: String,
+    anonymized: u8,
+    traffic_class: String,
+    class_reason: String,
+}
+
+/// Machines stay machines: a script or scanner that sends `DNT: 1` or `Sec-GPC: 1` is stored
+/// anonymised, without its user agent, but with the class that user agent gave at the edge; and a
+/// signed click that follows its send time within seconds is a link scanner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
+)]
+async fn anonymous_machines_and_instant_clicks_are_classed_as_machines() {
+    let key = ("k1".to_owned(), "class-test-secret-0123456789".to_owned());
+    let p = Pipeline::start("classes", 1, |topic| {
+        // GPC and DNT get the default answer, `anonymous`.
+        let mut c = privacy_config(topic);
+        c.links.keys.insert(key.0.clone(), key.1.clone());
+        c
+    })
+    .await;
+    let mut links_config = LinksConfig::default();
+    links_config.keys.insert(key.0.clone(), key.1.clone());
+    let links = Links::new(&links_config).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let click = |case: &str, sent: u64| {
+        links
+            .build(&LinkRequest {
+                site: "s".into(),
+                params: vec![("case".into(), case.into())],
+                click_target: Some("https://partner.example/offer".into()),
+                sign: true,
+                sent_at_unix_secs: Some(sent),
+                ..LinkRequest::default()
+            })
+            .unwrap()
+    };
+    let requests: Vec<Request> = vec![
+        (
+            "/p.gif?site=s&e=open&case=curl_dnt".into(),
+            "curl/8.5.0",
+            Some(("DNT", "1")),
+            200,
+        ),
+        (
+            "/p.gif?site=s&e=open&case=scanner_gpc".into(),
+            "Mozilla/5.0 (compatible; Barracuda Sentinel (EE))",
+            Some(("Sec-GPC", "1")),
+            200,
+        ),
+        (
+            "/p.gif?site=s&e=open&case=browser_dnt".into(),
+            CHROME,
+            Some(("DNT", "1")),
+            200,
+        ),
+        // Clicked 2 s after the message was sent: on delivery.
+        (click("click_2s", now - 2), CHROME, None, 302),
+        (click("click_1h", now - 3600), CHROME, None, 302),
+    ];
+    let addr = p.edge.public;
+    let sent = requests.len() as u64;
+    tokio::task::spawn_blocking(move || {
+        for (target, ua, signal, status) in requests {
+            let mut headers = vec![("User-Agent", ua)];
+            headers.extend(signal);
+            assert_eq!(
+                http(addr, "GET", &target, &headers, b"").status,
+                status,
+                "{target}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+    let n = wait_for(
+        &p.url,
+        &format!("SELECT count() FROM {}", p.table),
+        sent,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(n, sent);
+    let rows: Vec<Judged> = ch(&p.url)
+        .query(&format!(
+            "SELECT prop_values[indexOf(prop_keys, 'case')] AS case, kind, user_agent, anonymized,
+                    traffic_class, class_reason
+             FROM {} ORDER BY case",
+            p.table
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str, &str, u8, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.case.as_str(),
+                r.kind.as_str(),
+                r.user_agent.as_str(),
+                r.anonymized,
+                r.traffic_class.as_str(),
+                r.class_reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("browser_dnt", "open", "", 1, "human", "anonymized"),
+            ("click_1h", "click", CHROME, 0, "human", "no_rule_matched"),
+            (
+                "click_2s",
+                "click",
+                CHROME,
+                0,
+                "scanner",
+                "click_soon_after_send"
+            ),
+            ("curl_dnt", "open", "", 1, "bot", "http_library"),
+            ("scanner_gpc", "open", "", 1, "scanner", "barracuda"),
+        ]
+    );
+    p.edge.shutdown().await;
+    p.sink.stop().await;
+}

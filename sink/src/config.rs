@@ -44,6 +44,11 @@ pub struct EnrichConfig {
     /// after sending is classed `scanner` (`open_soon_after_send`). 0 turns the rule off.
     /// Default 10.
     pub machine_open_seconds: u64,
+    /// A click (`e=click`, the default on `/c`) of a signed URL carrying its send time that
+    /// arrives sooner than this after sending is classed `scanner` (`click_soon_after_send`): link
+    /// scanners follow every link on delivery. A setting of its own so that either rule can be
+    /// tuned or turned off alone. 0 turns the rule off. Default 10.
+    pub machine_click_seconds: u64,
 }
 
 impl Default for EnrichConfig {
@@ -58,6 +63,7 @@ impl Default for EnrichConfig {
                 16509, 14618, 396982, 8075, 14061, 16276, 24940, 63949, 31898, 45102, 20473, 12876,
             ],
             machine_open_seconds: 10,
+            machine_click_seconds: 10,
         }
     }
 }

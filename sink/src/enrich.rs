@@ -2,22 +2,26 @@
 //! agent, and the traffic class (`human`, `bot`, `email_proxy`, `scanner`, `prefetch`) with the
 //! short reason that decided it.
 //!
-//! It owns the user-agent rules (uap-core, the rule set every ua-parser port shares, embedded from
-//! `sink/rules/uap-core/` or read from `enrich.ua_rules_path`) and a bounded cache of parsed user
-//! agents. It does not decode the wire format (`row` does, through `pixelpipe_common::wire`), and
+//! It owns the user-agent parser (uap-core, the rule set every ua-parser port shares, embedded
+//! from `sink/rules/uap-core/` or read from `enrich.ua_rules_path`), a bounded cache of parsed user
+//! agents, and the rules that need the parser, the network or the send time. The rules on the
+//! request alone (prefetch, `HEAD`, the vendor lists) are `pixelpipe_common::classes`, shared with
+//! the edge. It does not decode the wire format (`row` does, through `pixelpipe_common::wire`), and
 //! it never drops a hit: every hit gets a class, and `human` means only that no rule matched.
 //!
 //! Why here and not at the edge: parsing a user agent costs microseconds (see docs/benchmarks.md),
 //! user agents repeat, and the sink sees every hit of a partition in one process, so a cache here
 //! answers most lookups; the edge keeps its batcher threads for geo and privacy, which need the
 //! raw address. The edge forwards the request signals this module needs (`head_request`,
-//! `prefetch`, a signed send time) on the wire.
+//! `prefetch`, a signed send time, and for an anonymised hit what the shared rules made of the user
+//! agent it removed) on the wire. The crawler rule therefore does not apply to a hit whose user
+//! agent the privacy policy removed: the parser is not at the edge.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use pixelpipe_common::classes::{self, Class, TrafficClass};
 use pixelpipe_common::wire::{kind, Hit};
-use serde::{Serialize, Serializer};
 use ua_parser::Extractor;
 
 use crate::config::EnrichConfig;
@@ -25,51 +29,6 @@ use crate::error::{Error, Result};
 
 /// uap-core's rules as shipped in the repository; `deploy/local/update-ua-rules.sh` refreshes them.
 const EMBEDDED_RULES: &str = include_str!("../rules/uap-core/regexes.json");
-
-/// The class a hit gets (the `traffic_class` column and the `class` label of
-/// `pixelpipe_sink_hits_classified_total`). Stored as its name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrafficClass {
-    /// No rule matched: as far as the evidence goes, a person.
-    Human,
-    /// A crawler, script, headless browser, HEAD request or datacenter address.
-    Bot,
-    /// A mail provider's image proxy (Gmail, Yahoo, Apple Mail Privacy Protection).
-    EmailProxy,
-    /// A corporate mail or link scanner, or an open too soon after sending.
-    Scanner,
-    /// The browser said it was prefetching or prerendering.
-    Prefetch,
-}
-
-impl TrafficClass {
-    /// Every class, in declaration order.
-    pub const ALL: [TrafficClass; 5] = [
-        TrafficClass::Human,
-        TrafficClass::Bot,
-        TrafficClass::EmailProxy,
-        TrafficClass::Scanner,
-        TrafficClass::Prefetch,
-    ];
-
-    /// The stored name and metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrafficClass::Human => "human",
-            TrafficClass::Bot => "bot",
-            TrafficClass::EmailProxy => "email_proxy",
-            TrafficClass::Scanner => "scanner",
-            TrafficClass::Prefetch => "prefetch",
-        }
-    }
-}
-
-impl Serialize for TrafficClass {
-    /// As its name: in RowBinary, the same bytes as a `String` column holding it.
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
 
 /// Device types.
 pub const DEVICE_TYPES: [&str; 5] = ["desktop", "mobile", "tablet", "bot", "other"];
@@ -91,72 +50,13 @@ pub struct UserAgentInfo {
     pub crawler: bool,
 }
 
-/// A hit's class and the rule that gave it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Class {
-    /// The class.
-    pub class: TrafficClass,
-    /// Short, bounded reason, e.g. `head_request`, `crawler_ua`, `gmail_image_proxy`.
-    pub reason: &'static str,
-}
-
-/// Substrings of user agents that mail providers' image proxies send. These fetch the image when
-/// (Gmail, Yahoo) or before (Apple) the reader opens the message; see docs/privacy.md.
-const EMAIL_PROXIES: &[(&str, &str)] = &[
-    ("GoogleImageProxy", "gmail_image_proxy"),
-    ("YahooMailProxy", "yahoo_mail_proxy"),
-    ("ymailproxy", "yahoo_mail_proxy"),
-];
-
-/// Substrings of user agents that corporate mail and link scanners send when they fetch every
-/// image and link of a message on delivery.
-const SCANNERS: &[(&str, &str)] = &[
-    ("Barracuda", "barracuda"),
-    ("Mimecast", "mimecast"),
-    ("Proofpoint", "proofpoint"),
-    ("Symantec", "symantec"),
-    ("TrendMicro", "trend_micro"),
-    ("Trend Micro", "trend_micro"),
-    ("Sophos", "sophos"),
-    ("Forcepoint", "forcepoint"),
-    ("Microsoft-URLAnalyzer", "microsoft_safe_links"),
-    ("SafeLinks", "microsoft_safe_links"),
-    ("IronPort", "cisco_ironport"),
-    ("FortiMail", "fortinet"),
-    ("FireEye", "fireeye"),
-];
-
-/// Headless and automation browsers, which uap-core reports as ordinary browsers.
-const HEADLESS: &[&str] = &[
-    "HeadlessChrome",
-    "PhantomJS",
-    "Headless",
-    "Electron/",
-    "Puppeteer",
-];
-
-/// HTTP libraries and command-line clients: a script, not a person, fetched the pixel.
-const HTTP_LIBRARIES: &[&str] = &[
-    "curl/",
-    "Wget/",
-    "python-requests/",
-    "python-urllib",
-    "aiohttp/",
-    "Go-http-client/",
-    "okhttp/",
-    "Apache-HttpClient/",
-    "Java/",
-    "libwww-perl/",
-    "node-fetch",
-    "axios/",
-];
-
 /// The parser and the classification rules.
 pub struct Enricher {
     extractor: Extractor<'static>,
     cache: UaCache,
     datacenter_asns: HashSet<u32>,
     machine_open_ms: u64,
+    machine_click_ms: u64,
 }
 
 impl std::fmt::Debug for Enricher {
@@ -193,6 +93,7 @@ impl Enricher {
             cache: UaCache::new(config.ua_cache_entries),
             datacenter_asns: config.datacenter_asns.iter().copied().collect(),
             machine_open_ms: config.machine_open_seconds.saturating_mul(1000),
+            machine_click_ms: config.machine_click_seconds.saturating_mul(1000),
         })
     }
 
@@ -214,32 +115,17 @@ impl Enricher {
     /// The class of `hit`, given its parsed user agent (`None` when it has none). The first rule
     /// that matches wins; they are ordered from the most to the least specific evidence.
     pub fn classify(&self, hit: &Hit, ua: Option<&UserAgentInfo>) -> Class {
-        use TrafficClass::{Bot, EmailProxy, Human, Prefetch, Scanner};
+        use TrafficClass::{Bot, Human, Scanner};
         let class = |class, reason| Class { class, reason };
-        if hit.prefetch {
-            return class(Prefetch, "prefetch_header");
+        // The rules on the request alone, the ones the edge applies too; a hit whose user agent
+        // the edge removed carries what those rules made of it there.
+        if let Some(found) =
+            classes::by_request(hit.prefetch, hit.head_request, hit.user_agent.as_deref())
+                .or(hit.user_agent_class)
+        {
+            return found;
         }
-        if hit.head_request {
-            return class(Bot, "head_request");
-        }
-        if let Some(raw) = hit.user_agent.as_deref() {
-            if let Some((_, reason)) = EMAIL_PROXIES.iter().find(|(s, _)| raw.contains(s)) {
-                return class(EmailProxy, reason);
-            }
-            // Apple Mail Privacy Protection fetches every image on delivery through Apple's
-            // proxies with nothing but this token as its user agent.
-            if raw.trim() == "Mozilla/5.0" {
-                return class(EmailProxy, "apple_mail_privacy");
-            }
-            if let Some((_, reason)) = SCANNERS.iter().find(|(s, _)| raw.contains(s)) {
-                return class(Scanner, reason);
-            }
-            if HEADLESS.iter().any(|s| raw.contains(s)) {
-                return class(Bot, "headless_browser");
-            }
-            if HTTP_LIBRARIES.iter().any(|s| raw.starts_with(s)) {
-                return class(Bot, "http_library");
-            }
+        if hit.user_agent.is_some() {
             if ua.is_some_and(|u| u.crawler) {
                 return class(Bot, "crawler_ua");
             }
@@ -253,14 +139,21 @@ impl Enricher {
         {
             return class(Bot, "datacenter_asn");
         }
-        // Only an email open can come too soon after sending; a click or conversion URL carrying
-        // the same send time says nothing about how fast a person reads.
-        if hit.kind == kind::OPEN
-            && hit
-                .sent_at_ms
-                .is_some_and(|sent| hit.received_at_ms.saturating_sub(sent) < self.machine_open_ms)
-        {
-            return class(Scanner, "open_soon_after_send");
+        // Scanners fetch every image and follow every link of a message on delivery; people
+        // take longer. A conversion is exempt: it is fired by the site after a purchase or
+        // sign-up, not fetched from the message, so its speed says nothing about a machine.
+        let since_send = hit
+            .sent_at_ms
+            .map(|sent| hit.received_at_ms.saturating_sub(sent));
+        let too_soon = |limit_ms: u64| since_send.is_some_and(|ms| ms < limit_ms);
+        match hit.kind.as_str() {
+            kind::OPEN if too_soon(self.machine_open_ms) => {
+                return class(Scanner, "open_soon_after_send")
+            }
+            kind::CLICK if too_soon(self.machine_click_ms) => {
+                return class(Scanner, "click_soon_after_send")
+            }
+            _ => {}
         }
         if hit.anonymized && hit.user_agent.is_none() {
             // The edge removed the user agent for a privacy signal; only request signals were
@@ -590,8 +483,93 @@ pub(crate) mod tests {
         // A send time after the open (clock skew) is as suspicious as an instant open.
         h.sent_at_ms = Some(h.received_at_ms + 5_000);
         assert_eq!(e.classify(&h, None).reason, "open_soon_after_send");
-        h.kind = "click".into();
-        assert_eq!(e.classify(&h, None).reason, "no_rule_matched", "opens only");
+    }
+
+    #[test]
+    fn a_signed_send_time_flags_clicks_that_come_too_soon_but_not_conversions() {
+        let e = Enricher::new(&EnrichConfig {
+            machine_open_seconds: 10,
+            machine_click_seconds: 30,
+            ..EnrichConfig::default()
+        })
+        .unwrap();
+        let classify = |kind: &str, since_send_ms: u64| {
+            let mut h = hit(Some(CHROME_WINDOWS));
+            h.kind = kind.into();
+            h.sent_at_ms = Some(h.received_at_ms - since_send_ms);
+            let c = e.classify(&h, None);
+            (c.class.as_str(), c.reason)
+        };
+        assert_eq!(
+            classify(kind::CLICK, 2_000),
+            ("scanner", "click_soon_after_send")
+        );
+        assert_eq!(
+            classify(kind::CLICK, 20_000),
+            ("scanner", "click_soon_after_send"),
+            "clicks have their own limit"
+        );
+        assert_eq!(classify(kind::OPEN, 20_000), ("human", "no_rule_matched"));
+        assert_eq!(classify(kind::CLICK, 60_000), ("human", "no_rule_matched"));
+        assert_eq!(
+            classify(kind::CONVERSION, 2_000),
+            ("human", "no_rule_matched"),
+            "a conversion is the site's, not fetched from the message"
+        );
+        assert_eq!(classify("pageview", 2_000), ("human", "no_rule_matched"));
+        let off = Enricher::new(&EnrichConfig {
+            machine_click_seconds: 0,
+            ..EnrichConfig::default()
+        })
+        .unwrap();
+        let mut h = hit(Some(CHROME_WINDOWS));
+        h.kind = kind::CLICK.into();
+        h.sent_at_ms = Some(h.received_at_ms);
+        assert_eq!(off.classify(&h, None).reason, "no_rule_matched", "0 is off");
+        h.kind = kind::OPEN.into();
+        assert_eq!(
+            off.classify(&h, None).reason,
+            "open_soon_after_send",
+            "the open rule is not the click rule"
+        );
+    }
+
+    #[test]
+    fn an_anonymised_hit_is_classed_by_what_its_user_agent_said_at_the_edge() {
+        let e = enricher();
+        let decoded = |extra: &str| {
+            let json = format!(
+                r#"{{"schema_version":1,"event_id":"01890a5d-ac96-774b-bcce-b302099a8057",
+                "received_at_ms":1700000000123,"edge_id":"e","transport":"pixel","kind":"open",
+                "site_id":"s","path":"/p.gif","anonymized":true{extra}}}"#
+            );
+            let h = wire::decode(json.as_bytes()).unwrap();
+            assert_eq!(h.user_agent, None);
+            let c = e.classify(&h, None);
+            (c.class.as_str(), c.reason)
+        };
+        assert_eq!(
+            decoded(r#","user_agent_class":{"class":"bot","reason":"http_library"}"#),
+            ("bot", "http_library")
+        );
+        assert_eq!(
+            decoded(r#","user_agent_class":{"class":"scanner","reason":"mimecast"}"#),
+            ("scanner", "mimecast")
+        );
+        assert_eq!(
+            decoded(r#","user_agent_class":{"class":"email_proxy","reason":"apple_mail_privacy"}"#),
+            ("email_proxy", "apple_mail_privacy")
+        );
+        // A hit from an edge that sent no class (older, or a browser's user agent) is what it
+        // was before.
+        assert_eq!(decoded(""), ("human", "anonymized"));
+        // The request's own flags still come first, as they would with the user agent.
+        assert_eq!(
+            decoded(
+                r#","prefetch":true,"user_agent_class":{"class":"bot","reason":"http_library"}"#
+            ),
+            ("prefetch", "prefetch_header")
+        );
     }
 
     #[test]

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
+use pixelpipe_common::classes::TrafficClass;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
-use crate::enrich::TrafficClass;
 use crate::error::RetryCause;
 use crate::row::BadReason;
 

@@ -7,11 +7,12 @@
 use std::net::IpAddr;
 
 use clickhouse::Row;
+use pixelpipe_common::classes::TrafficClass;
 use pixelpipe_common::wire::{self, Hit, WireError};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::enrich::{Enricher, TrafficClass};
+use crate::enrich::Enricher;
 
 /// One row of `<prefix>hits`. Field order and names are the insert's column list; the types are
 /// chosen to encode identically on 18.16 and modern servers (see `schema`).

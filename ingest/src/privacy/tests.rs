@@ -76,6 +76,7 @@ fn quiet_hit() -> Hit {
     h.ip_hash = None;
     h.visitor_id = None;
     h.anonymized = false;
+    h.user_agent_class = None;
     h.opted_out = false;
     h
 }
@@ -259,6 +260,55 @@ fn consent_and_the_optout_cookie() {
     );
     h.props.push(("gdpr".into(), "no".into()));
     assert_eq!(p.apply(&mut h), Verdict::Drop(DropReason::NoConsent));
+}
+
+#[test]
+fn an_anonymous_hit_keeps_the_class_its_user_agent_gave_and_not_the_user_agent() {
+    use pixelpipe_common::classes::{Class, TrafficClass};
+    let p = policy(|_| {});
+    let anonymised = |ua: &str, header: fn(&mut Hit)| {
+        let mut h = quiet_hit();
+        h.user_agent = Some(ua.into());
+        header(&mut h);
+        assert_eq!(p.apply(&mut h), Verdict::Keep);
+        assert!(h.anonymized, "{ua}");
+        assert_eq!(h.user_agent, None, "{ua}: the user agent itself is gone");
+        h.user_agent_class
+    };
+    let class = |class, reason| Some(Class { class, reason });
+    assert_eq!(
+        anonymised("curl/8.5.0", |h| h.dnt = Some("1".into())),
+        class(TrafficClass::Bot, "http_library")
+    );
+    assert_eq!(
+        anonymised("Mozilla/5.0 (compatible; Barracuda Sentinel (EE))", |h| {
+            h.sec_gpc = Some("1".into())
+        }),
+        class(TrafficClass::Scanner, "barracuda")
+    );
+    assert_eq!(
+        anonymised("Microsoft-URLAnalyzer/1.0", |h| {
+            h.props.push(("consent".into(), "no".into()))
+        }),
+        class(TrafficClass::Scanner, "microsoft_safe_links"),
+        "every anonymous answer, not only GPC and DNT"
+    );
+    assert_eq!(
+        anonymised(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            |h| h.dnt = Some("1".into())
+        ),
+        None,
+        "a browser leaves no class behind"
+    );
+    // Without an anonymous answer the user agent stays and the sink judges it itself.
+    let mut h = quiet_hit();
+    h.user_agent = Some("curl/8.5.0".into());
+    p.apply(&mut h);
+    assert_eq!(
+        (h.user_agent.as_deref(), h.user_agent_class),
+        (Some("curl/8.5.0"), None)
+    );
 }
 
 #[test]
