@@ -55,9 +55,22 @@ async fn the_snippet_sends_a_pageview_and_a_beacon_from_a_real_browser() {
     let page = format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>Snippet test</title>
 <script async src="http://{edge}/px.js" data-site="web"></script></head>
-<body><p>hello</p>
+<body><p>hello</p><p id="fetch">fetch not answered</p>
 <script>
 window.addEventListener("load", function () {{
+  var collect = "http://{edge}/collect";
+  function body(e) {{
+    return JSON.stringify({{ site: "web", e: e, url: location.href, title: document.title }});
+  }}
+  // Both are preflighted (application/json) and carry credentials, as every beacon does.
+  navigator.sendBeacon(collect, new Blob([body("json_beacon")], {{ type: "application/json" }}));
+  fetch(collect, {{
+    method: "POST", credentials: "include", keepalive: true,
+    headers: {{ "Content-Type": "application/json" }}, body: body("credentialed_fetch")
+  }}).then(
+    function (r) {{ document.getElementById("fetch").textContent = "fetch answered " + r.status; }},
+    function (e) {{ document.getElementById("fetch").textContent = "fetch refused: " + e; }}
+  );
   (function fire() {{
     if (window.pixelpipe) window.pixelpipe("signup", {{ plan: "pro" }});
     else setTimeout(fire, 20);
@@ -102,13 +115,26 @@ window.addEventListener("load", function () {{
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let hits = read_hits(&topic, 2, Duration::from_secs(30));
+    assert!(
+        dom.contains("fetch answered 204"),
+        "the browser let the page read the credentialed answer: {dom}"
+    );
+
+    let hits = read_hits(&topic, 4, Duration::from_secs(30));
     let mut kinds: Vec<(&str, &str)> = hits
         .iter()
         .map(|h| (h.kind.as_str(), h.transport.as_str()))
         .collect();
     kinds.sort();
-    assert_eq!(kinds, vec![("pageview", "pixel"), ("signup", "beacon")]);
+    assert_eq!(
+        kinds,
+        vec![
+            ("credentialed_fetch", "beacon"),
+            ("json_beacon", "beacon"),
+            ("pageview", "pixel"),
+            ("signup", "beacon")
+        ]
+    );
     for h in &hits {
         let ua = h.user_agent.as_deref().unwrap_or("");
         assert!(
