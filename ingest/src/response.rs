@@ -204,29 +204,49 @@ pub fn empty(status: StatusCode) -> Response<ResponseBody> {
     r
 }
 
-/// `r` with the CORS headers `/collect` answers with: any origin may `POST` JSON to it.
-pub fn cors(r: Response<ResponseBody>) -> Response<ResponseBody> {
-    with_headers(
+/// `r` with the CORS headers every `/collect` answer carries (Fetch standard, "CORS protocol"):
+/// the request's `Origin` echoed with `Access-Control-Allow-Credentials: true`, because
+/// `navigator.sendBeacon` always sends credentials and a credentialed request is refused when
+/// the answer says `*`; `*` when there is no `Origin` (not a browser's CORS request, answered as
+/// ever). Any origin is answered: the answer holds nothing to read but a status and a reason.
+/// The preflight allows `POST` with `Content-Type` and `Content-Encoding` (bodies may be gzip),
+/// and `Vary: Origin` keeps a cache from giving one origin's answer to another.
+pub fn cors(r: Response<ResponseBody>, origin: Option<&HeaderValue>) -> Response<ResponseBody> {
+    let mut r = with_headers(
         r,
         [
-            (
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            ),
             (
                 header::ACCESS_CONTROL_ALLOW_METHODS,
                 HeaderValue::from_static("POST, OPTIONS"),
             ),
             (
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("content-type"),
+                HeaderValue::from_static("content-type, content-encoding"),
             ),
             (
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from_static("86400"),
             ),
+            (header::VARY, HeaderValue::from_static("origin")),
         ],
-    )
+    );
+    let h = r.headers_mut();
+    match origin {
+        Some(origin) => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        None => {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+    }
+    r
 }
 
 /// `r` with `headers` set, in order. The values are made where they are written, with

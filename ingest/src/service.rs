@@ -94,7 +94,15 @@ impl Edge {
                 Route::Script,
                 only_get(&method).map(|()| response::script()),
             ),
-            "/collect" => (Route::Collect, self.collect(req, peer).await),
+            "/collect" => {
+                // Every answer, errors too, so that a page's script can read why.
+                let origin = req.headers().get(header::ORIGIN).cloned();
+                let answer = self
+                    .collect(req, peer)
+                    .await
+                    .unwrap_or_else(response::error);
+                (Route::Collect, Ok(response::cors(answer, origin.as_ref())))
+            }
             "/healthz" => (
                 Route::Healthz,
                 only_get(&method).map(|()| response::text(StatusCode::OK, "ok")),
@@ -213,8 +221,9 @@ impl Edge {
     {
         match *req.method() {
             Method::POST => {}
-            // CORS preflight for `fetch` with a JSON content type; sendBeacon needs none.
-            Method::OPTIONS => return Ok(response::cors(response::empty(StatusCode::NO_CONTENT))),
+            // The CORS preflight of a beacon or `fetch` with a JSON content type or an encoded
+            // body; `handle` adds the headers that answer it.
+            Method::OPTIONS => return Ok(response::empty(StatusCode::NO_CONTENT)),
             _ => {
                 return Err(RequestError::MethodNotAllowed {
                     allow: "POST, OPTIONS",
@@ -267,7 +276,7 @@ impl Edge {
                 None => self.metrics.invalid(InvalidReason::NotAnObject),
             }
         }
-        Ok(response::cors(response::empty(StatusCode::NO_CONTENT)))
+        Ok(response::empty(StatusCode::NO_CONTENT))
     }
 
     fn meta<B>(&self, req: &Request<B>, peer: IpAddr) -> RequestMeta {

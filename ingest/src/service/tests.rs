@@ -278,6 +278,91 @@ async fn collect_takes_one_or_many_hits() {
     );
 }
 
+/// A browser sends credentials with every beacon, and refuses a credentialed answer that says
+/// `Access-Control-Allow-Origin: *` (Fetch standard, CORS check): the origin is echoed instead.
+#[tokio::test]
+async fn collect_answers_a_credentialed_origin_by_name() {
+    let f = fixture(config(), 16);
+    let origin = "https://shop.example";
+    let with_origin = |method: &str, body: &str, extra: &[(&'static str, &'static str)]| {
+        let mut r = req(method, "/collect", body);
+        r.headers_mut()
+            .insert(header::ORIGIN, HeaderValue::from_static(origin));
+        for (name, value) in extra {
+            r.headers_mut()
+                .insert(*name, HeaderValue::from_static(value));
+        }
+        r
+    };
+    let preflight = with_origin(
+        "OPTIONS",
+        "",
+        &[
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type"),
+        ],
+    );
+    let beacon = with_origin(
+        "POST",
+        r#"{"site":"s","e":"signup"}"#,
+        &[("content-type", "application/json")],
+    );
+    let bad = with_origin("POST", "{not json", &[]);
+    for (what, r, want) in [
+        ("preflight", preflight, StatusCode::NO_CONTENT),
+        ("beacon", beacon, StatusCode::NO_CONTENT),
+        ("error, readable by the page", bad, StatusCode::BAD_REQUEST),
+    ] {
+        let (status, headers, _) = call(&f, r).await;
+        assert_eq!(status, want, "{what}");
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            origin,
+            "{what}"
+        );
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS],
+            "true",
+            "{what}"
+        );
+        assert_eq!(headers[header::VARY], "origin", "{what}");
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_METHODS],
+            "POST, OPTIONS",
+            "{what}"
+        );
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_HEADERS],
+            "content-type, content-encoding",
+            "{what}"
+        );
+    }
+    assert_eq!(f.rx.try_recv().unwrap().kind, "signup");
+    assert!(f.rx.try_recv().is_err(), "one hit: the beacon's");
+}
+
+/// A request without `Origin` is no browser's CORS request: answered as before, `*` and no
+/// credentials, but still `Vary: Origin`, since a browser's answer to the same URL differs.
+#[tokio::test]
+async fn collect_without_an_origin_is_answered_as_before() {
+    let f = fixture(config(), 16);
+    for (method, body) in [("OPTIONS", ""), ("POST", r#"{"site":"s"}"#)] {
+        let (status, headers, _) = call(&f, req(method, "/collect", body)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{method}");
+        assert_eq!(
+            headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "*",
+            "{method}"
+        );
+        assert!(
+            !headers.contains_key(header::ACCESS_CONTROL_ALLOW_CREDENTIALS),
+            "{method}"
+        );
+        assert_eq!(headers[header::VARY], "origin", "{method}");
+    }
+    assert_eq!(f.rx.try_recv().unwrap().site_id, "s");
+}
+
 #[tokio::test]
 async fn collect_rejects_bad_bodies_with_a_reason() {
     let mut c = config();
