@@ -613,8 +613,9 @@ async fn anonymous_machines_keep_their_class_on_the_topic() {
     edge.shutdown().await;
 }
 
-/// A hit larger than Kafka takes (here: the producer's `message.max.bytes` set low) is the one
-/// hit the edge gives up: counted `too_large`, not spooled; the hits around it are delivered.
+/// A hit larger than Kafka takes (here: a producer whose `message.max.bytes` is below what the
+/// edge's limits allow, as a broker or topic with a smaller limit would be) is the one hit the
+/// edge gives up: counted `too_large`, not spooled; the hits around it are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "integration"),
@@ -623,12 +624,14 @@ async fn anonymous_machines_keep_their_class_on_the_topic() {
 async fn a_hit_too_large_for_kafka_is_dropped_and_counted_the_rest_delivered() {
     let topic = unique_topic("too-large");
     create_topic(&topic, 1).await;
-    let mut config = test_config(&topic);
-    config
-        .kafka
+    let config = test_config(&topic);
+    // The edge refuses to start with a message.max.bytes its limits can exceed; a broker or
+    // topic with a smaller limit than the edge was told is what this stands for.
+    let mut smaller = config.kafka.clone();
+    smaller
         .properties
         .insert("message.max.bytes".into(), "1500".into());
-    let edge = RunningEdge::start(config);
+    let edge = RunningEdge::start_with_producer(config, smaller);
     assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
     let addr = edge.public;
     tokio::task::spawn_blocking(move || {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pixelpipe_ingest::config::Config;
+use pixelpipe_ingest::config::{Config, KafkaConfig};
 use pixelpipe_ingest::kafka::KafkaProducer;
 use pixelpipe_ingest::produce::SharedProducer;
 use pixelpipe_ingest::{run_with_producer, Listeners, Report};
@@ -148,6 +148,14 @@ pub fn send_privacy_hits(addr: SocketAddr) -> Vec<&'static str> {
 
 impl RunningEdge {
     pub fn start(config: Config) -> RunningEdge {
+        let kafka = config.kafka.clone();
+        RunningEdge::start_with_producer(config, kafka)
+    }
+
+    /// [`RunningEdge::start`] with a producer built from `kafka` rather than the edge's own
+    /// (validated) `[kafka]` settings: for a broker whose limits differ from what the edge was
+    /// told.
+    pub fn start_with_producer(config: Config, kafka: KafkaConfig) -> RunningEdge {
         let listeners = Listeners::bind(&config).expect("bind");
         let public = listeners.public_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
@@ -155,8 +163,8 @@ impl RunningEdge {
         let task = tokio::spawn(run_with_producer(
             config,
             listeners,
-            |config, ledger| {
-                let producer: SharedProducer = Arc::new(KafkaProducer::new(&config.kafka, ledger)?);
+            move |_, ledger| {
+                let producer: SharedProducer = Arc::new(KafkaProducer::new(&kafka, ledger)?);
                 Ok(producer)
             },
             async {
