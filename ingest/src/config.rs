@@ -461,7 +461,7 @@ impl layers::Validate for Config {
                     "with limits.max_key_bytes {} and limits.max_value_bytes {}, one hit can take \
                      {largest} bytes on Kafka, over the producer's message.max.bytes \
                      ({max_message_bytes}); lower these limits, or raise \
-                     kafka.properties.\"message.max.bytes\" (and the broker's message.max.bytes \
+                     kafka.properties.\"message.max.bytes\" (a string in TOML, e.g. \"2000000\"; and the broker's message.max.bytes \
                      and the topic's max.message.bytes with it)",
                     l.max_key_bytes, l.max_value_bytes
                 ),

@@ -465,6 +465,8 @@ impl<'a> Draft<'a> {
             }
             params::CLIENT_EVENT_ID => {
                 match Uuid::try_parse(value.trim()) {
+                    // A constant a client sends for every event would fold them all into one.
+                    Ok(id) if id.is_nil() || id.is_max() => self.cuts.add(CutReason::BadEventId),
                     Ok(id) if self.client_event_id.is_none() => self.client_event_id = Some(id),
                     Ok(_) => self.cuts.add(CutReason::Duplicate),
                     Err(_) => self.cuts.add(CutReason::BadEventId),
@@ -591,6 +593,17 @@ impl<'a> Draft<'a> {
         self.cuts.add(reason);
     }
 
+    /// A JSON member whose value is an array or object where text was expected: it counts as a
+    /// parameter, as any other member does, and is cut.
+    fn wrong_type(&mut self) {
+        self.params += 1;
+        if self.params > self.limits.max_params {
+            self.cuts.add(CutReason::TooManyParams);
+        } else {
+            self.cuts.add(CutReason::BadType);
+        }
+    }
+
     /// Counts the lone surrogates replaced in a JSON text.
     fn surrogates(&mut self, text: &json::Text<'_>) {
         for _ in 0..text.replaced {
@@ -653,6 +666,31 @@ const ADDED_AFTER_BUILD_BYTES: usize = 2048;
 /// no name, so properties are the worst case. Events per request and body limits do not enter:
 /// each event is its own message.
 pub fn largest_message_bytes(limits: &LimitsConfig, edge_id: &str) -> usize {
+    // Encoded with no property and with one, then counted up: the bound costs the memory of one
+    // property whatever `max_params` is.
+    let encoded_len = |props: usize| {
+        let mut encoded = Vec::new();
+        if let Some(hit) = largest_hit(limits, edge_id, props) {
+            crate::wire::encode(&hit, &mut encoded);
+        }
+        encoded.len()
+    };
+    let (none, one) = (encoded_len(0), encoded_len(1));
+    if none == 0 {
+        // Unreachable: the site and kind are valid. No bound is then the safe answer.
+        return usize::MAX;
+    }
+    // One more property adds its own bytes and a comma.
+    let per_property = one - none + 1;
+    limits
+        .max_value_bytes
+        .saturating_add(none)
+        .saturating_add(limits.max_params.saturating_mul(per_property))
+        .saturating_add(ADDED_AFTER_BUILD_BYTES)
+}
+
+/// The largest hit with `props` properties (see [`largest_message_bytes`]).
+fn largest_hit(limits: &LimitsConfig, edge_id: &str, props: usize) -> Option<Hit> {
     let quotes = "\"".repeat(limits.max_value_bytes);
     let mut headers = HeaderMap::new();
     for name in [USER_AGENT, REFERER, ACCEPT_LANGUAGE, HOST] {
@@ -674,16 +712,10 @@ pub fn largest_message_bytes(limits: &LimitsConfig, edge_id: &str) -> usize {
     draft.kind = Some("k".repeat(64));
     let name = "\u{1}".repeat(limits.max_key_bytes);
     let value = "\u{1}".repeat(limits.max_value_bytes);
-    for _ in 0..limits.max_params {
+    for _ in 0..props {
         draft.prop(&name, &value);
     }
-    let Ok(hit) = draft.finish().0 else {
-        // Unreachable: the site and kind above are valid. No bound is then the safe answer.
-        return usize::MAX;
-    };
-    let mut encoded = Vec::new();
-    crate::wire::encode(&hit, &mut encoded);
-    limits.max_value_bytes + encoded.len() + ADDED_AFTER_BUILD_BYTES
+    draft.finish().0.ok()
 }
 
 /// A UUIDv7 for a hit received at `ms`. `NoContext` fills the sub-millisecond bits at random from
@@ -722,35 +754,49 @@ pub fn apply_query(draft: &mut Draft<'_>, query: &str) -> Result<(), InvalidReas
     Ok(())
 }
 
-/// Applies the members of one `/collect` event (see `json`), as [`apply_query`] applies a query's
-/// parameters: in the order sent, a repeated well-known name counted `duplicate`. Strings,
-/// numbers (as the text sent) and booleans are text; `null` is absent; `props` may hold an object
-/// of custom properties; any other object or array is cut (`bad_type`); a replaced lone surrogate
-/// is counted (`lone_surrogate`) and its field kept.
-pub fn apply_json_object(draft: &mut Draft<'_>, members: &[(json::Text<'_>, json::Value<'_>)]) {
+/// Applies the members of one `/collect` event (see `json`) from `body`, as [`apply_query`]
+/// applies a query's parameters: in the order sent, each member (and each member of `props`)
+/// counted against `limits.max_params`, a repeated well-known name counted `duplicate`. Strings,
+/// numbers (as the text sent) and booleans are text; `null` is an empty value (absent, as `x=`
+/// is); `props` may hold an object of custom properties; any other object or array is cut
+/// (`bad_type`); a member whose name or value held bytes that are not UTF-8 is cut
+/// (`bad_encoding`); a replaced lone surrogate is counted (`lone_surrogate`) and its field kept.
+pub fn apply_json_object(
+    draft: &mut Draft<'_>,
+    body: &json::Body<'_>,
+    members: &[(json::Text<'_>, json::Value<'_>)],
+) {
     use json::Value;
     for (key, value) in members {
+        if key.not_utf8 || matches!(value, Value::Scalar(t) if t.not_utf8) {
+            draft.cut(CutReason::BadEncoding);
+            continue;
+        }
         draft.surrogates(key);
         match (key.text.as_ref(), value) {
-            (_, Value::Null) => {}
             (params::PROPS, Value::Object(raw)) => {
-                for (pk, pv) in json::members(raw).unwrap_or_default() {
+                for (pk, pv) in body.members(raw).unwrap_or_default() {
+                    if pk.not_utf8 || matches!(&pv, Value::Scalar(t) if t.not_utf8) {
+                        draft.cut(CutReason::BadEncoding);
+                        continue;
+                    }
                     draft.surrogates(&pk);
                     match pv {
-                        Value::Null => {}
+                        Value::Null => draft.prop(&pk.text, ""),
                         Value::Scalar(text) => {
                             draft.surrogates(&text);
                             draft.prop(&pk.text, &text.text);
                         }
-                        Value::Object(_) | Value::Array => draft.cut(CutReason::BadType),
+                        Value::Object(_) | Value::Array => draft.wrong_type(),
                     }
                 }
             }
+            (name, Value::Null) => draft.param(name, ""),
             (name, Value::Scalar(text)) => {
                 draft.surrogates(text);
                 draft.param(name, &text.text);
             }
-            (_, Value::Object(_) | Value::Array) => draft.cut(CutReason::BadType),
+            (_, Value::Object(_) | Value::Array) => draft.wrong_type(),
         }
     }
 }
@@ -987,12 +1033,17 @@ mod tests {
     }
 
     fn from_json(body: &str) -> (Result<Hit, InvalidReason>, Cuts) {
+        from_json_bytes(body.as_bytes())
+    }
+
+    fn from_json_bytes(body: &[u8]) -> (Result<Hit, InvalidReason>, Cuts) {
         let m = meta();
         let l = limits();
-        let events = json::events(body.as_bytes()).unwrap();
-        let members = json::members(events[0]).unwrap();
+        let body = json::Body::new(body);
+        let events = body.events().unwrap();
+        let members = body.members(events[0]).unwrap();
         let mut d = Draft::new(&m, Transport::Beacon, "edge-1", &l);
-        apply_json_object(&mut d, &members);
+        apply_json_object(&mut d, &body, &members);
         d.finish()
     }
 
@@ -1028,6 +1079,8 @@ mod tests {
     fn json_and_query_strings_agree() {
         let many: String = (0..70).map(|i| format!("&p{i:02}=x")).collect();
         let many_json: String = (0..70).map(|i| format!(r#","p{i:02}":"x""#)).collect();
+        let empties: String = (0..70).map(|i| format!("&e{i:02}=")).collect();
+        let nulls: String = (0..70).map(|i| format!(r#","e{i:02}":null"#)).collect();
         let long_key = "k".repeat(65);
         let long_value = "v".repeat(3000);
         for (query, body) in [
@@ -1051,15 +1104,54 @@ mod tests {
                 format!("site=s&{long_key}=1&t={long_value}"),
                 format!(r#"{{"site":"s","{long_key}":1,"t":"{long_value}"}}"#),
             ),
+            (
+                format!("site=s{empties}&last=kept"),
+                format!(r#"{{"site":"s"{nulls},"last":"kept"}}"#),
+            ),
+            (
+                format!("site=s{empties}&last=kept"),
+                format!(r#"{{"site":"s","props":{{"e":null{nulls}}},"last":"kept"}}"#).replacen(
+                    r#""e":null,"#,
+                    "",
+                    1,
+                ),
+            ),
+            (
+                "site=s&title=%FF&url=%2Fa&%FE=1".into(),
+                "{\"site\":\"s\",\"title\":\"\u{FFFF}\",\"url\":\"/a\",\"\u{FFFE}\":1}".into(),
+            ),
         ] {
+            // The last case stands for bytes that are not UTF-8: U+FFFF and U+FFFE (EF BF BF,
+            // EF BF BE) become 0xFF and 0xFE in the JSON sent.
+            let json_bytes = body
+                .replace('\u{FFFF}', "\u{1}")
+                .replace('\u{FFFE}', "\u{2}")
+                .into_bytes()
+                .into_iter()
+                .map(|b| match b {
+                    1 => 0xFF,
+                    2 => 0xFE,
+                    b => b,
+                })
+                .collect::<Vec<u8>>();
             let (q, q_cuts) = from_query(&query, &limits());
-            let (j, j_cuts) = from_json(&body);
+            let (j, j_cuts) = from_json_bytes(&json_bytes);
             let (mut q, mut j) = (q.unwrap(), j.unwrap());
             assert_eq!(q_cuts, j_cuts, "{body}");
             (j.transport, j.event_id) = (q.transport, q.event_id);
             (q.received_at_ms, j.received_at_ms) = (0, 0);
             assert_eq!(q, j, "{body}");
         }
+    }
+
+    /// Members that are arrays or objects count against `limits.max_params` like any other.
+    #[test]
+    fn wrong_types_count_as_parameters() {
+        let arrays: String = (0..70).map(|i| format!(r#","a{i:02}":[1]"#)).collect();
+        let (r, cuts) = from_json(&format!(r#"{{"site":"s"{arrays},"last":"v"}}"#));
+        assert!(r.unwrap().props.is_empty());
+        assert_eq!(cuts.get(CutReason::BadType), 63);
+        assert_eq!(cuts.get(CutReason::TooManyParams), 8);
     }
 
     /// One bad value costs that value, never the rest of its hit.
@@ -1119,35 +1211,37 @@ mod tests {
         }
         let ip = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
         let m = RequestMeta::new(1_700_000_000_123, Some(ip), "/collect", &headers, &l);
-        let key = "%01".repeat(l.max_key_bytes);
+        // Names at the limit: the control characters, then two digits to tell them apart.
+        let key = "%01".repeat(l.max_key_bytes - 2);
         let value = "%01".repeat(l.max_value_bytes);
         let mut query = format!("site={}&uid={value}&url={value}", "s".repeat(64));
         for i in 0..l.max_params {
-            query.push_str(&format!("&{key}{i}={value}"));
+            query.push_str(&format!("&{key}{i:02}={value}"));
         }
         let mut d = Draft::new(&m, Transport::Pixel, "edge-1", &l);
         apply_query(&mut d, &query).unwrap();
         let from_query = d.finish().0.unwrap();
-        let key = "\\u0001".repeat(l.max_key_bytes);
+        let key = "\\u0001".repeat(l.max_key_bytes - 2);
         let value = "\\u0001".repeat(l.max_value_bytes);
         let mut body = format!(r#"{{"site":"s","title":"{value}","props":{{"#);
         for i in 0..l.max_params {
-            body.push_str(&format!(r#""{key}{i}":"{value}","#));
+            body.push_str(&format!(r#""{key}{i:02}":"{value}","#));
         }
         body.push_str(r#""x":"y"}}"#);
-        let events = json::events(body.as_bytes()).unwrap();
+        let body = json::Body::new(body.as_bytes());
+        let events = body.events().unwrap();
         let mut d = Draft::new(&m, Transport::Beacon, "edge-1", &l);
-        apply_json_object(&mut d, &json::members(events[0]).unwrap());
+        apply_json_object(&mut d, &body, &body.members(events[0]).unwrap());
         let from_json = d.finish().0.unwrap();
         for hit in [from_query, from_json] {
             let mut encoded = Vec::new();
             crate::wire::encode(&hit, &mut encoded);
             let key_bytes = hit.user_id.as_ref().map_or(0, String::len);
-            assert!(
-                encoded.len() > 2000,
-                "the test hit is large: {}",
-                encoded.len()
-            );
+            assert!(hit.props.len() >= l.max_params - 3, "{}", hit.props.len());
+            assert!(hit
+                .props
+                .iter()
+                .all(|(k, v)| k.len() == l.max_key_bytes && v.len() == l.max_value_bytes));
             assert!(
                 key_bytes + encoded.len() <= bound,
                 "{} + {} > {bound}",
@@ -1193,6 +1287,11 @@ mod tests {
         let (r, cuts) = from_query("site=shop&eid=not-a-uuid", &limits());
         assert_eq!(r.unwrap().event_id.get_version_num(), 7);
         assert_eq!(cuts.get(CutReason::BadEventId), 1);
+        for constant in [Uuid::nil(), Uuid::max()] {
+            let (r, cuts) = from_query(&format!("site=shop&eid={constant}"), &limits());
+            assert_eq!(r.unwrap().event_id.get_version_num(), 7, "{constant}");
+            assert_eq!(cuts.get(CutReason::BadEventId), 1);
+        }
         let (r, cuts) = from_query(
             &format!("site=shop&eid={eid}&eid=0190a5d2-7c1e-7b3e-8f00-000000000002"),
             &limits(),

@@ -1,7 +1,8 @@
 //! Reading a `/collect` body's JSON so that one odd value never costs the rest: each event's
 //! members in the order sent (duplicates included, as a query string's parameters are), numbers
-//! as the text sent, and a lone UTF-16 surrogate escape replaced rather than refused. A leaf: no
-//! other module of the crate.
+//! as the text sent, a lone UTF-16 surrogate escape replaced rather than refused, and a string
+//! holding bytes that are not UTF-8 marked (for its member to be cut) rather than refusing the
+//! body. A leaf: no other module of the crate.
 //!
 //! It checks the whole body's syntax before anything is read from it (`serde_json`, with its
 //! `raw_value` feature: each value is kept as its source text, found by serde_json's own parser),
@@ -28,6 +29,9 @@ pub struct Text<'a> {
     /// How many lone UTF-16 surrogate escapes were replaced by U+FFFD (RFC 8259 §8.2 leaves their
     /// meaning to the receiver).
     pub replaced: usize,
+    /// Whether the body held bytes that are not UTF-8 here (each replaced by U+FFFD in `text`):
+    /// such a member is cut, as a query parameter that does not decode is.
+    pub not_utf8: bool,
 }
 
 /// One member's value.
@@ -46,46 +50,92 @@ pub enum Value<'a> {
 /// An object's members, in the order sent.
 pub type Members<'a> = Vec<(Text<'a>, Value<'a>)>;
 
-/// The events of a body, as source text: one object, or each element of an array (an element
-/// that is not an object is returned too, for the caller to count; [`members`] tells which is
-/// which).
-///
-/// # Errors
-/// When `body` is not JSON (RFC 8259: UTF-8, one value, nesting under serde_json's 128 levels),
-/// or is neither an object nor an array: the error says where or what.
-pub fn events(body: &[u8]) -> Result<Vec<&str>, String> {
-    let top: &RawValue = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    match top.get().as_bytes().first() {
-        Some(b'{') => Ok(vec![top.get()]),
-        Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(top.get())
-            .map(|items| items.into_iter().map(RawValue::get).collect())
-            .map_err(|e| e.to_string()),
-        _ => Err("expected an object or an array of objects".into()),
-    }
+/// A `/collect` body as text: the bytes as sent when they are UTF-8 (nearly always, and then
+/// borrowed), else with each invalid sequence replaced by U+FFFD and its place noted, so the
+/// members it falls in can be cut rather than the whole body refused.
+pub struct Body<'a> {
+    text: Cow<'a, str>,
+    /// Byte offsets in `text` of the replacements.
+    not_utf8_at: Vec<usize>,
 }
 
-/// The members of `source` (a value's text from [`events`] or [`Value::Object`]) when it is an
-/// object, `None` when it is any other value.
-pub fn members(source: &str) -> Option<Members<'_>> {
-    if !source.starts_with('{') {
-        return None;
+impl<'a> Body<'a> {
+    /// Reads `bytes` as text.
+    pub fn new(bytes: &'a [u8]) -> Body<'a> {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return Body {
+                text: Cow::Borrowed(text),
+                not_utf8_at: Vec::new(),
+            };
+        }
+        let mut text = String::with_capacity(bytes.len() + 16);
+        let mut not_utf8_at = Vec::new();
+        for chunk in bytes.utf8_chunks() {
+            text.push_str(chunk.valid());
+            if !chunk.invalid().is_empty() {
+                not_utf8_at.push(text.len());
+                text.push('\u{FFFD}');
+            }
+        }
+        Body {
+            text: Cow::Owned(text),
+            not_utf8_at,
+        }
     }
-    // The text was checked as JSON when the body was read, so this parse cannot fail.
-    let ObjectMembers(raw_members) = serde_json::from_str(source).ok()?;
-    Some(
-        raw_members
-            .into_iter()
-            .map(|(k, v)| (text(k), value(v)))
-            .collect(),
-    )
-}
 
-fn value(raw: &RawValue) -> Value<'_> {
-    match raw.get().as_bytes().first() {
-        Some(b'n') => Value::Null,
-        Some(b'{') => Value::Object(raw.get()),
-        Some(b'[') => Value::Array,
-        _ => Value::Scalar(text(raw)),
+    /// The events of the body, as source text: one object, or each element of an array (an
+    /// element that is not an object is returned too, for the caller to count; [`Body::members`]
+    /// tells which is which).
+    ///
+    /// # Errors
+    /// When the body is not JSON (RFC 8259: one value; bytes that are not UTF-8 are only allowed
+    /// inside strings), or is neither an object nor an array: the error says where or what.
+    /// Nesting has no limit: serde_json skips what it is not asked to read without recursing.
+    pub fn events(&self) -> Result<Vec<&str>, String> {
+        let top: &RawValue = serde_json::from_str(&self.text).map_err(|e| e.to_string())?;
+        match top.get().as_bytes().first() {
+            Some(b'{') => Ok(vec![top.get()]),
+            Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(top.get())
+                .map(|items| items.into_iter().map(RawValue::get).collect())
+                .map_err(|e| e.to_string()),
+            _ => Err("expected an object or an array of objects".into()),
+        }
+    }
+
+    /// The members of `source` (a value's text from [`Body::events`] or [`Value::Object`]) when
+    /// it is an object, `None` when it is any other value.
+    pub fn members<'s>(&'s self, source: &'s str) -> Option<Members<'s>> {
+        if !source.starts_with('{') {
+            return None;
+        }
+        // The text was checked as JSON when the body was read, so this parse cannot fail.
+        let ObjectMembers(raw_members) = serde_json::from_str(source).ok()?;
+        Some(
+            raw_members
+                .into_iter()
+                .map(|(k, v)| (self.text_of(k), self.value(v)))
+                .collect(),
+        )
+    }
+
+    fn value<'s>(&'s self, raw: &'s RawValue) -> Value<'s> {
+        match raw.get().as_bytes().first() {
+            Some(b'n') => Value::Null,
+            Some(b'{') => Value::Object(raw.get()),
+            Some(b'[') => Value::Array,
+            _ => Value::Scalar(self.text_of(raw)),
+        }
+    }
+
+    fn text_of<'s>(&'s self, raw: &'s RawValue) -> Text<'s> {
+        let mut t = text(raw);
+        if !self.not_utf8_at.is_empty() {
+            // `raw` is a slice of `self.text` (serde_json borrows every raw value from its input).
+            let start = (raw.get().as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
+            let range = start..start + raw.get().len();
+            t.not_utf8 = self.not_utf8_at.iter().any(|at| range.contains(at));
+        }
+        t
     }
 }
 
@@ -96,12 +146,14 @@ fn text(raw: &RawValue) -> Text<'_> {
         return Text {
             text: Cow::Borrowed(source),
             replaced: 0,
+            not_utf8: false,
         };
     };
     if !quoted.contains('\\') {
         return Text {
             text: Cow::Borrowed(quoted),
             replaced: 0,
+            not_utf8: false,
         };
     }
     // serde_json reads a string as bytes without refusing lone surrogates: it writes each as
@@ -112,12 +164,14 @@ fn text(raw: &RawValue) -> Text<'_> {
         return Text {
             text: Cow::Borrowed("\u{FFFD}"),
             replaced: 1,
+            not_utf8: false,
         };
     };
     match String::from_utf8(bytes) {
         Ok(s) => Text {
             text: Cow::Owned(s),
             replaced: 0,
+            not_utf8: false,
         },
         Err(e) => {
             let mut s = String::with_capacity(e.as_bytes().len());
@@ -134,6 +188,7 @@ fn text(raw: &RawValue) -> Text<'_> {
             Text {
                 text: Cow::Owned(s),
                 replaced,
+                not_utf8: false,
             }
         }
     }

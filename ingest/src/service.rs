@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
-use hyper::header::{self, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{self, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::body;
@@ -240,7 +240,12 @@ impl Edge {
             return Err(RequestError::BodyTooLarge { limit_bytes });
         }
         let meta = self.meta(&req, peer);
-        let encoding = req.headers().get(header::CONTENT_ENCODING).cloned();
+        let encoding: Vec<HeaderValue> = req
+            .headers()
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .cloned()
+            .collect();
         let timeout_ms = self.http.body_read_timeout_ms;
         let read = Limited::new(req.into_body(), limit_bytes).collect();
         let body = match tokio::time::timeout(Duration::from_millis(timeout_ms), read).await {
@@ -254,8 +259,9 @@ impl Edge {
             Ok(Err(e)) => return Err(RequestError::BodyRead(e.to_string())),
             Ok(Ok(collected)) => collected.to_bytes(),
         };
-        let body = body::decode(encoding.as_ref(), body, self.http.max_decoded_body_bytes)?;
-        let events = json::events(&body).map_err(RequestError::BadJson)?;
+        let body = body::decode(&encoding, body, self.http.max_decoded_body_bytes)?;
+        let body = json::Body::new(&body);
+        let events = body.events().map_err(RequestError::BadJson)?;
         let limit = self.http.max_events_per_request;
         if events.len() > limit {
             self.metrics
@@ -266,11 +272,11 @@ impl Edge {
             });
         }
         for event in events {
-            match json::members(event) {
+            match body.members(event) {
                 Some(members) => {
                     let mut draft =
                         Draft::new(&meta, Transport::Beacon, &self.edge_id, &self.limits);
-                    apply_json_object(&mut draft, &members);
+                    apply_json_object(&mut draft, &body, &members);
                     self.finish(draft);
                 }
                 None => self.metrics.invalid(InvalidReason::NotAnObject),

@@ -418,7 +418,26 @@ async fn one_bad_value_never_costs_the_other_events() {
     assert_eq!(hits[1].cut_fields, 1);
     assert_eq!(hits[2].user_id.as_deref(), Some("123456789012345678901234"));
     assert_eq!(hits[2].props, vec![("n".to_owned(), "1.0e2".to_owned())]);
-    for (reason, n) in [("lone_surrogate", 1), ("bad_number", 1)] {
+    // Bytes that are not UTF-8 in one string cost that member; the body and its other events
+    // are read.
+    let mut r = req("POST", "/collect", "");
+    *r.body_mut() = Full::new(Bytes::from_static(
+        b"[{\"site\":\"d\",\"title\":\"x\xFFy\",\"url\":\"/d\"},{\"site\":\"e\"}]",
+    ));
+    let (status, _, _) = call(&f, r).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let hits: Vec<_> = f.rx.try_iter().collect();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(
+        (hits[0].title.as_deref(), hits[0].url.as_deref()),
+        (None, Some("/d"))
+    );
+    assert_eq!(hits[1].site_id, "e");
+    for (reason, n) in [
+        ("lone_surrogate", 1),
+        ("bad_number", 1),
+        ("bad_encoding", 1),
+    ] {
         let name = format!("pixelpipe_ingest_fields_cut_total{{reason=\"{reason}\"}}");
         assert_eq!(counter(&f, &name), n, "{reason}");
     }
