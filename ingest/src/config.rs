@@ -95,8 +95,8 @@ pub struct HttpConfig {
     /// believed. Default none: the socket peer is the client.
     pub trusted_proxies: Vec<String>,
     /// The one header the trusted proxies write to name the client (`x-forwarded-for`,
-    /// `forwarded` or `x-real-ip`); the others are the client's word and ignored. Default
-    /// `x-forwarded-for`, what nearly every proxy and load balancer writes.
+    /// `forwarded` or `x-real-ip`, in any case); the others are the client's word and ignored.
+    /// Default `x-forwarded-for`, what nearly every proxy and load balancer writes.
     pub client_ip_header: ClientIpHeader,
     /// Threads serving HTTP; 0 means one per CPU core. Default 0.
     pub worker_threads: usize,
@@ -611,7 +611,7 @@ mod tests {
             ("spool.durability", "Disk"),
             ("kafka.message_key", "bogus"),
             ("privacy.ip_mode", "bogus"),
-            ("http.client_ip_header", "X-Forwarded-For"),
+            ("http.client_ip_header", "X-Client-IP"),
         ] {
             let e = err_text(load(&[], &[(setting, value)]));
             assert!(
@@ -621,8 +621,9 @@ mod tests {
         }
     }
 
+    /// Header names are case-insensitive (RFC 9110 §5.1), so the setting is too.
     #[test]
-    fn client_ip_header_names_a_header_in_lower_case() {
+    fn client_ip_header_names_a_header_in_any_case() {
         use crate::client_ip::ClientIpHeader as H;
         assert_eq!(
             load(&[], &[]).unwrap().http.client_ip_header,
@@ -630,22 +631,28 @@ mod tests {
         );
         for (value, want) in [
             ("x-forwarded-for", H::XForwardedFor),
+            ("X-Forwarded-For", H::XForwardedFor),
             ("forwarded", H::Forwarded),
+            ("Forwarded", H::Forwarded),
             ("x-real-ip", H::XRealIp),
+            ("X-Real-IP", H::XRealIp),
+            ("X-REAL-IP", H::XRealIp),
         ] {
             let c = load(&[("PIXELPIPE_HTTP__CLIENT_IP_HEADER", value)], &[]).unwrap();
             assert_eq!(c.http.client_ip_header, want, "{value}");
             let c = load(&[], &[("http.client_ip_header", value)]).unwrap();
             assert_eq!(c.http.client_ip_header, want, "{value}");
         }
-        let e = err_text(load(
-            &[("PIXELPIPE_HTTP__CLIENT_IP_HEADER", "x_real_ip")],
-            &[],
-        ));
-        assert!(
-            e.contains("http.client_ip_header") && e.contains("x-real-ip"),
-            "the error names the setting and the values it takes: {e}"
-        );
+        // Printed in the form it is documented in, and read back.
+        let c = load(&[], &[("http.client_ip_header", "X-Real-IP")]).unwrap();
+        assert!(c.to_toml().contains("client_ip_header = \"x-real-ip\""));
+        for bad in ["x_real_ip", "X-Client-IP", ""] {
+            let e = err_text(load(&[("PIXELPIPE_HTTP__CLIENT_IP_HEADER", bad)], &[]));
+            assert!(
+                e.contains("http.client_ip_header") && e.contains("x-real-ip"),
+                "the error names the setting and the values it takes: {e}"
+            );
+        }
     }
 
     #[test]
