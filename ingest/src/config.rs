@@ -311,6 +311,11 @@ impl layers::Validate for Config {
         self.spool.check()?;
         self.file.check()?;
         check(
+            self.output != Output::File || self.file.dir != self.spool.dir,
+            "file.dir",
+            "must differ from spool.dir: each is locked by its own user",
+        )?;
+        check(
             !self.edge_id.trim().is_empty(),
             "edge_id",
             "must not be empty",
@@ -653,6 +658,20 @@ mod tests {
                 "the error names the setting and the values it takes: {e}"
             );
         }
+    }
+
+    /// The spool and the file producer each lock their directory, so one directory for both
+    /// would fail at start as "in use"; it is refused here, naming what to change.
+    #[test]
+    fn the_file_output_needs_a_directory_of_its_own() {
+        let same = [
+            ("output", "file"),
+            ("file.dir", "/tmp/pixelpipe-x"),
+            ("spool.dir", "/tmp/pixelpipe-x/"),
+        ];
+        let e = err_text(load(&[], &same));
+        assert!(e.contains("file.dir") && e.contains("spool.dir"), "{e}");
+        assert!(load(&[], &same[1..]).is_ok(), "only with output = file");
     }
 
     #[test]
