@@ -1,12 +1,13 @@
 //! Traffic classes, and the classification rules that need nothing but the request: its user
-//! agent as sent and its `HEAD`/prefetch flags.
+//! agent as sent (or its absence) and its `HEAD`/prefetch flags.
 //!
 //! The edge and the sink apply these same rules, in this same order. The sink classes every hit
 //! with them first (then with what needs the user-agent parser or the network, in its `enrich`
-//! module); the edge applies [`by_user_agent`] only when its privacy policy is about to remove a
-//! hit's user agent, and keeps the answer on the hit ([`crate::wire::Hit::user_agent_class`]) so
-//! that an anonymous `curl` is still a bot. This module owns the class names, the vendor lists and
-//! their order; it knows nothing of hits, parsers or configuration.
+//! module); the edge applies [`by_user_agent_header`] only when its privacy policy is about to
+//! remove a hit's user agent, and keeps the answer on the hit
+//! ([`crate::wire::Hit::user_agent_class`]) so that an anonymous `curl`, or an anonymous request
+//! with no user agent at all, is still a bot. This module owns the class names, the vendor lists
+//! and their order; it knows nothing of hits, parsers or configuration.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -59,8 +60,8 @@ impl Serialize for TrafficClass {
 
 /// A hit's class and the rule that gave it. On the wire (only as
 /// [`crate::wire::Hit::user_agent_class`]) it is `{"class":"bot","reason":"http_library"}`, and
-/// only a pair that [`by_user_agent`] can give is read back: any other is an error, like every
-/// enumerated wire value this build does not know.
+/// only a pair that [`by_user_agent_header`] can give is read back: any other is an error, like
+/// every enumerated wire value this build does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Class {
     /// The class.
@@ -80,7 +81,7 @@ struct ClassOnWire {
 impl<'de> Deserialize<'de> for Class {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Class, D::Error> {
         let wire = ClassOnWire::deserialize(deserializer)?;
-        user_agent_classes()
+        user_agent_header_classes()
             .find(|c| c.class == wire.class && c.reason == wire.reason)
             .ok_or_else(|| {
                 serde::de::Error::custom(format!(
@@ -149,9 +150,14 @@ const HTTP_LIBRARIES: &[&str] = &[
 ];
 
 /// The rules on the request alone, first match wins: a prefetch (`prefetch_header`), a `HEAD`
-/// request (`head_request`), then [`by_user_agent`] on the user agent as sent. `None` when none
-/// matched; the sink's later rules (crawler list, network, send time) decide then.
-pub fn by_request(prefetch: bool, head_request: bool, user_agent: Option<&str>) -> Option<Class> {
+/// request (`head_request`), then what the user agent said: [`by_user_agent_header`] of the
+/// header as sent, or, for a hit whose user agent the edge removed, the answer it kept. `None`
+/// when none matched; the sink's later rules (crawler list, network, send time) decide then.
+pub fn by_request(
+    prefetch: bool,
+    head_request: bool,
+    user_agent_class: Option<Class>,
+) -> Option<Class> {
     if prefetch {
         return Some(Class {
             class: TrafficClass::Prefetch,
@@ -164,8 +170,22 @@ pub fn by_request(prefetch: bool, head_request: bool, user_agent: Option<&str>) 
             reason: "head_request",
         });
     }
-    user_agent.and_then(by_user_agent)
+    user_agent_class
 }
+
+/// The rules on the `User-Agent` header as sent: none at all is `bot` (`no_user_agent`), since
+/// every browser and mail client sends one; otherwise [`by_user_agent`].
+pub fn by_user_agent_header(user_agent: Option<&str>) -> Option<Class> {
+    match user_agent {
+        None => Some(NO_USER_AGENT),
+        Some(ua) => by_user_agent(ua),
+    }
+}
+
+const NO_USER_AGENT: Class = Class {
+    class: TrafficClass::Bot,
+    reason: "no_user_agent",
+};
 
 /// The rules on a user agent alone, in order: mail image proxies (`email_proxy`), corporate
 /// scanners (`scanner`, the vendor as reason), headless browsers (`bot`, `headless_browser`) and
@@ -192,8 +212,8 @@ pub fn by_user_agent(ua: &str) -> Option<Class> {
     None
 }
 
-/// Every class and reason [`by_user_agent`] can give (with repeats).
-fn user_agent_classes() -> impl Iterator<Item = Class> {
+/// Every class and reason [`by_user_agent_header`] can give (with repeats).
+fn user_agent_header_classes() -> impl Iterator<Item = Class> {
     use TrafficClass::{Bot, EmailProxy, Scanner};
     let of = |class| move |&(_, reason): &(&str, &'static str)| Class { class, reason };
     EMAIL_PROXIES
@@ -208,11 +228,14 @@ fn user_agent_classes() -> impl Iterator<Item = Class> {
             ]
             .map(|(class, reason)| Class { class, reason }),
         )
+        .chain([NO_USER_AGENT])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
 
     fn got(ua: &str) -> Option<(&'static str, &'static str)> {
         by_user_agent(ua).map(|c| (c.class.as_str(), c.reason))
@@ -255,7 +278,7 @@ mod tests {
     #[test]
     fn browsers_and_unknowns_match_no_rule() {
         for ua in [
-            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            CHROME,
             "Mozilla/4.0 (compatible; ms-office; MSOffice 16)",
             "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
             // A library's name inside another user agent is not that library.
@@ -278,16 +301,21 @@ mod tests {
             got("HeadlessChrome Proofpoint"),
             Some(("scanner", "proofpoint"))
         );
-        let req = |prefetch, head, ua| by_request(prefetch, head, ua).map(|c| c.reason);
+        let req = |prefetch, head, ua| {
+            by_request(prefetch, head, by_user_agent_header(ua)).map(|c| c.reason)
+        };
         assert_eq!(req(true, true, Some("curl/8")), Some("prefetch_header"));
         assert_eq!(req(false, true, Some("curl/8")), Some("head_request"));
         assert_eq!(req(false, false, Some("curl/8")), Some("http_library"));
-        assert_eq!(req(false, false, None), None);
+        assert_eq!(req(false, true, None), Some("head_request"));
+        assert_eq!(req(false, false, None), Some("no_user_agent"));
+        assert_eq!(req(false, false, Some(CHROME)), None);
+        assert_eq!(by_request(false, false, None), None);
     }
 
     #[test]
     fn classes_read_back_only_as_a_user_agent_rule_gives_them() {
-        for c in user_agent_classes() {
+        for c in user_agent_header_classes() {
             let json = serde_json::to_string(&c).unwrap();
             assert_eq!(
                 json,
@@ -299,7 +327,17 @@ mod tests {
             );
             assert_eq!(serde_json::from_str::<Class>(&json).unwrap(), c);
         }
+        // The rule on a missing user agent is one the edge applies before removing it, too.
+        let missing = r#"{"class":"bot","reason":"no_user_agent"}"#;
+        assert_eq!(
+            serde_json::from_str::<Class>(missing).unwrap(),
+            Class {
+                class: TrafficClass::Bot,
+                reason: "no_user_agent"
+            }
+        );
         for bad in [
+            r#"{"class":"scanner","reason":"no_user_agent"}"#,
             r#"{"class":"bot","reason":"barracuda"}"#,
             r#"{"class":"bot","reason":"crawler_ua"}"#,
             r#"{"class":"human","reason":"no_rule_matched"}"#,

@@ -228,9 +228,12 @@ pub struct Hit {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anonymized: bool,
     /// What the request's user agent said about the client, decided at the edge just before the
-    /// privacy policy removed it ([`crate::classes::by_user_agent`]): set only on an `anonymized`
-    /// hit whose user agent matched a rule, e.g. `{"class":"bot","reason":"http_library"}`. One
-    /// of a small fixed set, so it identifies no one, and the sink classes the hit by it.
+    /// privacy policy removed it ([`crate::classes::by_user_agent_header`]): set only on an
+    /// `anonymized` hit whose user agent matched a rule or was missing, e.g.
+    /// `{"class":"bot","reason":"http_library"}` or `{"class":"bot","reason":"no_user_agent"}`.
+    /// One of a small fixed set, so it identifies no one, and the sink classes the hit by it.
+    /// `no_user_agent` came later than the other reasons: a sink older than it dead-letters such
+    /// a hit (see the compatibility rule above), so sinks are upgraded first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent_class: Option<Class>,
     /// What the edge found when it checked the URL's signature (`kid`/`exp`/`sig`): `valid`,

@@ -8,17 +8,17 @@
 //!
 //! The chosen header's entries are walked from the right, the nearest hop, past every trusted
 //! address; the first address not trusted is the client. An entry the walk reaches that is not an
-//! address (`unknown`, an obfuscated `_name` of RFC 7239 §6.3, garbage) leaves the client
-//! unknown: everything to its left was written by a node nobody vouches for, and the proxy to its
-//! right is not the client. This module owns that rule, the parsing of the headers and the CIDR
-//! matching; it does not decide what is kept of the address (privacy is applied later, off the
-//! request path).
+//! address (`unknown`, an obfuscated `_name` of RFC 7239 §6.3, garbage, bytes that are not UTF-8)
+//! leaves the client unknown: everything to its left was written by a node nobody vouches for, and
+//! the proxy to its right is not the client. This module owns that rule, the parsing of the
+//! headers and the CIDR matching; it does not decide what is kept of the address (privacy is
+//! applied later, off the request path).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use hyper::header::{HeaderMap, HeaderName, FORWARDED};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// One network, such as `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,10 @@ struct Cidr {
 }
 
 impl Cidr {
+    /// `a.b.c.d[/n]` or `x:y::z[/n]`. An IPv4-mapped network (`::ffff:a.b.c.d/n`, n ≥ 96) becomes
+    /// the IPv4 network `a.b.c.d/(n − 96)`: addresses are matched in their canonical form, so a
+    /// mapped peer is its IPv4 address. A mapped network shorter than /96 is refused: it would
+    /// reach past the mapped block into plain IPv6, and what was meant cannot be told.
     fn parse(text: &str) -> Result<Cidr, String> {
         let (addr, len) = match text.split_once('/') {
             Some((a, l)) => (a, Some(l)),
@@ -47,39 +51,50 @@ impl Cidr {
                 .filter(|l| *l <= max)
                 .ok_or_else(|| format!("`{text}` has a prefix length outside 0-{max}"))?,
         };
-        Ok(Cidr {
-            network: network.to_canonical(),
-            prefix_len,
-        })
+        match (network, network.to_canonical()) {
+            (IpAddr::V6(_), v4 @ IpAddr::V4(_)) => Ok(Cidr {
+                network: v4,
+                prefix_len: prefix_len.checked_sub(96).ok_or_else(|| {
+                    format!(
+                        "`{text}` is an IPv4-mapped network shorter than /96; \
+                         write the IPv4 network itself (::ffff:a.b.c.d/n is a.b.c.d/(n-96))"
+                    )
+                })?,
+            }),
+            _ => Ok(Cidr {
+                network,
+                prefix_len,
+            }),
+        }
     }
 
     fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_eq(&net.octets(), &ip.octets(), self.prefix_len)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => same_prefix(
+                u32::from(net).into(),
+                u32::from(ip).into(),
+                32,
+                self.prefix_len,
+            ),
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                prefix_eq(&net.octets(), &ip.octets(), self.prefix_len)
+                same_prefix(u128::from(net), u128::from(ip), 128, self.prefix_len)
             }
             _ => false,
         }
     }
 }
 
-fn prefix_eq(a: &[u8], b: &[u8], prefix_len: u8) -> bool {
-    let full = usize::from(prefix_len / 8);
-    let rest = prefix_len % 8;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    rest == 0 || {
-        let mask = 0xffu8 << (8 - rest);
-        a[full] & mask == b[full] & mask
-    }
+/// Whether two addresses of `width` bits agree in their first `prefix_len` bits. Total for any
+/// `prefix_len`: beyond `width` it compares every bit, and a shift by all 128 bits (`/0` of IPv6),
+/// which `checked_shr` refuses on both sides alike, compares none.
+fn same_prefix(a: u128, b: u128, width: u8, prefix_len: u8) -> bool {
+    let host_bits = u32::from(width.saturating_sub(prefix_len));
+    a.checked_shr(host_bits) == b.checked_shr(host_bits)
 }
 
-/// The one header the trusted proxies write to name the client (`http.client_ip_header`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The one header the trusted proxies write to name the client (`http.client_ip_header`):
+/// written as its name in lower case, and read in any case (see its `Deserialize`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientIpHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2`, each hop appending the address it received the
@@ -97,12 +112,31 @@ pub enum ClientIpHeader {
 }
 
 impl ClientIpHeader {
+    const ALL: [ClientIpHeader; 3] = [
+        ClientIpHeader::XForwardedFor,
+        ClientIpHeader::Forwarded,
+        ClientIpHeader::XRealIp,
+    ];
+
     fn name(self) -> HeaderName {
         match self {
             ClientIpHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
             ClientIpHeader::Forwarded => FORWARDED,
             ClientIpHeader::XRealIp => HeaderName::from_static("x-real-ip"),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientIpHeader {
+    /// Header names are case-insensitive (RFC 9110 §5.1), so `X-Real-IP`, as proxies' manuals
+    /// spell it, is `x-real-ip`. Any other name is an unknown variant, listing the names taken.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["x-forwarded-for", "forwarded", "x-real-ip"];
+        let text = Cow::<str>::deserialize(deserializer)?;
+        ClientIpHeader::ALL
+            .into_iter()
+            .find(|h| h.name().as_str().eq_ignore_ascii_case(&text))
+            .ok_or_else(|| serde::de::Error::unknown_variant(&text, NAMES))
     }
 }
 
@@ -157,14 +191,17 @@ impl TrustedProxies {
     }
 
     /// The entries of the configured header, from the original client to the nearest proxy;
-    /// `None` for one that is not an address. A header line that is not text is one such entry.
+    /// `None` for one that is not an address.
     fn chain(&self, headers: &HeaderMap) -> Vec<Option<IpAddr>> {
         let mut chain = Vec::new();
         for line in headers.get_all(self.header.name()) {
-            let Ok(text) = line.to_str() else {
-                chain.push(None);
-                continue;
-            };
+            // An appending proxy writes its entry on the line the client started, so bytes that
+            // are not text must spoil only the client's own entry, not the line. Lossy decoding
+            // does that: it never turns an ASCII byte (`,` `;` `"` `\`) into anything else, and
+            // an entry holding U+FFFD is not an address. Text that is valid, as nearly every
+            // line is, is borrowed, not copied.
+            let text = String::from_utf8_lossy(line.as_bytes());
+            let text = text.as_ref();
             match self.header {
                 ClientIpHeader::Forwarded => forwarded_for(text, &mut chain),
                 ClientIpHeader::XForwardedFor | ClientIpHeader::XRealIp => chain.extend(

@@ -95,8 +95,8 @@ pub struct HttpConfig {
     /// believed. Default none: the socket peer is the client.
     pub trusted_proxies: Vec<String>,
     /// The one header the trusted proxies write to name the client (`x-forwarded-for`,
-    /// `forwarded` or `x-real-ip`); the others are the client's word and ignored. Default
-    /// `x-forwarded-for`, what nearly every proxy and load balancer writes.
+    /// `forwarded` or `x-real-ip`, in any case); the others are the client's word and ignored.
+    /// Default `x-forwarded-for`, what nearly every proxy and load balancer writes.
     pub client_ip_header: ClientIpHeader,
     /// Threads serving HTTP; 0 means one per CPU core. Default 0.
     pub worker_threads: usize,
@@ -310,6 +310,11 @@ impl layers::Validate for Config {
         self.links.check()?;
         self.spool.check()?;
         self.file.check()?;
+        check(
+            self.output != Output::File || self.file.dir != self.spool.dir,
+            "file.dir",
+            "must differ from spool.dir: each is locked by its own user",
+        )?;
         check(
             !self.edge_id.trim().is_empty(),
             "edge_id",
@@ -611,7 +616,7 @@ mod tests {
             ("spool.durability", "Disk"),
             ("kafka.message_key", "bogus"),
             ("privacy.ip_mode", "bogus"),
-            ("http.client_ip_header", "X-Forwarded-For"),
+            ("http.client_ip_header", "X-Client-IP"),
         ] {
             let e = err_text(load(&[], &[(setting, value)]));
             assert!(
@@ -621,8 +626,9 @@ mod tests {
         }
     }
 
+    /// Header names are case-insensitive (RFC 9110 §5.1), so the setting is too.
     #[test]
-    fn client_ip_header_names_a_header_in_lower_case() {
+    fn client_ip_header_names_a_header_in_any_case() {
         use crate::client_ip::ClientIpHeader as H;
         assert_eq!(
             load(&[], &[]).unwrap().http.client_ip_header,
@@ -630,22 +636,42 @@ mod tests {
         );
         for (value, want) in [
             ("x-forwarded-for", H::XForwardedFor),
+            ("X-Forwarded-For", H::XForwardedFor),
             ("forwarded", H::Forwarded),
+            ("Forwarded", H::Forwarded),
             ("x-real-ip", H::XRealIp),
+            ("X-Real-IP", H::XRealIp),
+            ("X-REAL-IP", H::XRealIp),
         ] {
             let c = load(&[("PIXELPIPE_HTTP__CLIENT_IP_HEADER", value)], &[]).unwrap();
             assert_eq!(c.http.client_ip_header, want, "{value}");
             let c = load(&[], &[("http.client_ip_header", value)]).unwrap();
             assert_eq!(c.http.client_ip_header, want, "{value}");
         }
-        let e = err_text(load(
-            &[("PIXELPIPE_HTTP__CLIENT_IP_HEADER", "x_real_ip")],
-            &[],
-        ));
-        assert!(
-            e.contains("http.client_ip_header") && e.contains("x-real-ip"),
-            "the error names the setting and the values it takes: {e}"
-        );
+        // Printed in the form it is documented in, and read back.
+        let c = load(&[], &[("http.client_ip_header", "X-Real-IP")]).unwrap();
+        assert!(c.to_toml().contains("client_ip_header = \"x-real-ip\""));
+        for bad in ["x_real_ip", "X-Client-IP", ""] {
+            let e = err_text(load(&[("PIXELPIPE_HTTP__CLIENT_IP_HEADER", bad)], &[]));
+            assert!(
+                e.contains("http.client_ip_header") && e.contains("x-real-ip"),
+                "the error names the setting and the values it takes: {e}"
+            );
+        }
+    }
+
+    /// The spool and the file producer each lock their directory, so one directory for both
+    /// would fail at start as "in use"; it is refused here, naming what to change.
+    #[test]
+    fn the_file_output_needs_a_directory_of_its_own() {
+        let same = [
+            ("output", "file"),
+            ("file.dir", "/tmp/pixelpipe-x"),
+            ("spool.dir", "/tmp/pixelpipe-x/"),
+        ];
+        let e = err_text(load(&[], &same));
+        assert!(e.contains("file.dir") && e.contains("spool.dir"), "{e}");
+        assert!(load(&[], &same[1..]).is_ok(), "only with output = file");
     }
 
     #[test]

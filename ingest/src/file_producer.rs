@@ -3,7 +3,8 @@
 //! produces, and for measuring the edge without a broker. It sits behind the same
 //! [`HitProducer`] seam as Kafka, so spool, replay and readiness work unchanged.
 //!
-//! Files are `hits-<first write, ms since the epoch, 20 digits>.jsonl` under `file.dir`. The file
+//! Files are `hits-<first write, ms since the epoch, 20 digits>.jsonl` under `file.dir`, which is
+//! locked (`dir_lock`) so that a second edge cannot finish this one's live file. The file
 //! being written ends in `.part`; it is renamed to its final name (one `rename`, so a shipper that
 //! globs `*.jsonl` only ever sees complete files) when it reaches `file.rotate_bytes`, at exit,
 //! and at the next start for a `.part` a killed process left. Finished files are never deleted:
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pixelpipe_common::layers::{check, ConfigError};
 use serde::{Deserialize, Serialize};
 
+use crate::dir_lock;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::produce::{BufferFull, DeliveryFailure, HitProducer, Origin};
@@ -40,7 +42,8 @@ const PART_SUFFIX: &str = ".part";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
-    /// Directory of the hit files; created if missing. Default `/var/lib/pixelpipe/hits`.
+    /// Directory of the hit files; created if missing, and locked, so two edges cannot share
+    /// it. Default `/var/lib/pixelpipe/hits`.
     pub dir: PathBuf,
     /// A file is finished and a new one started after the write that takes it to this many
     /// bytes (so it may pass it by one write). Default 268435456 (256 MiB).
@@ -133,18 +136,28 @@ struct Shared {
 pub struct FileProducer {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// Held open for its lock: `file.dir` is this process's alone. A field, so it is released
+    /// only after `drop` has finished the last file.
+    _lock: File,
 }
 
 impl FileProducer {
-    /// Creates `config.dir`, finishes any `.part` file a previous run left, and starts the
-    /// thread that writes buffered lines every `flush_interval_ms`.
+    /// Creates and locks `config.dir`, finishes any `.part` file a previous run left, and starts
+    /// the thread that writes buffered lines every `flush_interval_ms`.
     ///
     /// # Errors
-    /// When the directory cannot be created or read, a left-over file cannot be renamed, or the
-    /// thread cannot start.
+    /// When the directory cannot be created, locked (another edge writes there) or read, a
+    /// left-over file cannot be renamed, or the thread cannot start.
     pub fn new(config: &FileConfig, ledger: Arc<Ledger>) -> Result<FileProducer> {
         fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io(format!("creating file.dir {}", config.dir.display()), e))?;
+        // Before anything is renamed: a `.part` file here may be another edge's live one.
+        let lock = dir_lock::lock(&config.dir).map_err(|e| {
+            Error::io(
+                format!("file.dir {} {}", config.dir.display(), e.what),
+                e.source,
+            )
+        })?;
         finish_left_over_parts(&config.dir)?;
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -171,6 +184,7 @@ impl FileProducer {
         Ok(FileProducer {
             shared,
             flusher: Mutex::new(Some(flusher)),
+            _lock: lock,
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod batcher;
 pub mod body;
 pub mod client_ip;
 pub mod config;
+pub mod dir_lock;
 pub mod error;
 pub mod file_producer;
 pub mod form;
@@ -224,7 +225,14 @@ pub async fn run_with_producer(
             admin_stopped,
         ))
     };
-    tracing::info!(public = ?public_addr, admin = ?admin_addr, topic = %config.kafka.topic, "edge serving");
+    match config.output {
+        Output::Kafka => {
+            tracing::info!(public = ?public_addr, admin = ?admin_addr, output = "kafka", topic = %config.kafka.topic, "edge serving")
+        }
+        Output::File => {
+            tracing::info!(public = ?public_addr, admin = ?admin_addr, output = "file", dir = %config.file.dir.display(), "edge serving")
+        }
+    }
 
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");

@@ -42,7 +42,7 @@ pub enum SignalPolicy {
     Ignore,
     /// Count the hit but keep nothing that identifies the visitor: no IP (nor its hash), no
     /// user id, no user agent, no region, city or network (the country stays); the hit is
-    /// marked `anonymized`, and keeps only the class its user agent gave
+    /// marked `anonymized`, and keeps only the class its user agent, or its absence, gave
     /// (`user_agent_class`, see `pixelpipe_common::classes`).
     Anonymous,
     /// Do not store the hit; it is counted as dropped with the signal as reason.
@@ -285,12 +285,11 @@ impl Privacy {
             hit.client_ip = None;
             hit.ip_hash = None;
             hit.user_id = None;
-            // What the user agent says about the client (a script, a scanner, a mail proxy) is
-            // one of a few fixed classes and identifies no one: it is decided here, with the rules
-            // the sink applies, before the user agent itself goes, so the hit keeps its class.
-            if let Some(ua) = hit.user_agent.take() {
-                hit.user_agent_class = classes::by_user_agent(&ua);
-            }
+            // What the user agent, or its absence, says about the client (a script, a scanner,
+            // a mail proxy) is one of a few fixed classes and identifies no one: it is decided
+            // here, with the rules the sink applies, before the user agent itself goes, so the
+            // hit keeps its class.
+            hit.user_agent_class = classes::by_user_agent_header(hit.user_agent.take().as_deref());
             // The country stays (it identifies no one); finer places and the network go.
             hit.geo_region = None;
             hit.geo_city = None;

@@ -20,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::body;
 use crate::client_ip::TrustedProxies;
-use crate::config::{Config, HttpConfig, LimitsConfig};
+use crate::config::{Config, HttpConfig, LimitsConfig, Output};
 use crate::error::Error;
 use crate::hit::{apply_json_object, apply_query, CutReason, Draft, InvalidReason, RequestMeta};
 use crate::json;
@@ -42,6 +42,8 @@ pub struct Edge {
     trusted: TrustedProxies,
     queue: HitQueue,
     producer: SharedProducer,
+    /// Which output the producer is, for the reasons `/readyz` gives.
+    output: Output,
     ledger: Arc<Ledger>,
     metrics: Metrics,
     shutting_down: AtomicBool,
@@ -67,6 +69,7 @@ impl Edge {
             trusted,
             queue,
             producer,
+            output: config.output,
             metrics: ledger.metrics().clone(),
             ledger,
             shutting_down: AtomicBool::new(false),
@@ -330,10 +333,15 @@ impl Edge {
 
     /// Ready only when every condition holds; otherwise 503 naming each that does not.
     fn readyz(&self) -> Response<ResponseBody> {
+        let (not_connected, failing) = match self.output {
+            Output::Kafka => ("kafka not connected", "kafka deliveries failing"),
+            // The file producer is "connected" while its latest write succeeded.
+            Output::File => ("file output failing", "file writes failing"),
+        };
         let problems = [
             (self.shutting_down.load(Ordering::SeqCst), "shutting down"),
-            (!self.producer.connected(), "kafka not connected"),
-            (self.ledger.failing(), "kafka deliveries failing"),
+            (!self.producer.connected(), not_connected),
+            (self.ledger.failing(), failing),
             (
                 self.queue.above_high_water(),
                 "queue above its high-water mark",

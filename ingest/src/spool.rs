@@ -33,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pixelpipe_common::layers::{check, ConfigError};
 use serde::{Deserialize, Serialize};
 
+use crate::dir_lock;
 use crate::metrics::Metrics;
 use record::{Decoded, Record};
 
@@ -40,7 +41,6 @@ use record::{Decoded, Record};
 pub type SegmentId = u64;
 
 const SEGMENT_SUFFIX: &str = ".seg";
-const LOCK_FILE: &str = "LOCK";
 
 /// When a hit reaches the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,10 +246,7 @@ impl Spool {
             move |source| OpenError { dir, what, source }
         };
         fs::create_dir_all(&dir).map_err(err("cannot create it"))?;
-        let lock = File::create(dir.join(LOCK_FILE)).map_err(err("cannot create its lock file"))?;
-        lock.try_lock()
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .map_err(err("is in use by another process"))?;
+        let lock = dir_lock::lock(&dir).map_err(|e| err(e.what)(e.source))?;
         let mut segments = BTreeMap::new();
         let mut total_bytes = 0;
         for id in segment_ids(&dir).map_err(err("cannot list it"))? {

@@ -17,6 +17,8 @@ async fn hits_become_lines_in_the_hit_files() {
     config.file.dir = spool_dir().join("hits");
     config.kafka.brokers = "127.0.0.1:1".into();
     let dir = config.file.dir.clone();
+    let mut second = config.clone();
+    second.spool.dir = spool_dir();
     let listeners = Listeners::bind(&config).unwrap();
     let addr = listeners.public_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -45,6 +47,15 @@ async fn hits_become_lines_in_the_hit_files() {
     })
     .await
     .unwrap();
+    // A second edge on the same `file.dir` is refused at start, naming it; the first one's
+    // live file is left alone (all its lines are counted below).
+    let listeners = Listeners::bind(&second).unwrap();
+    let refused = run(second, listeners, async {}).await.err().unwrap();
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("file.dir") && refused.contains("in use by another process"),
+        "{refused}"
+    );
     stop.send(()).unwrap();
     let report = edge.await.unwrap().unwrap();
     assert_eq!((report.accepted, report.delivered), (22, 22));
@@ -53,6 +64,9 @@ async fn hits_become_lines_in_the_hit_files() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name == pixelpipe_ingest::dir_lock::LOCK_FILE {
+            continue;
+        }
         assert!(name.ends_with(".jsonl"), "finished at stop: {name}");
         for line in std::fs::read_to_string(&path).unwrap().lines() {
             let hit = pixelpipe_ingest::wire::decode(line.as_bytes()).unwrap();

@@ -894,8 +894,8 @@ struct Judged {
 }
 
 /// Machines stay machines: a script or scanner that sends `DNT: 1` or `Sec-GPC: 1` is stored
-/// anonymised, without its user agent, but with the class that user agent gave at the edge; and a
-/// signed click that follows its send time within seconds is a link scanner's.
+/// anonymised, without its user agent, but with the class that user agent (or its absence) gave
+/// at the edge; and a signed click that follows its send time within seconds is a link scanner's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "integration"),
@@ -948,6 +948,13 @@ async fn anonymous_machines_and_instant_clicks_are_classed_as_machines() {
             Some(("DNT", "1")),
             200,
         ),
+        // No `User-Agent` header at all (`curl -A ''`).
+        (
+            "/p.gif?site=s&e=open&case=no_ua_dnt".into(),
+            "",
+            Some(("DNT", "1")),
+            200,
+        ),
         // Clicked 2 s after the message was sent: on delivery.
         (click("click_2s", now - 2), CHROME, None, 302),
         (click("click_1h", now - 3600), CHROME, None, 302),
@@ -956,7 +963,11 @@ async fn anonymous_machines_and_instant_clicks_are_classed_as_machines() {
     let sent = requests.len() as u64;
     tokio::task::spawn_blocking(move || {
         for (target, ua, signal, status) in requests {
-            let mut headers = vec![("User-Agent", ua)];
+            // An empty user agent stands for none: the header is left out.
+            let mut headers: Vec<_> = (!ua.is_empty())
+                .then_some(("User-Agent", ua))
+                .into_iter()
+                .collect();
             headers.extend(signal);
             assert_eq!(
                 http(addr, "GET", &target, &headers, b"").status,
@@ -1012,6 +1023,7 @@ async fn anonymous_machines_and_instant_clicks_are_classed_as_machines() {
                 "click_soon_after_send"
             ),
             ("curl_dnt", "open", "", 1, "bot", "http_library"),
+            ("no_ua_dnt", "open", "", 1, "bot", "no_user_agent"),
             ("scanner_gpc", "open", "", 1, "scanner", "barracuda"),
         ]
     );

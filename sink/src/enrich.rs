@@ -5,8 +5,8 @@
 //! It owns the user-agent parser (uap-core, the rule set every ua-parser port shares, embedded
 //! from `sink/rules/uap-core/` or read from `enrich.ua_rules_path`), a bounded cache of parsed user
 //! agents, and the rules that need the parser, the network or the send time. The rules on the
-//! request alone (prefetch, `HEAD`, the vendor lists) are `pixelpipe_common::classes`, shared with
-//! the edge. It does not decode the wire format (`row` does, through `pixelpipe_common::wire`), and
+//! request alone (prefetch, `HEAD`, a missing user agent, the vendor lists) are
+//! `pixelpipe_common::classes`, shared with the edge. It does not decode the wire format (`row` does, through `pixelpipe_common::wire`), and
 //! it never drops a hit: every hit gets a class, and `human` means only that no rule matched.
 //!
 //! Why here and not at the edge: parsing a user agent costs microseconds (see docs/benchmarks.md),
@@ -14,8 +14,10 @@
 //! answers most lookups; the edge keeps its batcher threads for geo and privacy, which need the
 //! raw address. The edge forwards the request signals this module needs (`head_request`,
 //! `prefetch`, a signed send time, and for an anonymised hit what the shared rules made of the user
-//! agent it removed) on the wire. The crawler rule therefore does not apply to a hit whose user
-//! agent the privacy policy removed: the parser is not at the edge.
+//! agent it removed, or of its absence) on the wire. The crawler rule therefore does not apply to a
+//! hit whose user agent the privacy policy removed: the parser is not at the edge. Nor does the
+//! datacenter rule: the policy removes the network too, and the list of datacenter networks is
+//! this service's setting, not the edge's (docs/privacy.md).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -117,21 +119,21 @@ impl Enricher {
     pub fn classify(&self, hit: &Hit, ua: Option<&UserAgentInfo>) -> Class {
         use TrafficClass::{Bot, Human, Scanner};
         let class = |class, reason| Class { class, reason };
-        // The rules on the request alone, the ones the edge applies too; a hit whose user agent
-        // the edge removed carries what those rules made of it there.
-        if let Some(found) =
-            classes::by_request(hit.prefetch, hit.head_request, hit.user_agent.as_deref())
-                .or(hit.user_agent_class)
-        {
+        // The rules on the request alone, the ones the edge applies too. A hit whose user agent
+        // the edge removed carries what the user-agent rules made of it (or of its absence)
+        // there; one from an edge older than that carries nothing, and its missing user agent
+        // says nothing either.
+        let removed = hit.anonymized && hit.user_agent.is_none();
+        let user_agent_class = if removed {
+            hit.user_agent_class
+        } else {
+            classes::by_user_agent_header(hit.user_agent.as_deref())
+        };
+        if let Some(found) = classes::by_request(hit.prefetch, hit.head_request, user_agent_class) {
             return found;
         }
-        if hit.user_agent.is_some() {
-            if ua.is_some_and(|u| u.crawler) {
-                return class(Bot, "crawler_ua");
-            }
-        } else if !hit.anonymized {
-            // Every browser and mail client sends one; its absence is a script.
-            return class(Bot, "no_user_agent");
+        if ua.is_some_and(|u| u.crawler) {
+            return class(Bot, "crawler_ua");
         }
         if hit
             .asn
@@ -155,7 +157,7 @@ impl Enricher {
             }
             _ => {}
         }
-        if hit.anonymized && hit.user_agent.is_none() {
+        if removed {
             // The edge removed the user agent for a privacy signal; only request signals were
             // left to judge by, and none matched.
             return class(Human, "anonymized");
@@ -559,6 +561,12 @@ pub(crate) mod tests {
         assert_eq!(
             decoded(r#","user_agent_class":{"class":"email_proxy","reason":"apple_mail_privacy"}"#),
             ("email_proxy", "apple_mail_privacy")
+        );
+        // An anonymised request that sent no user agent at all is a script's, as it would be
+        // without the privacy signal.
+        assert_eq!(
+            decoded(r#","user_agent_class":{"class":"bot","reason":"no_user_agent"}"#),
+            ("bot", "no_user_agent")
         );
         // A hit from an edge that sent no class (older, or a browser's user agent) is what it
         // was before.

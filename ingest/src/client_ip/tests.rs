@@ -315,3 +315,94 @@ fn a_trusted_peer_without_the_header_is_the_client() {
     );
     assert_eq!(fwd("10.0.0.1", &[("forwarded", "")]), some("10.0.0.1"));
 }
+
+/// An IPv4-mapped network (`::ffff:a.b.c.d/n`) is matched as the IPv4 network it carries, since
+/// every address is compared in its canonical form: a mapped peer is the IPv4 peer.
+#[test]
+fn ipv4_mapped_networks_are_the_ipv4_networks_they_carry() {
+    let t = trusting(
+        &["::ffff:127.0.0.0/104", "::ffff:192.0.2.7"],
+        ClientIpHeader::default(),
+    );
+    for trusted in ["127.0.0.1", "127.255.0.9", "::ffff:127.0.0.1", "192.0.2.7"] {
+        assert!(t.trusts(ip(trusted)), "{trusted}");
+    }
+    for other in ["128.0.0.1", "192.0.2.8", "::1", "::127.0.0.1"] {
+        assert!(!t.trusts(ip(other)), "{other}");
+    }
+    let every_v4 = trusting(&["::ffff:0.0.0.0/96"], ClientIpHeader::default());
+    assert!(every_v4.trusts(ip("8.8.8.8")) && every_v4.trusts(ip("::ffff:8.8.8.8")));
+    assert!(!every_v4.trusts(ip("2001:db8::1")));
+}
+
+/// A mapped network shorter than /96 would reach past the mapped block into plain IPv6, while a
+/// mapped address is matched as IPv4: what was meant cannot be told, so it is refused.
+#[test]
+fn a_mapped_network_shorter_than_96_bits_is_refused() {
+    for bad in ["::ffff:0.0.0.0/95", "::ffff:10.0.0.0/8", "::ffff:0:0/0"] {
+        let e = TrustedProxies::parse(&[bad], ClientIpHeader::default()).unwrap_err();
+        assert!(e.contains(bad) && e.contains("96"), "{e}");
+    }
+}
+
+proptest::proptest! {
+    /// Whatever the text, the parser answers Ok or an error, and a network it accepted matches
+    /// any address without panicking (and always matches its own address).
+    #[test]
+    fn any_cidr_text_parses_or_is_refused_and_never_panics_later(
+        v4 in proptest::prelude::any::<std::net::Ipv4Addr>(),
+        v6 in proptest::prelude::any::<Ipv6Addr>(),
+        prefix in 0u16..300,
+        form in 0u8..4,
+        noise in "\\PC{0,24}",
+        probes in proptest::collection::vec(proptest::prelude::any::<IpAddr>(), 1..8),
+    ) {
+        let text = match form {
+            0 => format!("{}/{prefix}", v4.to_ipv6_mapped()),
+            1 => format!("{v6}/{prefix}"),
+            2 => format!("{v4}/{prefix}"),
+            _ => noise,
+        };
+        if let Ok(cidr) = Cidr::parse(&text) {
+            for probe in probes {
+                let _ = cidr.contains(probe);
+                let _ = cidr.contains(IpAddr::V6(match probe {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                }));
+            }
+            proptest::prop_assert!(cidr.contains(cidr.network), "{text}");
+        }
+    }
+}
+
+/// nginx's `$proxy_add_x_forwarded_for` appends the peer to whatever the client sent, on the same
+/// line: bytes the client sent that are not text spoil only their own entry, and the proxy's
+/// entry to the right of them still names the client.
+#[test]
+fn an_entry_that_is_not_text_spoils_only_itself() {
+    let raw = |header: &'static str, value: &[u8], header_kind| {
+        let mut h = HeaderMap::new();
+        h.append(header, HeaderValue::from_bytes(value).unwrap());
+        trusting(&["10.0.0.0/8"], header_kind).client_ip(ip("10.0.0.1"), &h)
+    };
+    let xff = |value: &[u8]| raw("x-forwarded-for", value, ClientIpHeader::XForwardedFor);
+    let fwd = |value: &[u8]| raw("forwarded", value, ClientIpHeader::Forwarded);
+    assert_eq!(xff(b"\xff\xfe, 203.0.113.9"), some("203.0.113.9"));
+    assert_eq!(xff(b"\xff\xfe, 203.0.113.9, 10.0.0.5"), some("203.0.113.9"));
+    assert_eq!(
+        xff("caf\u{e9}, 203.0.113.9".as_bytes()),
+        some("203.0.113.9")
+    );
+    assert_eq!(
+        xff(b"203.0.113.9, \xff\xfe"),
+        None,
+        "the walk reaches the bad entry"
+    );
+    assert_eq!(fwd(b"for=\xff\xfe, for=203.0.113.9"), some("203.0.113.9"));
+    assert_eq!(
+        fwd(b"for=198.51.100.7;ext=\"\xff\", for=203.0.113.9"),
+        some("203.0.113.9")
+    );
+    assert_eq!(fwd(b"for=203.0.113.9, for=\"\xff\""), None);
+}

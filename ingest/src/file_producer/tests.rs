@@ -10,12 +10,20 @@ fn config(dir: &Path) -> FileConfig {
     }
 }
 
+/// The hit files in `dir` (every file but the lock), by name.
+fn hit_files(dir: &Path) -> Vec<fs::DirEntry> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.file_name() != crate::dir_lock::LOCK_FILE)
+        .collect()
+}
+
 /// The finished files in `dir`, by name, and the lines of each.
 fn files(dir: &Path) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<_> = fs::read_dir(dir)
-        .unwrap()
+    let mut out: Vec<_> = hit_files(dir)
+        .into_iter()
         .map(|e| {
-            let e = e.unwrap();
             let text = fs::read_to_string(e.path()).unwrap();
             (
                 e.file_name().into_string().unwrap(),
@@ -76,9 +84,9 @@ fn lines_are_written_within_the_flush_interval_without_a_flush() {
         assert!(Instant::now() < deadline, "never written");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let part: Vec<_> = fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
+    let part: Vec<_> = hit_files(&dir)
+        .into_iter()
+        .map(|e| e.file_name().into_string().unwrap())
         .collect();
     assert_eq!(part.len(), 1);
     assert!(part[0].ends_with(".jsonl.part"), "{part:?}");
@@ -135,6 +143,38 @@ fn a_failed_write_sends_its_hits_to_the_spool() {
     let want: Vec<_> = (0..3).map(|i| (Some(b"k".to_vec()), payload(i))).collect();
     assert_eq!(replayed, want, "each hit with its key");
     drop(producer);
+}
+
+/// A second edge on the same `file.dir` would finish (rename) the first one's live `.part` file:
+/// it is refused at start, naming the setting and the directory.
+#[test]
+fn a_directory_is_one_edge_s() {
+    let t = TempLedger::new();
+    let dir = t.dir().join("hits");
+    let first = FileProducer::new(&config(&dir), t.ledger()).unwrap();
+    first.send(None, b"{\"a\":1}", Origin::Memory).unwrap();
+    first.flush(Duration::from_secs(1));
+    let live = || {
+        hit_files(&dir)
+            .iter()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl.part"))
+            .count()
+    };
+    assert_eq!(live(), 1);
+    let err = FileProducer::new(&config(&dir), t.ledger())
+        .err()
+        .expect("a second producer on the same directory fails")
+        .to_string();
+    assert!(
+        err.contains("file.dir")
+            && err.contains(&dir.display().to_string())
+            && err.contains("in use by another process"),
+        "{err}"
+    );
+    assert_eq!(live(), 1, "the first edge's file is untouched");
+    drop(first);
+    // Once the first is gone, the directory can be taken again.
+    drop(FileProducer::new(&config(&dir), t.ledger()).unwrap());
 }
 
 #[test]

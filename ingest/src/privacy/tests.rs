@@ -301,6 +301,17 @@ fn an_anonymous_hit_keeps_the_class_its_user_agent_gave_and_not_the_user_agent()
         None,
         "a browser leaves no class behind"
     );
+    // No user agent at all is a script's, as the sink would judge it: the hit says so too.
+    let mut h = quiet_hit();
+    h.user_agent = None;
+    h.dnt = Some("1".into());
+    assert_eq!(p.apply(&mut h), Verdict::Keep);
+    assert!(h.anonymized);
+    assert_eq!(
+        h.user_agent_class,
+        class(TrafficClass::Bot, "no_user_agent"),
+        "a missing user agent is not a person's either"
+    );
     // Without an anonymous answer the user agent stays and the sink judges it itself.
     let mut h = quiet_hit();
     h.user_agent = Some("curl/8.5.0".into());

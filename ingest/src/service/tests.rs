@@ -228,6 +228,25 @@ async fn readiness_tells_failing_deliveries_and_a_filling_spool() {
     assert_eq!(body, "not ready: spool above its high-water mark\n");
 }
 
+/// With `output = "file"` the reasons name the file output, not Kafka.
+#[tokio::test]
+async fn readiness_names_the_file_output() {
+    let spool = TempLedger::new();
+    let ledger = spool.ledger();
+    let f = fixture_with(
+        Config {
+            output: crate::Output::File,
+            ..config()
+        },
+        16,
+        spool,
+    );
+    ledger.failed(Origin::Memory, None, &[0; 40], DeliveryFailure::WriteFailed);
+    let (status, _, body) = call(&f, req("GET", "/readyz", "")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body, "not ready: file writes failing\n");
+}
+
 #[tokio::test]
 async fn collect_takes_one_or_many_hits() {
     let f = fixture(config(), 16);
