@@ -72,6 +72,7 @@ fn durability(c: &mut Criterion) {
                         BatcherSettings {
                             threads: 1,
                             batch_max_hits: BATCH,
+                            linger: std::time::Duration::ZERO,
                             durability,
                             outbound: outbound.clone(),
                         },

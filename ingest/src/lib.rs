@@ -159,6 +159,7 @@ pub async fn run_with_producer(
         BatcherSettings {
             threads: config.queue.batcher_threads,
             batch_max_hits: config.queue.batch_max_hits,
+            linger: Duration::from_millis(config.queue.batch_linger_ms),
             durability: config.spool.durability,
             outbound,
         },

@@ -17,6 +17,7 @@ fn settings(outbound: Outbound, durability: Durability) -> BatcherSettings {
     BatcherSettings {
         threads: 2,
         batch_max_hits: 8,
+        linger: std::time::Duration::ZERO,
         durability,
         outbound,
     }
@@ -60,6 +61,40 @@ fn sorted_ids<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Vec<uuid::Uuid> {
         .collect();
     ids.sort();
     ids
+}
+
+/// With a linger, the first hit of a quiet spell is taken at once, and a stop while the batcher
+/// sleeps still hands every hit over.
+#[test]
+fn a_lingering_batcher_takes_what_gathered_and_drains_on_stop() {
+    let t = TempLedger::new();
+    let producer = Arc::new(RecordingProducer::default());
+    producer.report_to(t.ledger());
+    let outbound = t.outbound();
+    let (q, rx) = HitQueue::new(1000, 80, outbound.clone());
+    let mut s = settings(outbound, Durability::Memory);
+    (s.threads, s.batch_max_hits) = (1, 1000);
+    s.linger = std::time::Duration::from_millis(300);
+    let b = Batchers::spawn(rx, producer.clone(), s, t.metrics().clone()).unwrap();
+    let hits = numbered(100);
+    let ids: Vec<_> = hits.iter().map(|h| h.event_id).collect();
+    let mut hits = hits.into_iter();
+    q.offer(hits.next().unwrap());
+    // The first hit of a quiet spell is taken at once; the batcher then sleeps.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while producer.sent.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first hit never taken"
+        );
+        std::thread::yield_now();
+    }
+    for h in hits {
+        q.offer(h);
+    }
+    b.stop_and_drain();
+    let sent = producer.sent.lock().unwrap();
+    assert_eq!(sorted_ids(sent.iter().map(|(_, p)| p.as_slice())), ids);
 }
 
 #[test]
