@@ -113,8 +113,10 @@ impl Worker {
             }
             batch.extend(self.rx.try_iter().take(self.settings.batch_max_hits - 1));
             self.metrics.batch_taken(batch.len(), self.rx.len());
+            // A full batch means more is waiting: take it now, so the linger never caps the rate.
+            let full = batch.len() == self.settings.batch_max_hits;
             self.hand_over(batch.drain(..));
-            if !self.settings.linger.is_zero() {
+            if !full && !self.settings.linger.is_zero() {
                 std::thread::sleep(self.settings.linger);
             }
         }

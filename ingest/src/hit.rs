@@ -536,9 +536,11 @@ impl<'a> Draft<'a> {
         self.params += 1;
         if self.params > self.limits.max_params {
             self.cuts.add(CutReason::TooManyParams);
+        } else if key.is_empty() || value.is_empty() {
+            // Absent, as in `param`: nothing to check or keep.
         } else if key.len() > self.limits.max_key_bytes {
             self.cuts.add(CutReason::KeyTooLong);
-        } else if !key.is_empty() && !value.is_empty() {
+        } else {
             let value = bounded(value, self.limits.max_value_bytes, &mut self.cuts).into_owned();
             self.fields.props.push((key.to_owned(), value));
         }
@@ -666,27 +668,49 @@ const ADDED_AFTER_BUILD_BYTES: usize = 2048;
 /// no name, so properties are the worst case. Events per request and body limits do not enter:
 /// each event is its own message.
 pub fn largest_message_bytes(limits: &LimitsConfig, edge_id: &str) -> usize {
-    // Encoded with no property and with one, then counted up: the bound costs the memory of one
-    // property whatever `max_params` is.
-    let encoded_len = |props: usize| {
+    // Counted up from a few small hits, never built at full size: the encoded length grows
+    // linearly with the value length (every header and property value), the name length and the
+    // number of properties, so the slopes measured on small hits give the bound by arithmetic,
+    // whatever the limits are.
+    let len = |props: usize, key: usize, value: usize| {
+        let small = LimitsConfig {
+            max_params: props.max(1),
+            max_key_bytes: key,
+            max_value_bytes: value,
+            ..limits.clone()
+        };
         let mut encoded = Vec::new();
-        if let Some(hit) = largest_hit(limits, edge_id, props) {
+        if let Some(hit) = largest_hit(&small, edge_id, props) {
             crate::wire::encode(&hit, &mut encoded);
         }
-        encoded.len()
+        encoded.len() as u128
     };
-    let (none, one) = (encoded_len(0), encoded_len(1));
-    if none == 0 {
+    let (k0, v0) = (8, 16);
+    let base = len(0, k0, v0);
+    let per_value_byte = len(0, k0, 2 * v0).saturating_sub(base) / v0 as u128;
+    // One more property adds its own bytes and a comma.
+    let property = len(1, k0, v0).saturating_sub(base) + 1;
+    let per_property_key_byte =
+        (len(1, 2 * k0, v0).saturating_sub(base) + 1).saturating_sub(property) / k0 as u128;
+    let per_property_value_byte = (len(1, k0, 2 * v0).saturating_sub(len(0, k0, 2 * v0)) + 1)
+        .saturating_sub(property)
+        / v0 as u128;
+    if base == 0 {
         // Unreachable: the site and kind are valid. No bound is then the safe answer.
         return usize::MAX;
     }
-    // One more property adds its own bytes and a comma.
-    let per_property = one - none + 1;
-    limits
-        .max_value_bytes
-        .saturating_add(none)
-        .saturating_add(limits.max_params.saturating_mul(per_property))
-        .saturating_add(ADDED_AFTER_BUILD_BYTES)
+    let (p, k, v) = (
+        limits.max_params as u128,
+        limits.max_key_bytes as u128,
+        limits.max_value_bytes as u128,
+    );
+    let hit = base
+        + per_value_byte * v.saturating_sub(v0 as u128)
+        + p * (property
+            + per_property_key_byte * k.saturating_sub(k0 as u128)
+            + per_property_value_byte * v.saturating_sub(v0 as u128));
+    // The key is at most a `uid`, so `max_value_bytes`.
+    usize::try_from(v + hit + ADDED_AFTER_BUILD_BYTES as u128).unwrap_or(usize::MAX)
 }
 
 /// The largest hit with `props` properties (see [`largest_message_bytes`]).

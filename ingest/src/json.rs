@@ -132,8 +132,13 @@ impl<'a> Body<'a> {
         if !self.not_utf8_at.is_empty() {
             // `raw` is a slice of `self.text` (serde_json borrows every raw value from its input).
             let start = (raw.get().as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);
-            let range = start..start + raw.get().len();
-            t.not_utf8 = self.not_utf8_at.iter().any(|at| range.contains(at));
+            // The offsets are in order: one binary search, so a body with many bad bytes and
+            // many members costs no more than its size.
+            let first = self.not_utf8_at.partition_point(|&at| at < start);
+            t.not_utf8 = self
+                .not_utf8_at
+                .get(first)
+                .is_some_and(|&at| at < start + raw.get().len());
         }
         t
     }

@@ -97,6 +97,30 @@ fn a_lingering_batcher_takes_what_gathered_and_drains_on_stop() {
     assert_eq!(sorted_ids(sent.iter().map(|(_, p)| p.as_slice())), ids);
 }
 
+/// A full batch means more is waiting: the batcher takes it at once, so a long linger never caps
+/// the rate at `batch_max_hits` per linger.
+#[test]
+fn a_full_batch_is_followed_at_once_whatever_the_linger() {
+    let t = TempLedger::new();
+    let producer = Arc::new(RecordingProducer::default());
+    producer.report_to(t.ledger());
+    let outbound = t.outbound();
+    let (q, rx) = HitQueue::new(1000, 80, outbound.clone());
+    for h in numbered(50) {
+        q.offer(h);
+    }
+    let mut s = settings(outbound, Durability::Memory);
+    (s.threads, s.batch_max_hits) = (1, 5);
+    s.linger = std::time::Duration::from_secs(3600);
+    let _b = Batchers::spawn(rx, producer.clone(), s, t.metrics().clone()).unwrap();
+    // Ten full batches; a batcher that slept after each would take ten hours.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while producer.sent.lock().unwrap().len() < 50 {
+        assert!(std::time::Instant::now() < deadline, "stuck in the linger");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn every_queued_hit_is_produced_once_and_decodes() {
     let t = TempLedger::new();

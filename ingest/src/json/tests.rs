@@ -121,6 +121,24 @@ fn bytes_that_are_not_utf8_mark_their_string_only() {
         ]
     );
     assert_eq!(m[0].1, scalar("café", 0));
+
+    // Many members and many bad bytes: each member is told by its own bytes only.
+    let mut bytes = b"{".to_vec();
+    for i in 0..300 {
+        let bad = i % 3 == 0;
+        bytes.extend(format!("\"m{i}\":\"").bytes());
+        bytes.extend(if bad { &b"\xFF\xFE"[..] } else { b"ok" });
+        bytes.extend(b"\",");
+    }
+    bytes.extend(b"\"end\":1}");
+    let body = Body::new(&bytes);
+    let events = body.events().unwrap();
+    let m = body.members(events[0]).unwrap();
+    for (i, (k, v)) in m.iter().take(300).enumerate() {
+        let marked = matches!(v, Value::Scalar(t) if t.not_utf8);
+        assert_eq!(marked, i % 3 == 0, "{}", k.text);
+        assert!(!k.not_utf8);
+    }
 }
 
 #[test]
