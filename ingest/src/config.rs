@@ -316,7 +316,7 @@ impl layers::Validate for Config {
         self.spool.check()?;
         self.file.check()?;
         check(
-            self.output != Output::File || self.file.dir != self.spool.dir,
+            self.output != Output::File || lexical(&self.file.dir) != lexical(&self.spool.dir),
             "file.dir",
             "must differ from spool.dir: each is locked by its own user",
         )?;
@@ -494,6 +494,24 @@ impl layers::Validate for Config {
         }
         Ok(())
     }
+}
+
+/// `path` with `.` dropped and `..` folded into its parent, without touching the disk (the
+/// directories may not exist yet): `/a/./b/../b` and `/a/b` are one directory. A symbolic link
+/// can still hide that two paths are one; the directory lock catches that at start.
+fn lexical(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// librdkafka's default `message.max.bytes` (CONFIGURATION.md of librdkafka 2.x).
@@ -682,6 +700,13 @@ mod tests {
         let e = err_text(load(&[], &same));
         assert!(e.contains("file.dir") && e.contains("spool.dir"), "{e}");
         assert!(load(&[], &same[1..]).is_ok(), "only with output = file");
+        let dotted = [
+            ("output", "file"),
+            ("file.dir", "/tmp/pixelpipe-x"),
+            ("spool.dir", "/tmp/./pixelpipe-x/../pixelpipe-x"),
+        ];
+        let e = err_text(load(&[], &dotted));
+        assert!(e.contains("file.dir") && e.contains("spool.dir"), "{e}");
     }
 
     #[test]
