@@ -5,9 +5,29 @@
 
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+/// A keep-alive HTTP/1.1 connection to `addr` (`TCP_NODELAY`, its driver spawned on the current
+/// runtime), for the load generators; `None` when it cannot be made within 2 s.
+pub async fn connect(addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    stream.set_nodelay(true).ok()?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(sender)
+}
 
 /// The `i`-th request of the mix as an in-memory `GET`, with the headers a browser sends (meant
 /// for the pixel requests of the mix; see [`sample_request`]).

@@ -17,7 +17,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
-use hyper_util::rt::TokioIo;
+use pixelpipe_bench::connect;
 
 /// Send numbered pixel hits at a fixed rate and report which were answered.
 #[derive(Parser)]
@@ -110,19 +110,6 @@ async fn worker(c: usize, args: &Args, started: Instant, next: &AtomicU64, tally
             conn = None;
         }
     }
-}
-
-async fn connect(addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    stream.set_nodelay(true).ok()?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    Some(sender)
 }
 
 /// One pixel request; true when answered 2xx within 5 s.

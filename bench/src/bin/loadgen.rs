@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use pixelpipe_bench::{hits_in, sample_request, SampleRequest, USER_AGENTS};
+use pixelpipe_bench::{connect, hits_in, sample_request, SampleRequest, USER_AGENTS};
 
 /// Send tracking-pixel traffic to a pixelpipe edge and report what came back.
 #[derive(Parser)]
@@ -260,19 +260,6 @@ fn request(
 
 /// The pixel URL of `--mix pixel` (the same as `bench/compare.sh`'s).
 const PIXEL: &str = "/p.gif?site=bench.example&e=pageview&url=https%3A%2F%2Fbench.example%2Fa&campaign=spring&variant=B&uid=u42";
-
-async fn connect(addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
-    stream.set_nodelay(true).ok()?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    Some(sender)
-}
 
 /// The answer's status, or `None` when the exchange failed or took over 10 s.
 async fn send(sender: &mut SendRequest<Full<Bytes>>, req: Request<Full<Bytes>>) -> Option<u16> {
