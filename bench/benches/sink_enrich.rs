@@ -11,7 +11,7 @@ use pixelpipe_bench::USER_AGENTS;
 use pixelpipe_ingest::wire;
 use pixelpipe_sink::config::EnrichConfig;
 use pixelpipe_sink::enrich::Enricher;
-use pixelpipe_sink::row::{decode, Decoded};
+use pixelpipe_sink::row::{decode_hit, Decoded, Lineage};
 
 /// More real user agents than the load mix, so an uncached run does not favour one rule.
 const MORE: [&str; 5] = [
@@ -65,11 +65,16 @@ fn sink_enrich(c: &mut Criterion) {
     group.bench_function("payload_to_enriched_row_cached", |b| {
         b.iter(|| {
             i += 1;
-            match decode(
+            let at = Lineage {
+                partition: 0,
+                offset: i as i64,
+                index: 0,
+            };
+            match decode_hit(
                 "t",
-                0,
-                i as i64,
+                at,
                 &payloads[i % payloads.len()],
+                usize::MAX,
                 &mut enricher,
             ) {
                 Decoded::Hit(row) => row,

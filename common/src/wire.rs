@@ -4,11 +4,19 @@
 //! decodes with [`decode`]; nobody else serialises a [`Hit`]. It does not know where a hit comes
 //! from (the edge's `hit` module) nor where it goes (the edge's batchers, the sink).
 //!
-//! The encoding is one JSON object per Kafka message, UTF-8, with a `schema_version` field. JSON is
-//! chosen over a binary format because any Kafka tool (`kcat`, a dead-letter replay, a second
-//! consumer) can read it without this crate, and because the encoding cost sits in the batcher
-//! threads, off the request path; lz4 on the producer takes most of the size overhead back.
-//! Absent optional fields are left out rather than written as `null`.
+//! A hit's encoding is one JSON object, UTF-8, with a `schema_version` field. JSON is chosen over a
+//! binary format because any Kafka tool (`kcat`, a dead-letter replay, a second consumer) can read
+//! it without this crate, and because the encoding cost sits in the batcher threads, off the
+//! request path; lz4 on the producer takes most of the size overhead back. Absent optional fields
+//! are left out rather than written as `null`.
+//!
+//! A Kafka message carries one hit or several (a *packed* message): the hits' encodings joined by
+//! a newline, i.e. JSON Lines, which `jq` and most log tools read as they are. [`pack`] writes one,
+//! [`unpack`] splits one. serde_json escapes every control character inside a string, so an
+//! encoded hit never contains a newline and the split is exact. Each hit in a message is decoded,
+//! checked and dead-lettered on its own. A message of one hit is byte for byte what one hit per
+//! message always was, so this build reads messages from edges of either kind; an older sink
+//! reads a packed message as malformed and dead-letters it (replayable once it is upgraded).
 //!
 //! Compatibility rule: adding an optional field keeps the version; removing or changing the meaning
 //! of a field bumps [`SCHEMA_VERSION`], and a decoder rejects versions it does not know. Fields a
@@ -278,7 +286,34 @@ pub fn encode(hit: &Hit, buf: &mut Vec<u8>) {
     serde_json::to_writer(buf, hit).expect("a Hit always serialises");
 }
 
-/// Decodes one Kafka message payload.
+/// Separates the hits of a packed message.
+pub const SEPARATOR: u8 = b'\n';
+
+/// Appends one hit's encoding (from [`encode`]) to a message being packed.
+pub fn pack(message: &mut Vec<u8>, hit: &[u8]) {
+    if !message.is_empty() {
+        message.push(SEPARATOR);
+    }
+    message.extend_from_slice(hit);
+}
+
+/// The hits' encodings in a message, in the order packed. A newline at the very end is allowed
+/// (JSON Lines writers add one) and yields nothing; any other empty piece is yielded, so the
+/// caller can refuse it. An empty message yields one empty piece.
+pub fn unpack(message: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let body = match message.split_last() {
+        Some((&SEPARATOR, rest)) => rest,
+        _ => message,
+    };
+    body.split(|b| *b == SEPARATOR)
+}
+
+/// How many hits a message packs (the pieces [`unpack`] yields).
+pub fn hits_in(message: &[u8]) -> usize {
+    unpack(message).count()
+}
+
+/// Decodes one hit's encoding (one piece of [`unpack`]).
 pub fn decode(bytes: &[u8]) -> Result<Hit, WireError> {
     #[derive(Deserialize)]
     struct VersionOnly {
@@ -507,6 +542,40 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn packed_hits_come_back_in_order_and_each_decodes() {
+        let (mut a, mut b) = (full_hit(), full_hit());
+        a.title = Some("line one\nline two".into());
+        b.kind = "open".into();
+        let mut message = Vec::new();
+        for hit in [&a, &b] {
+            let mut one = Vec::new();
+            encode(hit, &mut one);
+            pack(&mut message, &one);
+        }
+        assert_eq!(hits_in(&message), 2);
+        let back: Vec<Hit> = unpack(&message).map(|h| decode(h).unwrap()).collect();
+        assert_eq!(back, vec![a.clone(), b]);
+        // One hit packed alone is exactly its encoding: old and new messages read alike.
+        let (mut alone, mut one) = (Vec::new(), Vec::new());
+        encode(&a, &mut one);
+        pack(&mut alone, &one);
+        assert_eq!(alone, one);
+    }
+
+    #[test]
+    fn unpacking_keeps_empty_pieces_but_one_final_newline() {
+        let pieces = |m: &[u8]| unpack(m).map(|p| p.to_vec()).collect::<Vec<_>>();
+        assert_eq!(pieces(b"{}\n{}\n"), vec![b"{}".to_vec(), b"{}".to_vec()]);
+        assert_eq!(
+            pieces(b"{}\n\n{}"),
+            vec![b"{}".to_vec(), vec![], b"{}".to_vec()]
+        );
+        assert_eq!(pieces(b""), vec![Vec::<u8>::new()]);
+        assert_eq!(pieces(b"\n"), vec![Vec::<u8>::new()]);
+        assert_eq!(hits_in(b"{}\n\n"), 2);
     }
 
     #[test]

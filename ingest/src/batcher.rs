@@ -23,7 +23,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::metrics::Metrics;
 use crate::outbound::{Encoded, Outbound};
-use crate::produce::{BufferFull, Origin, SharedProducer};
+use crate::produce::{Origin, SharedProducer};
 use crate::spool::{Durability, Entry};
 use crate::wire::Hit;
 
@@ -161,11 +161,10 @@ impl Worker {
                 }
             },
         };
-        for (key, payload) in self.out.iter() {
-            if let Err(BufferFull) = self.producer.send(key, payload, origin) {
-                outbound.ledger.not_taken(origin, key, payload);
-            }
-        }
+        self.producer
+            .send_batch(&self.out, origin, &mut |key, payload| {
+                outbound.ledger.not_taken(origin, key, payload)
+            });
     }
 }
 

@@ -171,9 +171,18 @@ pub struct KafkaConfig {
     pub linger_ms: u64,
     /// `batch.size`: largest batch per partition, in bytes. Default 1000000.
     pub batch_size_bytes: usize,
-    /// `queue.buffering.max.messages`: hits librdkafka holds while waiting for brokers. Sized
-    /// with the channel so a broker hiccup is absorbed before hits are dropped. Default 200000.
+    /// Hits the producer holds while waiting for brokers (also librdkafka's
+    /// `queue.buffering.max.messages`, a message packing one hit or more). A hit over it goes to
+    /// the spool. Sized with the channel so a broker hiccup is absorbed in memory. Default 200000.
     pub buffer_max_hits: usize,
+    /// `queue.buffering.max.kbytes`: the bytes librdkafka holds, in KiB; with `buffer_max_hits`
+    /// it bounds the producer's memory while Kafka is away (docs/operations.md). Default 65536
+    /// (64 MiB; librdkafka's own default is 1 GiB).
+    pub buffer_max_kbytes: usize,
+    /// Largest packed message, in bytes: a batch's hits bound for one partition travel together
+    /// in messages of up to this size (a hit larger than it travels alone). 0 sends one hit per
+    /// message. Must not exceed the producer's `message.max.bytes`. Default 65536.
+    pub pack_max_bytes: usize,
     /// `message.timeout.ms`: how long librdkafka keeps retrying one hit before it is counted
     /// failed and goes to the spool. Short, because the spool retries for as long as it takes
     /// and survives a crash that librdkafka's memory does not. Default 30000.
@@ -258,6 +267,8 @@ impl Default for KafkaConfig {
             linger_ms: 20,
             batch_size_bytes: 1_000_000,
             buffer_max_hits: 200_000,
+            buffer_max_kbytes: 65_536,
+            pack_max_bytes: 65_536,
             message_timeout_ms: 30_000,
             statistics_interval_ms: 1_000,
             flush_timeout_ms: 10_000,
@@ -468,6 +479,22 @@ impl layers::Validate for Config {
                 )
             })?,
         };
+        check(
+            (1..=2_097_151).contains(&k.buffer_max_kbytes),
+            "kafka.buffer_max_kbytes",
+            "must be between 1 and 2097151 (librdkafka's range for queue.buffering.max.kbytes)",
+        )?;
+        if self.output == Output::Kafka && k.pack_max_bytes > max_message_bytes {
+            return Err(ConfigError::setting(
+                "kafka.pack_max_bytes",
+                format!(
+                    "{} is over the producer's message.max.bytes ({max_message_bytes}): a packed \
+                     message would be refused; lower it, or raise kafka.properties.\"message.max.bytes\" \
+                     (and the broker's message.max.bytes and the topic's max.message.bytes with it)",
+                    k.pack_max_bytes
+                ),
+            ));
+        }
         let largest = hit::largest_message_bytes(l, &self.edge_id);
         if self.output == Output::Kafka && largest > max_message_bytes {
             return Err(ConfigError::setting(

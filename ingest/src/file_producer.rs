@@ -282,7 +282,7 @@ impl Shared {
         match result {
             Ok(()) => {
                 for line in b.lines.drain(..) {
-                    self.ledger.delivered(line.origin, line.handed_over);
+                    self.ledger.delivered(line.origin, line.handed_over, 1);
                 }
             }
             Err(error) => {

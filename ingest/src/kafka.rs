@@ -4,10 +4,16 @@
 //! properties), the delivery callback that reports every hit's fate to the [`Ledger`], the
 //! statistics callback that feeds metrics and readiness, and replacing a producer librdkafka
 //! declared unusable (a fatal error, e.g. an idempotent producer whose sequence broke). One
-//! `send` per hit with a delivery callback, not a `FutureProducer` future per hit, which costs
-//! about twice as much per message.
+//! `send` per message with a delivery callback, not a `FutureProducer` future per message, which
+//! costs about twice as much.
+//!
+//! A batcher's batch is packed several hits per message (`crate::pack`, `kafka.pack_max_bytes`)
+//! once the topic's partition count is known from librdkafka's statistics; until then, and for
+//! replayed hits, one hit per message. `kafka.buffer_max_hits` bounds the hits (not messages) the
+//! producer holds.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,7 +27,9 @@ use crate::config::KafkaConfig;
 use crate::error::Result;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::produce::{BufferFull, DeliveryFailure, HitProducer, Origin};
+use crate::outbound::Encoded;
+use crate::pack::{Pack, Packer};
+use crate::produce::{BufferFull, DeliveryFailure, HitProducer, NotTaken, Origin};
 
 /// The librdkafka properties the edge sets, in order; `kafka.properties` are applied after them
 /// and win.
@@ -36,6 +44,10 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
         .set(
             "queue.buffering.max.messages",
             k.buffer_max_hits.to_string(),
+        )
+        .set(
+            "queue.buffering.max.kbytes",
+            k.buffer_max_kbytes.to_string(),
         )
         .set("message.timeout.ms", k.message_timeout_ms.to_string())
         .set(
@@ -52,6 +64,11 @@ pub fn client_config(k: &KafkaConfig) -> ClientConfig {
 pub struct EdgeContext {
     ledger: Arc<Ledger>,
     metrics: Metrics,
+    topic: String,
+    /// The topic's partition count from the latest statistics; 0 until known.
+    partitions: AtomicU32,
+    /// Hits handed over and not yet decided (delivered or failed).
+    hits_held: AtomicUsize,
     connected: AtomicBool,
     /// Seconds since `started` of the last failure log line, to log at most one per second.
     last_failure_log_s: AtomicU64,
@@ -62,6 +79,13 @@ pub struct EdgeContext {
 impl ClientContext for EdgeContext {
     fn stats(&self, stats: Statistics) {
         self.metrics.producer_queue(stats.msg_cnt as i64);
+        if let Some(topic) = stats.topics.get(&self.topic) {
+            // librdkafka lists the unassigned partition as -1.
+            let n = topic.partitions.keys().filter(|p| **p >= 0).count();
+            let n = u32::try_from(n).unwrap_or(0);
+            self.partitions.store(n, Ordering::Relaxed);
+            self.metrics.topic_partitions(n);
+        }
         let mut up = false;
         for broker in stats.brokers.values().filter(|b| b.source != "internal") {
             up |= broker.state == "UP";
@@ -82,17 +106,18 @@ impl ClientContext for EdgeContext {
     }
 }
 
-/// What travels with each message to its delivery report: when it was handed over, and where
-/// it is kept besides.
-type Handed = Box<(Instant, Origin)>;
+/// What travels with each message to its delivery report: when it was handed over, where its
+/// hits are kept besides, and how many it packs.
+type Handed = Box<(Instant, Origin, usize)>;
 
 impl ProducerContext for EdgeContext {
     type DeliveryOpaque = Handed;
 
     fn delivery(&self, result: &DeliveryResult<'_>, handed: Handed) {
-        let (handed_over, origin) = *handed;
+        let (handed_over, origin, hits) = *handed;
+        self.hits_held.fetch_sub(hits, Ordering::Relaxed);
         match result {
-            Ok(_) => self.ledger.delivered(origin, handed_over),
+            Ok(_) => self.ledger.delivered(origin, handed_over, hits),
             Err((error, message)) => {
                 use rdkafka::Message;
                 self.ledger.failed(
@@ -190,6 +215,9 @@ fn create(k: &KafkaConfig, ledger: Arc<Ledger>) -> Result<ThreadedProducer<EdgeC
     let context = EdgeContext {
         metrics: ledger.metrics().clone(),
         ledger,
+        topic: k.topic.clone(),
+        partitions: AtomicU32::new(0),
+        hits_held: AtomicUsize::new(0),
         connected: AtomicBool::new(false),
         last_failure_log_s: AtomicU64::new(0),
         failures_since_log: AtomicU64::new(0),
@@ -198,27 +226,98 @@ fn create(k: &KafkaConfig, ledger: Arc<Ledger>) -> Result<ThreadedProducer<EdgeC
     Ok(client_config(k).create_with_context(context)?)
 }
 
-impl HitProducer for KafkaProducer {
-    fn send(&self, key: Option<&[u8]>, payload: &[u8], origin: Origin) -> Result<(), BufferFull> {
-        let guard = self.producer.read().unwrap_or_else(|e| e.into_inner());
-        let mut record =
-            BaseRecord::with_opaque_to(&self.config.topic, Box::new((Instant::now(), origin)))
-                .payload(payload);
+thread_local! {
+    /// Each batcher thread's packer, so its buffers are reused batch to batch.
+    static PACKER: RefCell<Packer> = RefCell::new(Packer::default());
+}
+
+impl KafkaProducer {
+    /// Hands one message of `hits` hits to librdkafka: to `partition` when given, else by `key`
+    /// (librdkafka's partitioner). `BufferFull` when `kafka.buffer_max_hits` would be passed or
+    /// librdkafka's queue is full; any other refusal is reported to the ledger here.
+    fn produce(
+        &self,
+        producer: &ThreadedProducer<EdgeContext>,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        hits: usize,
+        origin: Origin,
+    ) -> Result<(), BufferFull> {
+        let context = producer.context();
+        let held = context.hits_held.fetch_add(hits, Ordering::Relaxed);
+        if held + hits > self.config.buffer_max_hits {
+            context.hits_held.fetch_sub(hits, Ordering::Relaxed);
+            return Err(BufferFull);
+        }
+        let mut record = BaseRecord::with_opaque_to(
+            &self.config.topic,
+            Box::new((Instant::now(), origin, hits)),
+        )
+        .payload(payload);
         if let Some(key) = key {
             record = record.key(key);
         }
-        match guard.send(record) {
-            Ok(()) => Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Err(BufferFull),
-            Err((error, record)) => {
-                // Refused outright (e.g. over message.max.bytes, or the producer is unusable):
-                // its fate is decided now.
-                drop(record);
-                self.ledger.failed(origin, key, payload, failure(&error));
-                guard.context().log_failure(&error);
-                Ok(())
-            }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
         }
+        let refused = match producer.send(record) {
+            Ok(()) => {
+                self.ledger.metrics().message_sent(hits);
+                return Ok(());
+            }
+            Err((error, record)) => {
+                drop(record);
+                error
+            }
+        };
+        context.hits_held.fetch_sub(hits, Ordering::Relaxed);
+        if let KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) = refused {
+            return Err(BufferFull);
+        }
+        // Refused outright (e.g. over message.max.bytes, or the producer is unusable): its fate
+        // is decided now.
+        self.ledger.failed(origin, key, payload, failure(&refused));
+        context.log_failure(&refused);
+        Ok(())
+    }
+}
+
+impl HitProducer for KafkaProducer {
+    fn send(&self, key: Option<&[u8]>, payload: &[u8], origin: Origin) -> Result<(), BufferFull> {
+        let guard = self.producer.read().unwrap_or_else(|e| e.into_inner());
+        self.produce(&guard, None, key, payload, 1, origin)
+    }
+
+    fn send_batch(&self, batch: &Encoded, origin: Origin, not_taken: &mut NotTaken<'_>) {
+        let guard = self.producer.read().unwrap_or_else(|e| e.into_inner());
+        let partitions = guard.context().partitions.load(Ordering::Relaxed);
+        if self.config.pack_max_bytes == 0 || partitions == 0 || batch.len() < 2 {
+            for (key, payload) in batch.iter() {
+                if let Err(BufferFull) = self.produce(&guard, None, key, payload, 1, origin) {
+                    not_taken(key, payload);
+                }
+            }
+            return;
+        }
+        PACKER.with_borrow_mut(|packer| {
+            packer.pack(
+                batch,
+                partitions,
+                self.config.pack_max_bytes,
+                |pack: &Pack| {
+                    let hits = pack.hits.len();
+                    let sent =
+                        self.produce(&guard, pack.partition, None, &pack.payload, hits, origin);
+                    if let Err(BufferFull) = sent {
+                        for &i in &pack.hits {
+                            let (key, payload) = batch.get(i);
+                            not_taken(key, payload);
+                        }
+                    }
+                },
+            )
+        });
     }
 
     fn flush(&self, timeout: Duration) {

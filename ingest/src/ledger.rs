@@ -33,6 +33,7 @@ pub struct Ledger {
     last_failed_ms: AtomicU64,
     started: Instant,
     too_large_logged: AtomicBool,
+    pack_too_large_logged: AtomicBool,
     spool_error_logged: AtomicBool,
     write_ahead_logged: AtomicBool,
 }
@@ -49,6 +50,7 @@ impl Ledger {
             last_failed_ms: AtomicU64::new(0),
             started: Instant::now(),
             too_large_logged: AtomicBool::new(false),
+            pack_too_large_logged: AtomicBool::new(false),
             spool_error_logged: AtomicBool::new(false),
             write_ahead_logged: AtomicBool::new(false),
         }
@@ -64,20 +66,24 @@ impl Ledger {
         &self.metrics
     }
 
-    /// Kafka acknowledged a hit handed over at `handed_over`.
-    pub fn delivered(&self, origin: Origin, handed_over: Instant) {
-        self.metrics.delivered(handed_over.elapsed());
+    /// Kafka acknowledged a message of `hits` hits handed over at `handed_over`.
+    pub fn delivered(&self, origin: Origin, handed_over: Instant, hits: usize) {
+        self.metrics.delivered(handed_over.elapsed(), hits);
         let n = self.outcomes.fetch_add(1, Ordering::Relaxed) + 1;
         self.last_delivered.fetch_max(n, Ordering::Relaxed);
         if let Origin::Replay { .. } = origin {
             self.metrics.spool_replayed();
         }
-        self.settle(origin);
+        for _ in 0..hits {
+            self.settle(origin);
+        }
     }
 
-    /// Kafka refused a hit, or gave up on it. Every failure but one goes to the spool, to be
-    /// replayed: a hit larger than the broker accepts (`too_large`) never will be, so it is
-    /// dropped, counted, and logged once.
+    /// Kafka refused a message, or gave up on it: each hit it packs is judged alone (a packed
+    /// message has no key; its hits are spooled without one). Every failure but one goes to the
+    /// spool, to be replayed: a single hit larger than the broker accepts (`too_large`) never will
+    /// be, so it is dropped, counted, and logged once. The hits of a packed message too large
+    /// are spooled, and replay sends them one per message.
     pub fn failed(
         &self,
         origin: Origin,
@@ -85,7 +91,27 @@ impl Ledger {
         payload: &[u8],
         failure: DeliveryFailure,
     ) {
-        self.metrics.delivery_failed(failure);
+        let hits = crate::wire::hits_in(payload);
+        if hits > 1 {
+            self.metrics.delivery_failed(failure, hits);
+            if failure == DeliveryFailure::TooLarge
+                && !self.pack_too_large_logged.swap(true, Ordering::Relaxed)
+            {
+                tracing::error!(
+                    bytes = payload.len(),
+                    hits,
+                    "a packed message is larger than Kafka accepts: its hits are spooled and \
+                     replayed one per message; lower kafka.pack_max_bytes below the broker's \
+                     message.max.bytes and the topic's max.message.bytes (logged once)"
+                );
+            }
+            self.outcome_failed(failure);
+            for hit in crate::wire::unpack(payload) {
+                self.keep(origin, None, hit);
+            }
+            return;
+        }
+        self.metrics.delivery_failed(failure, 1);
         if failure == DeliveryFailure::TooLarge {
             if !self.too_large_logged.swap(true, Ordering::Relaxed) {
                 tracing::error!(
@@ -98,6 +124,11 @@ impl Ledger {
             self.settle(origin);
             return;
         }
+        self.outcome_failed(failure);
+        self.keep(origin, key, payload);
+    }
+
+    fn outcome_failed(&self, failure: DeliveryFailure) {
         // Purged means the process is stopping, not that Kafka is failing.
         if failure != DeliveryFailure::Purged {
             let n = self.outcomes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -105,7 +136,6 @@ impl Ledger {
             self.last_failed_ms
                 .store(self.elapsed_ms(), Ordering::Relaxed);
         }
-        self.keep(origin, key, payload);
     }
 
     /// The producer's buffer was full, or the channel was: the hit goes to the spool.

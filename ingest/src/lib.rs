@@ -33,6 +33,7 @@ pub mod ledger;
 pub mod links;
 pub mod metrics;
 pub mod outbound;
+pub mod pack;
 pub mod params;
 pub mod privacy;
 pub mod produce;

@@ -90,10 +90,12 @@ pub struct Metrics {
     hits_dropped: IntCounterVec,
     queue_depth: IntGauge,
     batch_size: Histogram,
+    message_hits: Histogram,
     delivered: IntCounter,
     delivery_failed: IntCounterVec,
     delivery_latency: Histogram,
     producer_queue: IntGauge,
+    topic_partitions: IntGauge,
     broker_rtt: GaugeVec,
     connections_open: IntGauge,
     connections_rejected: IntCounter,
@@ -198,6 +200,11 @@ impl Metrics {
                 "Hits taken per batcher wake-up.",
                 vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0],
             ),
+            message_hits: histogram(
+                "pixelpipe_ingest_kafka_message_hits",
+                "Hits packed into each Kafka message sent (kafka.pack_max_bytes).",
+                vec![1.0, 2.0, 4.0, 16.0, 64.0, 256.0, 1024.0],
+            ),
             delivered: counter(
                 "pixelpipe_ingest_kafka_delivered_total",
                 "Hits confirmed by Kafka.",
@@ -209,8 +216,12 @@ impl Metrics {
             ),
             delivery_latency: histogram(
                 "pixelpipe_ingest_kafka_delivery_seconds",
-                "From hand-over to the producer until Kafka confirmed the hit.",
+                "From hand-over to the producer until Kafka confirmed the message (once per message, whatever it packs).",
                 latency_buckets,
+            ),
+            topic_partitions: gauge(
+                "pixelpipe_ingest_kafka_topic_partitions",
+                "Partitions of the hits topic, as the producer last saw them; 0 until known (hits are packed only once it is known).",
             ),
             producer_queue: gauge(
                 "pixelpipe_ingest_kafka_queue_messages",
@@ -396,17 +407,22 @@ impl Metrics {
         self.queue_depth.set(hits as i64);
     }
 
-    /// Counts a hit Kafka confirmed, `latency` after it was handed to the producer.
-    pub fn delivered(&self, latency: Duration) {
-        self.delivered.inc();
+    /// Counts a message of `hits` hits Kafka confirmed, `latency` after it was handed over.
+    pub fn delivered(&self, latency: Duration, hits: usize) {
+        self.delivered.inc_by(hits as u64);
         self.delivery_latency.observe(latency.as_secs_f64());
     }
 
-    /// Counts a hit the producer did not deliver.
-    pub fn delivery_failed(&self, reason: DeliveryFailure) {
+    /// Counts `hits` hits the producer did not deliver.
+    pub fn delivery_failed(&self, reason: DeliveryFailure, hits: usize) {
         self.delivery_failed
             .with_label_values(&[reason.as_str()])
-            .inc();
+            .inc_by(hits as u64);
+    }
+
+    /// Records a message of `hits` hits handed to the Kafka producer.
+    pub fn message_sent(&self, hits: usize) {
+        self.message_hits.observe(hits as f64);
     }
 
     /// Records what the spool holds: bytes of its files, records not yet settled, and the age of
@@ -446,6 +462,11 @@ impl Metrics {
     /// Records the messages in librdkafka's queue (from its statistics).
     pub fn producer_queue(&self, messages: i64) {
         self.producer_queue.set(messages);
+    }
+
+    /// Records the hits topic's partition count as the producer sees it.
+    pub fn topic_partitions(&self, partitions: u32) {
+        self.topic_partitions.set(i64::from(partitions));
     }
 
     /// Records a broker's average round-trip time over the last statistics window.
@@ -513,7 +534,7 @@ mod tests {
     #[test]
     fn names_follow_the_convention_and_render() {
         let m = Metrics::new();
-        m.delivered(Duration::from_millis(3));
+        m.delivered(Duration::from_millis(3), 1);
         let text = m.render();
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap();
@@ -550,9 +571,9 @@ mod tests {
         m.accepted(Transport::Beacon);
         m.dropped(DropReason::Gpc);
         m.dropped(DropReason::SpoolFull);
-        m.delivery_failed(DeliveryFailure::TimedOut);
+        m.delivery_failed(DeliveryFailure::TimedOut, 1);
         m.invalid(InvalidReason::BadSite);
-        m.delivered(Duration::ZERO);
+        m.delivered(Duration::ZERO, 1);
         assert_eq!(
             m.report(),
             Report {

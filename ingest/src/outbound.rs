@@ -115,10 +115,31 @@ impl Encoded {
         self.messages.is_empty()
     }
 
+    /// Appends a message already encoded (replay, tests).
+    pub fn push(&mut self, key: Option<&[u8]>, payload: &[u8]) {
+        let key_start = self.buf.len();
+        if let Some(key) = key {
+            self.buf.extend_from_slice(key);
+        }
+        let payload_start = self.buf.len();
+        self.buf.extend_from_slice(payload);
+        self.messages.push((
+            key.map(|_| key_start..payload_start),
+            payload_start..self.buf.len(),
+        ));
+    }
+
+    /// The `i`th message's key and payload.
+    ///
+    /// # Panics
+    /// When `i` is not below [`Encoded::len`].
+    pub fn get(&self, i: usize) -> (Option<&[u8]>, &[u8]) {
+        let (k, p) = &self.messages[i];
+        (k.clone().map(|k| &self.buf[k]), &self.buf[p.clone()])
+    }
+
     /// Each message's key and payload, in order.
     pub fn iter(&self) -> impl Iterator<Item = (Option<&[u8]>, &[u8])> + '_ {
-        self.messages
-            .iter()
-            .map(|(k, p)| (k.clone().map(|k| &self.buf[k]), &self.buf[p.clone()]))
+        (0..self.messages.len()).map(|i| self.get(i))
     }
 }

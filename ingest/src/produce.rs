@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::outbound::Encoded;
+
 /// A spool segment's number (the spool's `SegmentId`; named here as a plain integer so the
 /// vocabulary of producers does not depend on the spool).
 pub type Segment = u64;
@@ -30,6 +32,9 @@ pub enum Origin {
     },
 }
 
+/// Where a producer hands each hit of a batch it could not take (key and payload).
+pub type NotTaken<'a> = dyn FnMut(Option<&[u8]>, &[u8]) + 'a;
+
 /// The producer's buffer is full; the hit was not taken.
 #[derive(Debug)]
 pub struct BufferFull;
@@ -40,6 +45,16 @@ pub trait HitProducer: Send + Sync + 'static {
     /// with `origin`. A hit refused for any reason but a full buffer is reported failed, and
     /// `Ok` returned.
     fn send(&self, key: Option<&[u8]>, payload: &[u8], origin: Origin) -> Result<(), BufferFull>;
+    /// Queues a batcher's batch (one hit per entry of `batch`), all kept at `origin`, without
+    /// blocking; each hit it cannot take is handed to `not_taken`. Default: [`HitProducer::send`]
+    /// each hit. The Kafka producer packs several hits per message here.
+    fn send_batch(&self, batch: &Encoded, origin: Origin, not_taken: &mut NotTaken<'_>) {
+        for (key, payload) in batch.iter() {
+            if let Err(BufferFull) = self.send(key, payload, origin) {
+                not_taken(key, payload);
+            }
+        }
+    }
     /// Waits up to `timeout` for every queued hit to be delivered or failed.
     fn flush(&self, timeout: Duration);
     /// Whether the producer is connected to at least one broker.

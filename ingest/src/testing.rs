@@ -178,7 +178,7 @@ impl HitProducer for RecordingProducer {
             .expect("not poisoned")
             .push((key.map(<[u8]>::to_vec), payload.to_vec()));
         if let Some(ledger) = self.ledger.get() {
-            ledger.delivered(origin, Instant::now());
+            ledger.delivered(origin, Instant::now(), 1);
         }
         Ok(())
     }

@@ -660,3 +660,129 @@ async fn a_hit_too_large_for_kafka_is_dropped_and_counted_the_rest_delivered() {
         "{report:?}"
     );
 }
+
+/// librdkafka's default partitioner puts a keyed message on `crc32(key) % partitions`; the edge
+/// packs hits to the partitions `pack::partition_for` gives, so both must agree for a visitor's
+/// hits to stay on one partition whether they travel packed or alone (replay, a batch of one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
+async fn librdkafka_puts_a_keyed_message_where_packing_puts_its_hits() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let topic = unique_topic("partitioner");
+    create_topic(&topic, 7).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for i in 0..40 {
+        let key = format!("visitor-{i}");
+        let partition = producer
+            .send(
+                FutureRecord::<str, [u8]>::to(&topic)
+                    .key(&key)
+                    .payload(b"{}"),
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("send: {e}"))
+            .partition;
+        assert_eq!(
+            partition,
+            pixelpipe_ingest::pack::partition_for(key.as_bytes(), 7),
+            "key {key}"
+        );
+    }
+}
+
+/// Hits arriving together are packed several per message, each on its visitor's partition, in
+/// the order sent, every one exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker: deploy/local/test.sh starts it"
+)]
+async fn hits_are_packed_per_partition_keeping_each_visitors_order() {
+    let topic = unique_topic("packing");
+    create_topic(&topic, 3).await;
+    let mut config = test_config(&topic);
+    // Batches gather for 200 ms, so a quick burst packs.
+    config.queue.batch_linger_ms = 200;
+    let edge = RunningEdge::start(config);
+    assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    let addr = edge.public;
+    let pixel = move |uid: &str, seq: usize| {
+        let target = format!("/p.gif?site=shop&uid={uid}&seq={seq}");
+        http(addr, "GET", &target, &[], b"").status
+    };
+    // Until the producer knows the partition count, hits travel one per message.
+    assert_eq!(
+        tokio::task::spawn_blocking(move || pixel("warm-up", 0))
+            .await
+            .unwrap(),
+        200
+    );
+    assert!(
+        edge.wait_metric(
+            "pixelpipe_ingest_kafka_topic_partitions",
+            3.0,
+            Duration::from_secs(20)
+        )
+        .await
+    );
+    const VISITORS: usize = 12;
+    const EACH: usize = 5;
+    let statuses = tokio::task::spawn_blocking(move || {
+        let mut s = Vec::new();
+        for seq in 0..EACH {
+            for v in 0..VISITORS {
+                s.push(pixel(&format!("v{v}"), seq));
+            }
+        }
+        s
+    })
+    .await
+    .unwrap();
+    assert!(statuses.iter().all(|s| *s == 200));
+
+    let want = 1 + VISITORS * EACH;
+    let messages =
+        tokio::task::spawn_blocking(move || read_messages(&topic, want, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    let mut largest = 0;
+    for (partition, payload) in &messages {
+        largest = largest.max(pixelpipe_ingest::wire::hits_in(payload));
+        for one in pixelpipe_ingest::wire::unpack(payload) {
+            let hit = pixelpipe_ingest::wire::decode(one).unwrap();
+            let uid = hit.user_id.clone().unwrap();
+            assert_eq!(
+                *partition,
+                pixelpipe_ingest::pack::partition_for(uid.as_bytes(), 3),
+                "{uid} on its key's partition"
+            );
+            seen.push((uid, prop(&hit, "seq").parse().unwrap()));
+        }
+    }
+    assert_eq!(seen.len(), want, "every hit exactly once");
+    assert!(largest > 1, "some message packs several hits");
+    assert!(messages.len() < want);
+    for v in 0..VISITORS {
+        let uid = format!("v{v}");
+        let seqs: Vec<usize> = seen
+            .iter()
+            .filter(|(u, _)| *u == uid)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(seqs, (0..EACH).collect::<Vec<_>>(), "{uid} in order");
+    }
+    let messages_metric = edge
+        .metric("pixelpipe_ingest_kafka_message_hits_count")
+        .await
+        .unwrap();
+    assert_eq!(messages_metric as usize, messages.len());
+    edge.shutdown().await;
+}

@@ -26,8 +26,10 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Notes a message's position; call for every message, good or bad.
-    fn note(&mut self, partition: i32, offset: i64, bytes: usize) {
+    /// Notes that a whole message was taken in (after pushing each of its hits): its offset joins
+    /// the batch's range, so it is committed once the batch is stored. Call for every message,
+    /// whatever its hits became.
+    pub fn took(&mut self, partition: i32, offset: i64, bytes: usize) {
         self.started.get_or_insert_with(Instant::now);
         self.bytes += bytes;
         let range = self.ranges.entry(partition).or_insert((offset, offset));
@@ -35,14 +37,12 @@ impl Batch {
     }
 
     /// Adds a good row.
-    pub fn push_hit(&mut self, row: HitRow, bytes: usize) {
-        self.note(row.kafka_partition, row.kafka_offset, bytes);
+    pub fn push_hit(&mut self, row: HitRow) {
         self.hits.push(row);
     }
 
-    /// Adds a bad message.
+    /// Adds a hit to dead-letter.
     pub fn push_bad(&mut self, bad: BadMessage) {
-        self.note(bad.kafka_partition, bad.kafka_offset, bad.raw.len());
         self.bad.push(bad);
     }
 
@@ -51,7 +51,7 @@ impl Batch {
         self.ranges.is_empty()
     }
 
-    /// Messages taken in.
+    /// Rows taken in: hits to store and hits to dead-letter.
     pub fn len(&self) -> usize {
         self.hits.len() + self.bad.len()
     }
@@ -106,75 +106,84 @@ mod tests {
     use super::*;
     use crate::row::{decode, Decoded};
 
-    fn row(partition: i32, offset: i64) -> HitRow {
-        let json = format!(
+    fn hit_json(offset: i64) -> String {
+        format!(
             r#"{{"schema_version":1,"event_id":"01890a5d-ac96-774b-bcce-b302099a{offset:04}","received_at_ms":1700000000123,
             "edge_id":"e","transport":"pixel","kind":"open","site_id":"s","path":"/p.gif"}}"#
-        );
-        match decode(
-            "t",
-            partition,
-            offset,
-            json.as_bytes(),
-            &mut crate::enrich::tests::shared(),
-        ) {
-            Decoded::Hit(h) => *h,
-            Decoded::Bad(b) => panic!("{b:?}"),
-        }
+        )
+        .replace('\n', "")
     }
 
-    fn bad(partition: i32, offset: i64) -> BadMessage {
-        match decode(
+    /// Takes one message, as the consumer does: each hit it packs, then the message itself.
+    fn take(b: &mut Batch, partition: i32, offset: i64, payload: &[u8]) {
+        for d in decode(
             "t",
             partition,
             offset,
-            b"junk",
+            payload,
             &mut crate::enrich::tests::shared(),
         ) {
-            Decoded::Bad(b) => b,
-            Decoded::Hit(_) => unreachable!(),
+            match d {
+                Decoded::Hit(h) => b.push_hit(*h),
+                Decoded::Bad(bad) => b.push_bad(bad),
+            }
         }
+        b.took(partition, offset, payload.len());
+    }
+
+    fn good(b: &mut Batch, partition: i32, offset: i64) {
+        take(b, partition, offset, hit_json(offset).as_bytes());
     }
 
     #[test]
     fn ranges_commit_offsets_and_tokens() {
         let mut b = Batch::default();
         assert!(b.is_empty() && b.deadline(&BatchConfig::default()).is_none());
-        b.push_hit(row(0, 10), 100);
-        b.push_hit(row(1, 5), 100);
-        b.push_bad(bad(0, 11));
-        b.push_hit(row(0, 12), 100);
+        good(&mut b, 0, 10);
+        good(&mut b, 1, 5);
+        take(&mut b, 0, 11, b"junk");
+        let packed = format!("{}\n{}", hit_json(12), hit_json(13));
+        take(&mut b, 0, 12, packed.as_bytes());
         assert_eq!(b.commit_offsets(), vec![(0, 13), (1, 6)]);
         assert_eq!(b.dedup_token("hits"), "hits/0:10-12,1:5-5");
-        assert_eq!((b.len(), b.bytes), (4, 304));
+        assert_eq!((b.len(), b.hits.len(), b.bad.len()), (5, 4, 1));
+        let one = hit_json(0).len();
+        assert_eq!(b.bytes, 2 * one + 4 + (2 * one + 1));
         assert!(b.deadline(&BatchConfig::default()).is_some());
     }
 
     #[test]
     fn limits() {
+        let one = hit_json(0).len();
         let limits = BatchConfig {
             max_rows: 3,
-            max_bytes: 250,
+            max_bytes: 3 * one,
             max_age_ms: 1000,
         };
         let mut b = Batch::default();
-        b.push_hit(row(0, 1), 100);
-        b.push_hit(row(0, 2), 100);
+        good(&mut b, 0, 1);
+        good(&mut b, 0, 2);
         assert!(!b.is_full(&limits));
-        b.push_hit(row(0, 3), 10);
-        assert!(b.is_full(&limits), "rows");
+        take(&mut b, 0, 3, b"x");
+        assert!(b.is_full(&limits), "rows, bad ones included");
         let mut b = Batch::default();
-        b.push_hit(row(0, 1), 200);
-        b.push_hit(row(0, 2), 60);
-        assert!(b.is_full(&limits), "bytes");
+        take(
+            &mut b,
+            0,
+            1,
+            format!("{}\n{}", hit_json(1), hit_json(2)).as_bytes(),
+        );
+        assert!(!b.is_full(&limits));
+        take(&mut b, 0, 2, b"xy");
+        assert!(b.is_full(&limits), "bytes of whole messages");
     }
 
     #[test]
     fn revoked_partitions_are_forgotten() {
         let mut b = Batch::default();
-        b.push_hit(row(0, 1), 1);
-        b.push_hit(row(1, 1), 1);
-        b.push_bad(bad(1, 2));
+        good(&mut b, 0, 1);
+        good(&mut b, 1, 1);
+        take(&mut b, 1, 2, b"junk");
         b.drop_partitions(&[1]);
         assert_eq!((b.hits.len(), b.bad.len()), (1, 0));
         assert_eq!(b.commit_offsets(), vec![(0, 2)]);

@@ -119,25 +119,27 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
 
     fn take(&mut self, batch: &mut Batch, message: &Message) {
         self.metrics.consumed();
-        let payload = &message.payload;
-        match row::decode_within(
+        for decoded in row::decode_message(
             &message.topic,
             message.partition,
             message.offset,
-            payload,
+            &message.payload,
             self.config.kafka.max_payload_bytes,
             &mut self.enricher,
         ) {
-            Decoded::Hit(hit) => {
-                self.metrics.classified(hit.traffic_class);
-                batch.push_hit(*hit, payload.len())
-            }
-            Decoded::Bad(bad) => {
-                tracing::warn!(partition = bad.kafka_partition, offset = bad.kafka_offset, reason = bad.reason.as_str(),
-                    error = %bad.error, "dead-lettering a message");
-                batch.push_bad(bad);
+            match decoded {
+                Decoded::Hit(hit) => {
+                    self.metrics.classified(hit.traffic_class);
+                    batch.push_hit(*hit)
+                }
+                Decoded::Bad(bad) => {
+                    tracing::warn!(partition = bad.kafka_partition, offset = bad.kafka_offset, index = bad.kafka_index,
+                        reason = bad.reason.as_str(), error = %bad.error, "dead-lettering a hit");
+                    batch.push_bad(bad);
+                }
             }
         }
+        batch.took(message.partition, message.offset, message.payload.len());
     }
 
     fn forget_revoked(&self, batch: &mut Batch) {

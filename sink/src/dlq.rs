@@ -86,6 +86,7 @@ impl DeadLetters for KafkaDeadLetters {
         for b in bad {
             let partition = b.kafka_partition.to_string();
             let offset = b.kafka_offset.to_string();
+            let index = b.kafka_index.to_string();
             let headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "pixelpipe.reason",
@@ -106,6 +107,10 @@ impl DeadLetters for KafkaDeadLetters {
                 .insert(Header {
                     key: "pixelpipe.source.offset",
                     value: Some(offset.as_str()),
+                })
+                .insert(Header {
+                    key: "pixelpipe.source.index",
+                    value: Some(index.as_str()),
                 });
             let record = FutureRecord::<(), [u8]>::to(&self.topic)
                 .payload(&b.raw)

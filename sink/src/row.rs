@@ -1,8 +1,9 @@
-//! From a Kafka message to the rows the sink writes: a decoded, checked [`HitRow`], or a
-//! [`BadMessage`] that says why not.
+//! From a Kafka message to the rows the sink writes: for each hit it packs, a decoded, checked
+//! [`HitRow`], or a [`BadMessage`] that says why not.
 //!
-//! Decoding is `pixelpipe_common::wire`'s alone; this module only maps a decoded hit onto columns
-//! and checks the values a column cannot hold. Pure: no I/O.
+//! Decoding and unpacking are `pixelpipe_common::wire`'s alone; this module only maps a decoded hit
+//! onto columns and checks the values a column cannot hold. Each hit of a packed message is judged
+//! on its own: one bad hit costs only itself. Pure: no I/O.
 
 use std::net::IpAddr;
 
@@ -126,6 +127,19 @@ pub struct HitRow {
     pub kafka_partition: i32,
     /// Lineage: Kafka offset.
     pub kafka_offset: i64,
+    /// Lineage: the hit's place in its message, from 0 (a message packs one hit or several).
+    pub kafka_index: u32,
+}
+
+/// Where a hit was read: its message's partition and offset, and its place in the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lineage {
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset of the message.
+    pub offset: i64,
+    /// Place in the message, from 0.
+    pub index: u32,
 }
 
 /// One row of `<prefix>bad_hits`, and a dead-letter message.
@@ -137,13 +151,16 @@ pub struct BadMessage {
     pub kafka_partition: i32,
     /// Source offset.
     pub kafka_offset: i64,
+    /// The hit's place in its message, from 0.
+    pub kafka_index: u32,
     /// Why it is bad.
     pub reason: BadReason,
     /// The decoder's or checker's message.
     pub error: String,
-    /// The payload as received (lossy UTF-8 for the table; the dead-letter topic keeps the bytes).
+    /// The hit's bytes as received (lossy UTF-8 for the table; the dead-letter topic keeps the
+    /// bytes). One hit's, not its whole message's.
     pub payload: String,
-    /// The payload's raw bytes.
+    /// The hit's raw bytes.
     #[serde(skip)]
     pub raw: Vec<u8>,
 }
@@ -152,9 +169,10 @@ pub struct BadMessage {
 /// header on the dead-letter topic, the `reason` label of `pixelpipe_sink_dead_lettered_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadReason {
-    /// No payload at all: zero bytes, or a null payload (a tombstone). The edge never writes one.
+    /// No bytes at all: an empty or null payload (a tombstone), or an empty line in a packed
+    /// message. The edge never writes one.
     Empty,
-    /// A payload larger than `kafka.max_payload_bytes`, whatever it holds.
+    /// A hit larger than `kafka.max_payload_bytes`, whatever it holds.
     TooLarge,
     /// Not a JSON hit.
     Undecodable,
@@ -193,7 +211,7 @@ impl Serialize for BadReason {
     }
 }
 
-/// What one Kafka message became.
+/// What one hit of a Kafka message became.
 #[derive(Debug)]
 pub enum Decoded {
     /// A hit to store.
@@ -206,64 +224,88 @@ pub enum Decoded {
 /// topic keeps every byte): enough to see what it is.
 pub const TOO_LARGE_STORED_BYTES: usize = 1024;
 
-/// Decodes, checks and enriches one message, of any size (the consumer uses [`decode_within`]).
+/// Decodes, checks and enriches every hit of one message, of any size (the consumer uses
+/// [`decode_message`]).
 pub fn decode(
     topic: &str,
     partition: i32,
     offset: i64,
     payload: &[u8],
     enricher: &mut Enricher,
-) -> Decoded {
-    decode_within(topic, partition, offset, payload, usize::MAX, enricher)
+) -> Vec<Decoded> {
+    decode_message(topic, partition, offset, payload, usize::MAX, enricher)
 }
 
-/// Decodes, checks and enriches one message. A payload that is empty or larger than
-/// `max_payload_bytes` is bad before any decoding.
-pub fn decode_within(
+/// Decodes, checks and enriches every hit a message packs ([`wire::unpack`]), in order: one
+/// [`Decoded`] per hit, so a bad hit is dead-lettered alone. An empty message is one empty hit.
+pub fn decode_message(
     topic: &str,
     partition: i32,
     offset: i64,
     payload: &[u8],
-    max_payload_bytes: usize,
+    max_hit_bytes: usize,
+    enricher: &mut Enricher,
+) -> Vec<Decoded> {
+    wire::unpack(payload)
+        .zip(0u32..)
+        .map(|(bytes, index)| {
+            let at = Lineage {
+                partition,
+                offset,
+                index,
+            };
+            decode_hit(topic, at, bytes, max_hit_bytes, enricher)
+        })
+        .collect()
+}
+
+/// Decodes, checks and enriches one hit's bytes. Bytes that are empty or longer than
+/// `max_hit_bytes` are bad before any decoding.
+pub fn decode_hit(
+    topic: &str,
+    at: Lineage,
+    bytes: &[u8],
+    max_hit_bytes: usize,
     enricher: &mut Enricher,
 ) -> Decoded {
     let bad = |reason: BadReason, error: String| {
         let stored = match reason {
-            BadReason::TooLarge => &payload[..payload.len().min(TOO_LARGE_STORED_BYTES)],
-            _ => payload,
+            BadReason::TooLarge => &bytes[..bytes.len().min(TOO_LARGE_STORED_BYTES)],
+            _ => bytes,
         };
         Decoded::Bad(BadMessage {
             kafka_topic: topic.to_owned(),
-            kafka_partition: partition,
-            kafka_offset: offset,
+            kafka_partition: at.partition,
+            kafka_offset: at.offset,
+            kafka_index: at.index,
             reason,
             error,
             payload: String::from_utf8_lossy(stored).into_owned(),
-            raw: payload.to_vec(),
+            raw: bytes.to_vec(),
         })
     };
-    if payload.is_empty() {
+    if bytes.is_empty() {
         return bad(
             BadReason::Empty,
-            "empty payload (zero bytes or null): not a hit".into(),
+            "empty payload (zero bytes, null, or an empty line): not a hit".into(),
         );
     }
-    if payload.len() > max_payload_bytes {
+    if bytes.len() > max_hit_bytes {
         return bad(
             BadReason::TooLarge,
             format!(
-                "payload of {} bytes is larger than kafka.max_payload_bytes ({max_payload_bytes}); \
+                "hit of {} bytes is larger than kafka.max_payload_bytes ({max_hit_bytes}); \
                  bad_hits keeps its first {TOO_LARGE_STORED_BYTES} bytes, the dead-letter topic all",
-                payload.len()
+                bytes.len()
             ),
         );
     }
-    match wire::decode(payload) {
+    match wire::decode(bytes) {
         Err(e @ WireError::UnsupportedVersion { .. }) => {
             bad(BadReason::UnsupportedVersion, e.to_string())
         }
         Err(e) => bad(BadReason::Undecodable, e.to_string()),
-        Ok(hit) => match HitRow::from_hit(hit, partition, offset, enricher) {
+        Ok(hit) => match HitRow::from_hit(hit, at, enricher) {
             Ok(row) => Decoded::Hit(Box::new(row)),
             Err(why) => bad(BadReason::OutOfRange, why),
         },
@@ -273,12 +315,7 @@ pub fn decode_within(
 impl HitRow {
     /// Maps a decoded hit onto columns, with what `enricher` adds; `Err` names a value no column
     /// can hold.
-    pub fn from_hit(
-        hit: Hit,
-        kafka_partition: i32,
-        kafka_offset: i64,
-        enricher: &mut Enricher,
-    ) -> Result<HitRow, String> {
+    pub fn from_hit(hit: Hit, at: Lineage, enricher: &mut Enricher) -> Result<HitRow, String> {
         let secs = hit.received_at_ms / 1000;
         let received_at = u32::try_from(secs).ok().filter(|s| *s > 0).ok_or_else(|| {
             format!(
@@ -359,8 +396,9 @@ impl HitRow {
                 .map_or_else(String::new, |s| s.as_str().to_owned()),
             sent_at,
             unverified: u8::from(hit.unverified),
-            kafka_partition,
-            kafka_offset,
+            kafka_partition: at.partition,
+            kafka_offset: at.offset,
+            kafka_index: at.index,
         })
     }
 }
@@ -376,9 +414,18 @@ mod tests {
         wire::decode(json.as_bytes()).unwrap()
     }
 
+    fn at(partition: i32, offset: i64, index: u32) -> Lineage {
+        Lineage {
+            partition,
+            offset,
+            index,
+        }
+    }
+
     #[test]
     fn a_hit_maps_onto_columns() {
-        let row = HitRow::from_hit(hit(), 3, 42, &mut crate::enrich::tests::shared()).unwrap();
+        let row =
+            HitRow::from_hit(hit(), at(3, 42, 5), &mut crate::enrich::tests::shared()).unwrap();
         assert_eq!(row.received_at, 1_700_000_000);
         assert_eq!(row.transport, "beacon");
         assert_eq!(
@@ -394,7 +441,10 @@ mod tests {
             (row.value, row.currency.as_str(), row.cut_fields),
             (Some(9.5), "EUR", 1)
         );
-        assert_eq!((row.kafka_partition, row.kafka_offset), (3, 42));
+        assert_eq!(
+            (row.kafka_partition, row.kafka_offset, row.kafka_index),
+            (3, 42, 5)
+        );
         assert_eq!(row.user_agent, "", "absent text is empty");
         assert_eq!(
             (row.browser.as_str(), row.device_type.as_str()),
@@ -409,7 +459,7 @@ mod tests {
         h.user_agent = Some(crate::enrich::tests::CHROME_WINDOWS.into());
         h.sent_at_ms = Some(1_699_999_000_500);
         h.signature = Some(wire::Signature::Valid);
-        let row = HitRow::from_hit(h, 0, 0, &mut crate::enrich::tests::shared()).unwrap();
+        let row = HitRow::from_hit(h, at(0, 0, 0), &mut crate::enrich::tests::shared()).unwrap();
         assert_eq!(
             (
                 row.browser.as_str(),
@@ -432,7 +482,7 @@ mod tests {
     fn bad_messages_say_why() {
         let mut enricher = crate::enrich::tests::shared();
         let mut reason =
-            |payload: &[u8]| match decode_within("t", 0, 7, payload, 4096, &mut enricher) {
+            |payload: &[u8]| match decode_hit("t", at(0, 7, 0), payload, 4096, &mut enricher) {
                 Decoded::Bad(b) => {
                     assert_eq!(
                         (b.kafka_topic.as_str(), b.kafka_offset, b.raw.as_slice()),
@@ -479,12 +529,12 @@ mod tests {
         let mut enricher = crate::enrich::tests::shared();
         assert!(
             matches!(
-                decode_within("t", 0, 1, &buf, buf.len(), &mut enricher),
+                decode_hit("t", at(0, 1, 0), &buf, buf.len(), &mut enricher),
                 Decoded::Hit(_)
             ),
             "at the limit it is read"
         );
-        match decode_within("t", 0, 1, &buf, buf.len() - 1, &mut enricher) {
+        match decode_hit("t", at(0, 1, 0), &buf, buf.len() - 1, &mut enricher) {
             Decoded::Bad(b) => {
                 assert_eq!(b.reason, BadReason::TooLarge);
                 assert_eq!(b.raw, buf, "the dead-letter topic gets every byte");
@@ -494,5 +544,56 @@ mod tests {
             }
             Decoded::Hit(_) => panic!("over the limit"),
         }
+    }
+
+    /// A packed message: each hit is judged alone, in order, with its place in the message; a
+    /// bad hit (here undecodable, empty, and too large) costs only itself.
+    #[test]
+    fn each_hit_of_a_packed_message_is_judged_alone() {
+        let mut good = Vec::new();
+        wire::encode(&hit(), &mut good);
+        let mut big = hit();
+        big.props.push(("blob".into(), "x".repeat(5000)));
+        let mut too_large = Vec::new();
+        wire::encode(&big, &mut too_large);
+        let mut message = Vec::new();
+        for piece in [&good[..], b"not json", b"", &too_large, &good] {
+            message.extend_from_slice(piece);
+            message.push(b'\n');
+        }
+        let mut enricher = crate::enrich::tests::shared();
+        let out = decode_message("t", 2, 9, &message, 4096, &mut enricher);
+        let seen: Vec<(u32, &str)> = out
+            .iter()
+            .map(|d| match d {
+                Decoded::Hit(row) => {
+                    assert_eq!((row.kafka_partition, row.kafka_offset), (2, 9));
+                    (row.kafka_index, "hit")
+                }
+                Decoded::Bad(b) => {
+                    assert_eq!((b.kafka_partition, b.kafka_offset), (2, 9));
+                    (b.kafka_index, b.reason.as_str())
+                }
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (0, "hit"),
+                (1, "undecodable"),
+                (2, "empty"),
+                (3, "too_large"),
+                (4, "hit")
+            ]
+        );
+        match &out[1] {
+            Decoded::Bad(b) => assert_eq!(b.raw, b"not json", "a dead letter is the hit alone"),
+            Decoded::Hit(_) => unreachable!(),
+        }
+        assert_eq!(
+            decode_message("t", 0, 0, b"", 4096, &mut enricher).len(),
+            1,
+            "an empty message is one empty hit, dead-lettered"
+        );
     }
 }

@@ -113,7 +113,34 @@ pub enum Step {
         column: &'static str,
         /// Type and default.
         definition: String,
+        /// When set, the same statement makes this the table's sorting key (`MODIFY ORDER BY`),
+        /// which ClickHouse allows only for columns added in that statement, without a default
+        /// expression (18.16 and modern servers alike).
+        order_by: Option<&'static str>,
     },
+}
+
+impl Step {
+    /// The statement this step runs (for `AddColumn`, when the column is missing).
+    pub fn sql(&self) -> String {
+        match self {
+            Step::Sql(sql) => sql.clone(),
+            Step::AddColumn {
+                table,
+                column,
+                definition,
+                order_by: None,
+            } => format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"),
+            Step::AddColumn {
+                table,
+                column,
+                definition,
+                order_by: Some(key),
+            } => format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}, MODIFY ORDER BY ({key})"
+            ),
+        }
+    }
 }
 
 /// One schema change.
@@ -153,7 +180,27 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "user agent, traffic class and signatures",
         steps: v5,
     },
+    Migration {
+        version: 6,
+        name: "kafka_index: a hit's place in a packed message",
+        steps: v6,
+    },
 ];
+
+/// A message may pack several hits, so `(partition, offset)` no longer names one hit: both tables
+/// get its place in the message, and `bad_hits` (whose replacing key is its sorting key) sorts by
+/// it, or two bad hits of one message would be folded into one row.
+fn v6(t: &Tables, _f: Flavour, _retention_days: u32) -> Vec<Step> {
+    vec![
+        add_hits_column(t, "kafka_index", "UInt32 DEFAULT 0"),
+        Step::AddColumn {
+            table: t.bad_hits(),
+            column: "kafka_index",
+            definition: "UInt32".into(),
+            order_by: Some("kafka_topic, kafka_partition, kafka_offset, kafka_index"),
+        },
+    ]
+}
 
 /// `ALTER TABLE <prefix>hits ADD COLUMN`, skipped when it exists.
 fn add_hits_column(t: &Tables, column: &'static str, definition: &str) -> Step {
@@ -161,6 +208,7 @@ fn add_hits_column(t: &Tables, column: &'static str, definition: &str) -> Step {
         table: t.hits(),
         column,
         definition: definition.to_owned(),
+        order_by: None,
     }
 }
 
@@ -301,13 +349,9 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
     let mut done = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         for step in (m.steps)(&tables, flavour, c.retention_days) {
-            match step {
-                Step::Sql(sql) => client.query(&sql).execute().await?,
-                Step::AddColumn {
-                    table,
-                    column,
-                    definition,
-                } => {
+            match &step {
+                Step::Sql(sql) => client.query(sql).execute().await?,
+                Step::AddColumn { table, column, .. } => {
                     let (db, name) = table.split_once('.').expect("tables are database.name");
                     let exists: u64 = client
                         .query(&format!(
@@ -316,12 +360,7 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
                         .fetch_one()
                         .await?;
                     if exists == 0 {
-                        client
-                            .query(&format!(
-                                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
-                            ))
-                            .execute()
-                            .await?;
+                        client.query(&step.sql()).execute().await?;
                     }
                 }
             }

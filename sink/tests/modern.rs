@@ -19,7 +19,7 @@ use pixelpipe_sink::config::{ClickHouseConfig, EnrichConfig};
 use pixelpipe_sink::enrich::Enricher;
 use pixelpipe_sink::retention;
 use pixelpipe_sink::row::{decode, Decoded, HitRow};
-use pixelpipe_sink::schema::{Flavour, Step, Tables, MIGRATIONS};
+use pixelpipe_sink::schema::{Flavour, Tables, MIGRATIONS};
 use pixelpipe_sink::store::{ClickHouse, RowWriter};
 
 fn chdb_python() -> String {
@@ -54,7 +54,7 @@ fn rows() -> Vec<HitRow> {
             );
             let mut buf = Vec::new();
             wire::encode(&wire::decode(json.as_bytes()).unwrap(), &mut buf);
-            match decode("t", i as i32, 100 + i as i64, &buf, &mut enricher) {
+            match decode("t", i as i32, 100 + i as i64, &buf, &mut enricher).remove(0) {
                 Decoded::Hit(h) => *h,
                 Decoded::Bad(b) => panic!("{b:?}"),
             }
@@ -163,7 +163,7 @@ async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
     );
     let mut batch = Batch::default();
     for r in rows.clone() {
-        batch.push_hit(r, 100);
+        batch.push_hit(r);
     }
     // The sink's own writer, for a modern server, against the capturing listener.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -189,16 +189,7 @@ async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
     let ddl: Vec<String> = MIGRATIONS
         .iter()
         .flat_map(|m| (m.steps)(&tables, Flavour::Modern, 30))
-        .map(|step| match step {
-            Step::Sql(sql) => sql,
-            Step::AddColumn {
-                table,
-                column,
-                definition,
-            } => {
-                format!("ALTER TABLE {table} ADD COLUMN {column} {definition}")
-            }
-        })
+        .map(|step| step.sql())
         .collect();
 
     let dir = std::env::temp_dir().join(format!("pp-chdb-{}", std::process::id()));
@@ -232,7 +223,7 @@ for stmt in open("retention.sql").read().split(";\n"):
 print(s.query("SELECT name, create_table_query FROM system.tables WHERE database = 'pixelpipe' AND name IN ('{name}', '{bad_name}') ORDER BY name", "JSONEachRow"), end="")
 s.query(open("remove.sql").read())
 print(s.query("SELECT name, create_table_query FROM system.tables WHERE database = 'pixelpipe' AND name = '{bad_name}'", "JSONEachRow"), end="")
-print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, ip_hash, anonymized, geo_country, geo_region, geo_city, asn, as_org, prefetch, browser, browser_version, os, os_version, device_type, traffic_class, class_reason, signature, toUnixTimestamp(sent_at) AS sent_at, unverified, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
+print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, kafka_index, ip_hash, anonymized, geo_country, geo_region, geo_city, asn, as_org, prefetch, browser, browser_version, os, os_version, device_type, traffic_class, class_reason, signature, toUnixTimestamp(sent_at) AS sent_at, unverified, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
 "#,
         table = tables.hits(),
         name = tables.hits().split_once('.').unwrap().1,
@@ -329,6 +320,10 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
             i64::from(want.kafka_partition)
         );
         assert_eq!(got["kafka_offset"].as_i64().unwrap(), want.kafka_offset);
+        assert_eq!(
+            got["kafka_index"].as_u64().unwrap(),
+            u64::from(want.kafka_index)
+        );
         for (col, value) in [("prefetch", want.prefetch), ("unverified", want.unverified)] {
             assert_eq!(got[col].as_u64().unwrap(), u64::from(value), "{col}");
         }

@@ -178,6 +178,99 @@ async fn a_poison_message_is_dead_lettered_and_the_partition_keeps_flowing() {
     sink.stop().await;
 }
 
+/// Packed messages (several hits per message, as edges write them): every good hit is stored
+/// with its place in the message, and each bad one is dead-lettered alone, even two of one
+/// message with the same reason (bad_hits sorts, and so folds, by the place too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
+)]
+async fn each_hit_of_a_packed_message_is_stored_or_dead_lettered_alone() {
+    use pixelpipe_common::wire;
+    let topic = unique_topic("packed");
+    create_topics(&topic, 1).await;
+    let prefix = format!("{}_", unique("packed"));
+    let url = clickhouse_url();
+    let pack = |pieces: &[&[u8]]| {
+        let mut message = Vec::new();
+        for piece in pieces {
+            wire::pack(&mut message, piece);
+        }
+        message
+    };
+    let good: Vec<Vec<u8>> = (0..4).map(|i| encoded_hit("s", i)).collect();
+    let future = br#"{"schema_version":7,"whatever":true}"#;
+    let payloads = vec![
+        pack(&[&good[0], b"junk", &good[1], future, &good[2]]),
+        good[3].clone(),
+        pack(&[b"junk one", b"junk two"]),
+    ];
+    produce(&topic, &payloads);
+    let sink = RunningSink::start(sink_config(&topic, &prefix));
+
+    let stored = wait_for(
+        &url,
+        &format!("SELECT count() FROM pixelpipe.{prefix}hits"),
+        4,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(stored, 4);
+    let places: Vec<(i64, u32)> = ch(&url)
+        .query(&format!(
+            "SELECT kafka_offset, kafka_index FROM pixelpipe.{prefix}hits ORDER BY kafka_offset, kafka_index"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(places, vec![(0, 0), (0, 2), (0, 4), (1, 0)]);
+    assert_eq!(
+        sink.wait_metric(
+            "pixelpipe_sink_dead_lettered_total{reason=\"undecodable\"}",
+            3.0
+        )
+        .await,
+        3.0
+    );
+    let bad: Vec<(i64, u32, String, String)> = ch(&url)
+        .query(&format!(
+            "SELECT kafka_offset, kafka_index, reason, payload FROM pixelpipe.{prefix}bad_hits FINAL ORDER BY kafka_offset, kafka_index"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let row = |o, i, r: &str, p: &str| (o, i, r.to_string(), p.to_string());
+    assert_eq!(
+        bad,
+        vec![
+            row(0, 1, "undecodable", "junk"),
+            row(
+                0,
+                3,
+                "unsupported_version",
+                std::str::from_utf8(future).unwrap()
+            ),
+            row(2, 0, "undecodable", "junk one"),
+            row(2, 1, "undecodable", "junk two"),
+        ]
+    );
+    // Each dead letter is the hit alone, and says where in its message it was.
+    let dlq = format!("{topic}.dlq");
+    let mut letters = tokio::task::spawn_blocking(move || read_raw(&dlq, 4))
+        .await
+        .unwrap();
+    letters.sort_by(|a, b| a.0.cmp(&b.0));
+    let junk_two = &letters.iter().find(|l| l.0 == b"junk two").unwrap().1;
+    assert!(
+        junk_two.contains(&("pixelpipe.source.offset".into(), "2".into()))
+            && junk_two.contains(&("pixelpipe.source.index".into(), "1".into())),
+        "{junk_two:?}"
+    );
+    assert_eq!(letters.len(), 4);
+    sink.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(feature = "integration"),

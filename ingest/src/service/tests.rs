@@ -194,7 +194,7 @@ async fn readiness_tells_failing_deliveries_and_a_filling_spool() {
     let readyz = || async { call(&f, req("GET", "/readyz", "")).await };
     assert_eq!(readyz().await.0, StatusCode::OK);
 
-    ledger.delivered(Origin::Memory, std::time::Instant::now());
+    ledger.delivered(Origin::Memory, std::time::Instant::now(), 1);
     ledger.failed(
         Origin::Memory,
         None,
@@ -223,7 +223,7 @@ async fn readiness_tells_failing_deliveries_and_a_filling_spool() {
     );
 
     // A delivery after the failures: deliveries work again; the spool is still too full.
-    ledger.delivered(Origin::Memory, std::time::Instant::now());
+    ledger.delivered(Origin::Memory, std::time::Instant::now(), 1);
     let (_, _, body) = readyz().await;
     assert_eq!(body, "not ready: spool above its high-water mark\n");
 }

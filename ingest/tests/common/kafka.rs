@@ -50,6 +50,17 @@ pub async fn create_topic(topic: &str, partitions: i32) {
 /// Reads every hit on `topic` until `want` have arrived or `timeout` passed, then keeps reading
 /// for `settle` to catch any extra (duplicate) messages.
 pub fn read_hits(topic: &str, want: usize, timeout: Duration) -> Vec<Hit> {
+    read_messages(topic, want, timeout)
+        .iter()
+        .flat_map(|(_, payload)| {
+            wire::unpack(payload).map(|one| wire::decode(one).expect("every hit decodes"))
+        })
+        .collect()
+}
+
+/// Reads every message on `topic`, with its partition, until they pack `want` hits or `timeout`
+/// passed, then keeps reading for two seconds to catch any extra (duplicate) messages.
+pub fn read_messages(topic: &str, want: usize, timeout: Duration) -> Vec<(i32, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .set("group.id", format!("reader-{topic}"))
@@ -58,7 +69,7 @@ pub fn read_hits(topic: &str, want: usize, timeout: Duration) -> Vec<Hit> {
         .create()
         .expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
-    let mut hits = Vec::new();
+    let (mut messages, mut hits) = (Vec::new(), 0);
     let deadline = Instant::now() + timeout;
     let mut settle_until: Option<Instant> = None;
     loop {
@@ -68,14 +79,15 @@ pub fn read_hits(topic: &str, want: usize, timeout: Duration) -> Vec<Hit> {
         }
         if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
             let msg = msg.expect("consume");
-            let hit = wire::decode(msg.payload().expect("payload")).expect("every message decodes");
-            hits.push(hit);
-            if hits.len() >= want && settle_until.is_none() {
+            let payload = msg.payload().expect("payload").to_vec();
+            hits += wire::hits_in(&payload);
+            messages.push((msg.partition(), payload));
+            if hits >= want && settle_until.is_none() {
                 settle_until = Some(Instant::now() + Duration::from_secs(2));
             }
         }
     }
-    hits
+    messages
 }
 
 /// A response as read off the socket.
