@@ -5,7 +5,7 @@
 //! synchronous call into librdkafka, so neither belongs on the HTTP runtime. Kafka-side batching
 //! (`linger.ms`, `batch.size`) is librdkafka's; a batch here is how many hits one wake-up takes.
 //!
-//! After each batch a batcher can sleep `queue.batch_linger_ms` (off by default) instead of
+//! After each batch a batcher sleeps `queue.batch_linger_ms` (5 ms by default) instead of
 //! waiting on the channel at once: a thread parked on the channel must be woken by the request handler that sends to it
 //! (a futex call and a context switch per hit under steady load); a sleeping one is not, and the
 //! next batch gathers meanwhile. An idle batcher does park, so the first hit after a quiet spell

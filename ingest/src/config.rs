@@ -130,7 +130,9 @@ pub struct QueueConfig {
     pub batch_max_hits: usize,
     /// How long a batcher sleeps after each batch before it takes the next, so hits gather
     /// without waking it one by one (docs/benchmarks.md); delays delivery by as much, never the
-    /// pixel. 0 takes each hit as it comes. Default 0 (measured gains are not yet consistent).
+    /// pixel. The batch it gathers is what the Kafka producer packs into messages, so this also
+    /// sets how many hits a message carries at moderate rates. 0 takes each hit as it comes.
+    /// Default 5.
     pub batch_linger_ms: u64,
 }
 
@@ -250,7 +252,7 @@ impl Default for QueueConfig {
             high_water_percent: 80,
             batcher_threads: 1,
             batch_max_hits: 1024,
-            batch_linger_ms: 0,
+            batch_linger_ms: 5,
         }
     }
 }

@@ -247,4 +247,73 @@ mod tests {
         );
         assert_eq!(t.metrics().report().dropped, 0);
     }
+
+    /// A packed message's fate is each of its hits': delivered, every written-ahead record is
+    /// settled; failed, every hit is spooled on its own (so replay sends it alone).
+    #[test]
+    fn a_packed_message_settles_and_spools_hit_by_hit() {
+        let t = TempLedger::new();
+        let ledger = t.ledger();
+        let hits: [&[u8]; 3] = [b"{\"a\":1}", b"{\"b\":2}", b"{\"c\":3}"];
+        let mut packed = Vec::new();
+        for h in hits {
+            crate::wire::pack(&mut packed, h);
+        }
+        let ahead = t
+            .spool()
+            .append(hits.iter().map(|h| (Some(&b"k"[..]), *h)), Entry::WrittenAhead)
+            .unwrap();
+        assert_eq!(t.spool().stats().records, 3);
+        ledger.delivered(Origin::WrittenAhead(ahead), Instant::now(), 3);
+        assert_eq!(t.spool().stats().records, 0, "all three settled");
+        assert_eq!(t.metrics().report().delivered, 3);
+
+        let ahead = t
+            .spool()
+            .append(hits.iter().map(|h| (None, *h)), Entry::WrittenAhead)
+            .unwrap();
+        ledger.failed(
+            Origin::WrittenAhead(ahead),
+            None,
+            &packed,
+            DeliveryFailure::Transport,
+        );
+        assert!(ledger.failing());
+        let text = t.metrics().render();
+        assert!(
+            text.contains("pixelpipe_ingest_kafka_failed_total{reason=\"transport\"} 3"),
+            "{text}"
+        );
+        // Three moved records wait for replay; the written-ahead ones are settled.
+        assert_eq!(t.spool().stats().records, 3);
+        let mut replayed = Vec::new();
+        while let Some(batch) = t.spool().next_replay().unwrap() {
+            let (mut at, mut read) = (0, 0);
+            while let crate::spool::record::Decoded::Record(rec, len) =
+                crate::spool::record::decode(&batch.bytes[at..])
+            {
+                if !rec.live {
+                    replayed.push(rec.payload.to_vec());
+                    read += 1;
+                }
+                at += len;
+            }
+            t.spool().replayed(batch.segment, read);
+        }
+        assert_eq!(replayed, hits.map(<[u8]>::to_vec), "each hit its own record");
+    }
+
+    /// A packed message too large for the broker is not a hit too large: its hits are spooled, to
+    /// be replayed one per message, and none is dropped.
+    #[test]
+    fn a_packed_message_too_large_is_spooled_not_dropped() {
+        let t = TempLedger::new();
+        let ledger = t.ledger();
+        let mut packed = Vec::new();
+        crate::wire::pack(&mut packed, b"{}");
+        crate::wire::pack(&mut packed, b"{}");
+        ledger.failed(Origin::Memory, None, &packed, DeliveryFailure::TooLarge);
+        assert_eq!(t.spool().stats().records, 2);
+        assert_eq!(t.metrics().report().dropped, 0);
+    }
 }
