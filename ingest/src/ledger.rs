@@ -261,7 +261,10 @@ mod tests {
         }
         let ahead = t
             .spool()
-            .append(hits.iter().map(|h| (Some(&b"k"[..]), *h)), Entry::WrittenAhead)
+            .append(
+                hits.iter().map(|h| (Some(&b"k"[..]), *h)),
+                Entry::WrittenAhead,
+            )
             .unwrap();
         assert_eq!(t.spool().stats().records, 3);
         ledger.delivered(Origin::WrittenAhead(ahead), Instant::now(), 3);
@@ -300,7 +303,11 @@ mod tests {
             }
             t.spool().replayed(batch.segment, read);
         }
-        assert_eq!(replayed, hits.map(<[u8]>::to_vec), "each hit its own record");
+        assert_eq!(
+            replayed,
+            hits.map(<[u8]>::to_vec),
+            "each hit its own record"
+        );
     }
 
     /// A packed message too large for the broker is not a hit too large: its hits are spooled, to

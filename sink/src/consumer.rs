@@ -1,20 +1,29 @@
 //! The consumer loop: read hits in bulk, write a batch, and only then commit its offsets.
 //!
-//! Owns the at-least-once rule. A batch is written when it is full or old enough; a failed write
-//! keeps the batch, pauses consumption (memory stays bounded: nothing new is fetched while a
-//! batch is stuck) and retries with capped exponential backoff and jitter; offsets are committed
-//! only after ClickHouse (and, for bad messages, the dead-letter topic) has the rows, and only
-//! for partitions this consumer still owns. On a rebalance, rows of revoked partitions are
-//! dropped from the batch unwritten: their new owner reads them again from the last commit.
+//! Owns the at-least-once rule. A batch is written when it is full or old enough. One batch is
+//! written while the next fills: consuming, decoding and enriching overlap the insert, and
+//! batches are still stored and committed one at a time, in order. When the next batch is ready
+//! before the previous one is stored, the loop waits for that write; if the write is failing, it
+//! pauses its partitions (librdkafka stops fetching; what it already fetched is held) and keeps
+//! polling, so the group keeps it. Memory stays bounded by two batches. A failed write keeps its
+//! batch and retries with capped exponential backoff and jitter; offsets are committed only
+//! after ClickHouse (and, for bad hits, the dead-letter topic) has the rows, and only for
+//! partitions this consumer still owns. On a rebalance, rows of revoked partitions are dropped
+//! from both batches unwritten (before the next attempt, for the one being written): their new
+//! owner reads them again from the last commit.
 //!
 //! Every I/O is behind a seam (`kafka::HitConsumer`, `store::RowWriter`, `dlq::DeadLetters`), so
 //! these rules are unit-tested with a consumer and a writer that fail on demand
 //! (`consumer/tests.rs`); the real clients are tested against the real services.
 
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::batch::Batch;
 use crate::config::SinkConfig;
@@ -28,15 +37,26 @@ use crate::store::RowWriter;
 
 /// The loop's state.
 pub struct Sink<C, W, D> {
+    io: Io<C, W, D>,
+    enricher: Enricher,
+}
+
+/// What both the filling and the writing of batches use, shared between them.
+struct Io<C, W, D> {
     consumer: C,
     writer: W,
     dead_letters: D,
     config: SinkConfig,
     metrics: Metrics,
-    enricher: Enricher,
     stop: watch::Receiver<bool>,
-    /// Messages that arrived while consumption was paused for a stuck batch; they start the next.
-    held: VecDeque<Message>,
+    /// Revoked partitions not yet dropped from the batch being filled.
+    revoked_filling: Mutex<Vec<i32>>,
+    /// Revoked partitions not yet dropped from the batch being written.
+    revoked_writing: Mutex<Vec<i32>>,
+    /// Whether the batch being written has failed and is waiting to retry.
+    write_failing: AtomicBool,
+    /// Wakes the loop when a write fails.
+    write_failed: Notify,
 }
 
 /// What became of a batch.
@@ -45,6 +65,9 @@ enum Outcome {
     Stored,
     Abandoned,
 }
+
+/// A batch being written: it resolves to the batch (for its offsets) and its outcome.
+type Writing<'a> = Pin<Box<dyn Future<Output = Result<(Batch, Outcome)>> + Send + 'a>>;
 
 impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
     /// A sink reading from `consumer` until `stop` turns true.
@@ -58,66 +81,124 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
         stop: watch::Receiver<bool>,
     ) -> Self {
         Sink {
-            consumer,
-            writer,
-            dead_letters,
-            config,
-            metrics,
+            io: Io {
+                consumer,
+                writer,
+                dead_letters,
+                config,
+                metrics,
+                stop,
+                revoked_filling: Mutex::new(Vec::new()),
+                revoked_writing: Mutex::new(Vec::new()),
+                write_failing: AtomicBool::new(false),
+                write_failed: Notify::new(),
+            },
             enricher,
-            stop,
-            held: VecDeque::new(),
         }
     }
 
+    /// Runs until stop: then finishes the write in flight, writes the batch in hand (either is
+    /// abandoned uncommitted after `retry.shutdown_timeout_ms`), and leaves the group.
+    pub async fn run(self) -> Result<()> {
+        let Sink { io, mut enricher } = self;
+        let io = &io;
+        let limits = io.config.batch.clone();
+        let mut batch = Batch::default();
+        let mut writing: Option<Writing<'_>> = None;
+        // Messages that arrived while the next batch had no room; they start it once it has.
+        let mut held: VecDeque<Message> = VecDeque::new();
+        let mut paused: Option<Vec<i32>> = None;
+        while !io.stopping() {
+            let ready = |b: &Batch| {
+                !b.is_empty()
+                    && (b.is_full(&limits)
+                        || b.deadline(&limits).is_some_and(|d| Instant::now() >= d))
+            };
+            if !ready(&batch) {
+                if let Some(m) = held.pop_front() {
+                    io.forget_revoked(&mut batch);
+                    io.take(&mut batch, &m, &mut enricher);
+                    continue;
+                }
+            }
+            let room = !ready(&batch);
+            let failing = io.write_failing.load(Ordering::Relaxed);
+            if !room && failing && paused.is_none() {
+                // The write is stuck: nothing more is fetched until it is stored, while the
+                // consumer is still polled so the group keeps it.
+                let assignment = io.consumer.assignment()?;
+                io.consumer.pause(&assignment)?;
+                paused = Some(assignment);
+            }
+            let deadline = if room { batch.deadline(&limits) } else { None };
+            // With no room and a healthy write, wait for the write without polling: pausing would
+            // make librdkafka drop what it prefetched and fetch it again. A write that starts
+            // failing wakes the loop, which then pauses.
+            let poll = room || paused.is_some();
+            let mut stop = io.stop.clone();
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {}
+                done = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                    writing = None;
+                    let (written, outcome) = done?;
+                    if outcome == Outcome::Stored {
+                        io.commit(&written);
+                    }
+                    if let Some(assignment) = paused.take() {
+                        io.resume_owned(assignment)?;
+                    }
+                }
+                _ = sleep_until(deadline) => {}
+                _ = io.write_failed.notified(), if !poll => {}
+                received = io.consumer.recv(), if poll => match received {
+                    Ok(m) if room => {
+                        // Revocations seen so far go before this message: a partition revoked
+                        // and assigned again keeps what it delivered after.
+                        io.forget_revoked(&mut batch);
+                        io.take(&mut batch, &m, &mut enricher)
+                    }
+                    Ok(m) => held.push_back(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+            io.forget_revoked(&mut batch);
+            if writing.is_none() && ready(&batch) {
+                // The batch is current with every revocation; the write notes only later ones.
+                io.revoked(&io.revoked_writing).clear();
+                writing = Some(Box::pin(io.store(std::mem::take(&mut batch))));
+            }
+        }
+        if let Some(w) = writing.take() {
+            let (written, outcome) = w.await?;
+            if outcome == Outcome::Stored {
+                io.commit(&written);
+            }
+        }
+        io.forget_revoked(&mut batch);
+        io.revoked(&io.revoked_writing).clear();
+        if !batch.is_empty() {
+            tracing::info!(rows = batch.len(), "stopping: writing the batch in hand");
+            let (written, outcome) = io.store(batch).await?;
+            if outcome == Outcome::Stored {
+                io.commit(&written);
+            }
+        }
+        io.consumer.unsubscribe();
+        tracing::info!("sink stopped");
+        Ok(())
+    }
+}
+
+impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
     fn stopping(&self) -> bool {
         *self.stop.borrow()
     }
 
-    /// Runs until stop: then writes the batch in hand (or abandons it uncommitted after
-    /// `retry.shutdown_timeout_ms`), and leaves the group.
-    pub async fn run(mut self) -> Result<()> {
-        let mut batch = Batch::default();
-        let limits = self.config.batch.clone();
-        while !self.stopping() {
-            let next = match self.held.pop_front() {
-                Some(m) => Some(m),
-                None => {
-                    let deadline = batch.deadline(&limits);
-                    let mut stop = self.stop.clone();
-                    tokio::select! {
-                        biased;
-                        _ = stop.changed() => None,
-                        _ = sleep_until(deadline) => None,
-                        received = self.consumer.recv() => match received {
-                            Ok(m) => Some(m),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "kafka consume error");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                None
-                            }
-                        },
-                    }
-                }
-            };
-            self.forget_revoked(&mut batch);
-            if let Some(message) = next {
-                self.take(&mut batch, &message);
-            }
-            let due = batch.deadline(&limits).is_some_and(|d| Instant::now() >= d);
-            if !batch.is_empty() && (due || batch.is_full(&limits)) {
-                self.flush(&mut batch).await?;
-            }
-        }
-        if !batch.is_empty() {
-            tracing::info!(rows = batch.len(), "stopping: writing the batch in hand");
-            self.flush(&mut batch).await?;
-        }
-        self.consumer.unsubscribe();
-        tracing::info!("sink stopped");
-        Ok(())
-    }
-
-    fn take(&mut self, batch: &mut Batch, message: &Message) {
+    fn take(&self, batch: &mut Batch, message: &Message, enricher: &mut Enricher) {
         self.metrics.consumed();
         for decoded in row::decode_message(
             &message.topic,
@@ -125,7 +206,7 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
             message.offset,
             &message.payload,
             self.config.kafka.max_payload_bytes,
-            &mut self.enricher,
+            enricher,
         ) {
             match decoded {
                 Decoded::Hit(hit) => {
@@ -142,29 +223,54 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
         batch.took(message.partition, message.offset, message.payload.len());
     }
 
-    fn forget_revoked(&self, batch: &mut Batch) {
-        batch.drop_partitions(&self.consumer.take_revoked());
+    fn revoked<'a>(&self, list: &'a Mutex<Vec<i32>>) -> std::sync::MutexGuard<'a, Vec<i32>> {
+        list.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `batch` until it is stored (then commits) or, once stopping, abandoned.
-    async fn flush(&mut self, batch: &mut Batch) -> Result<Outcome> {
+    /// Takes the consumer's new revocations and notes them for both batches: whichever side
+    /// (filling or writing) sees a rebalance first, the other still learns of it.
+    fn collect_revoked(&self) {
+        let revoked = self.consumer.take_revoked();
+        if !revoked.is_empty() {
+            self.revoked(&self.revoked_filling).extend(&revoked);
+            self.revoked(&self.revoked_writing).extend(revoked);
+        }
+    }
+
+    /// Drops from the batch being filled the rows of partitions taken away.
+    fn forget_revoked(&self, batch: &mut Batch) {
+        self.collect_revoked();
+        let revoked = std::mem::take(&mut *self.revoked(&self.revoked_filling));
+        batch.drop_partitions(&revoked);
+    }
+
+    /// Writes `batch` until it is stored or, once stopping, abandoned; returns it for its offsets.
+    async fn store(&self, mut batch: Batch) -> Result<(Batch, Outcome)> {
         let mut attempt = 0u32;
-        let mut paused: Option<Vec<i32>> = None;
         let mut give_up_at: Option<Instant> = None;
-        let outcome = loop {
-            self.forget_revoked(batch);
+        loop {
+            self.collect_revoked();
+            let revoked = std::mem::take(&mut *self.revoked(&self.revoked_writing));
+            batch.drop_partitions(&revoked);
             if batch.is_empty() {
-                break Outcome::Stored;
+                return Ok((batch, Outcome::Stored));
             }
             let token = batch.dedup_token(&self.config.kafka.topic);
             let started = Instant::now();
             let written = async {
                 self.dead_letters.send(&batch.bad).await?;
-                self.writer.write(batch, &token).await
+                self.writer.write(&batch, &token).await
             }
             .await;
             let error = match written {
                 Ok(()) => {
+                    self.write_failing.store(false, Ordering::Relaxed);
+                    tracing::debug!(
+                        rows = batch.len(),
+                        bytes = batch.bytes,
+                        write_ms = started.elapsed().as_millis() as u64,
+                        "batch stored"
+                    );
                     self.metrics.stored(
                         batch.len(),
                         batch.hits.len(),
@@ -174,14 +280,15 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
                     for bad in &batch.bad {
                         self.metrics.dead_lettered(bad.reason);
                     }
-                    self.commit(batch);
-                    break Outcome::Stored;
+                    return Ok((batch, Outcome::Stored));
                 }
                 Err(e) => e,
             };
             let Some(cause) = error.retry_cause() else {
                 return Err(error);
             };
+            self.write_failing.store(true, Ordering::Relaxed);
+            self.write_failed.notify_one();
             attempt += 1;
             self.metrics.retried(cause);
             let backoff = backoff(
@@ -191,12 +298,6 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
             );
             tracing::warn!(%error, cause = cause.as_str(), attempt, backoff_ms = backoff.as_millis() as u64,
                 rows = batch.len(), "writing the batch failed; keeping it and retrying");
-            if paused.is_none() {
-                // Nothing new is fetched while this batch is stuck.
-                let assignment = self.consumer.assignment()?;
-                self.consumer.pause(&assignment)?;
-                paused = Some(assignment);
-            }
             if self.stopping() {
                 give_up_at.get_or_insert_with(|| {
                     Instant::now() + Duration::from_millis(self.config.retry.shutdown_timeout_ms)
@@ -208,40 +309,27 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
                     "stopping with a batch ClickHouse did not take: abandoned, not committed"
                 );
                 self.metrics.abandoned();
-                break Outcome::Abandoned;
+                self.write_failing.store(false, Ordering::Relaxed);
+                return Ok((batch, Outcome::Abandoned));
             }
-            self.wait_serving_consumer(backoff).await;
-        };
-        if let Some(assignment) = paused {
-            // Partitions revoked meanwhile are not ours to resume.
-            let mine: HashSet<i32> = self.consumer.assignment()?.into_iter().collect();
-            let resume: Vec<i32> = assignment
-                .into_iter()
-                .filter(|p| mine.contains(p))
-                .collect();
-            self.consumer.resume(&resume)?;
-        }
-        *batch = Batch::default();
-        Ok(outcome)
-    }
-
-    /// Sleeps for `backoff` while still polling the consumer, so the group does not expel it for
-    /// silence; anything that arrives anyway (fetched before the pause) is held for later.
-    async fn wait_serving_consumer(&mut self, backoff: Duration) {
-        let wake = tokio::time::Instant::now() + backoff;
-        loop {
             let mut stop = self.stop.clone();
             let stopping = self.stopping();
             tokio::select! {
-                _ = tokio::time::sleep_until(wake) => return,
-                _ = stop.changed(), if !stopping => return,
-                received = self.consumer.recv() => {
-                    if let Ok(m) = received {
-                        self.held.push_back(m);
-                    }
-                }
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed(), if !stopping => {}
             }
         }
+    }
+
+    /// Resumes the partitions of `assignment` this consumer still owns (those revoked meanwhile
+    /// are not its to resume).
+    fn resume_owned(&self, assignment: Vec<i32>) -> Result<()> {
+        let mine: HashSet<i32> = self.consumer.assignment()?.into_iter().collect();
+        let resume: Vec<i32> = assignment
+            .into_iter()
+            .filter(|p| mine.contains(p))
+            .collect();
+        self.consumer.resume(&resume)
     }
 
     /// Commits `last + 1` of each range whose partition this consumer still owns.

@@ -208,7 +208,8 @@ fn message(partition: i32, offset: i64) -> Message {
 }
 
 /// A loop over the fakes that writes every `batch_rows` messages (never by age), retries after
-/// 10 to 20 ms, and gives a stuck batch up 100 ms into shutdown.
+/// 50 to 100 ms (long enough for the loop to fill the next batch meanwhile, even on a loaded
+/// machine), and gives a stuck batch up 300 ms into shutdown.
 struct Running {
     shared: Shared,
     metrics: Metrics,
@@ -231,9 +232,9 @@ fn start_with(
     config.kafka.topic = "hits".into();
     config.batch.max_rows = batch_rows;
     config.batch.max_age_ms = 3_600_000;
-    config.retry.initial_backoff_ms = 10;
-    config.retry.max_backoff_ms = 20;
-    config.retry.shutdown_timeout_ms = 100;
+    config.retry.initial_backoff_ms = 50;
+    config.retry.max_backoff_ms = 100;
+    config.retry.shutdown_timeout_ms = 300;
     let metrics = Metrics::new();
     let enricher = Enricher::new(&EnrichConfig {
         ua_rules_path: no_ua_rules(),
@@ -324,19 +325,17 @@ fn broker(partitions: &[i32], messages: &[(i32, i64)]) -> Shared {
 async fn offsets_are_committed_only_after_the_rows_are_stored() {
     let shared = broker(&[0, 1], &[(0, 0), (0, 1), (1, 0)]);
     let running = start(&shared, Writer::failing(&shared, 2), 3);
-    let (result, log) = running.stop_after(6).await;
+    let (result, log) = running.stop_after(4).await;
     result.unwrap();
     assert_eq!(
         log,
         vec![
             Event::WriteFailed,
-            Event::Paused(vec![0, 1]),
             Event::WriteFailed,
             Event::Written(vec![(0, 2), (1, 1)], 3),
             Event::Committed(vec![(0, 2), (1, 1)]),
-            Event::Resumed(vec![0, 1]),
         ],
-        "the same rows are retried, committed once, and nothing is fetched meanwhile"
+        "the same rows are retried and committed once"
     );
 }
 
@@ -346,6 +345,58 @@ async fn rows_of_revoked_partitions_are_dropped_unwritten_and_not_committed() {
     let mut writer = Writer::failing(&shared, 2);
     writer.revoke_on_failure = Some((2, 1));
     let running = start(&shared, writer, 4);
+    let (result, log) = running.stop_after(4).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::WriteFailed,
+            Event::WriteFailed,
+            Event::Written(vec![(0, 2)], 2),
+            Event::Committed(vec![(0, 2)]),
+        ],
+        "partition 1's rows are its new owner's to read again from the last commit"
+    );
+}
+
+/// The next batch fills while one is written; once it is full and the write is still stuck, the
+/// partitions are paused. What librdkafka had fetched already is handed out during the pause: it
+/// is held, and starts the batch after, in order.
+#[tokio::test]
+async fn a_full_next_batch_pauses_fetching_until_the_one_written_is_stored() {
+    let shared = broker(&[0], &[(0, 0), (0, 1), (0, 2), (0, 3), (0, 5)]);
+    // Offset 4 was already fetched when the partition was paused; offset 5 was not.
+    shared.lock().unwrap().prefetched = [message(0, 4)].into();
+    let running = start(&shared, Writer::failing(&shared, 1), 2);
+    let (result, log) = running.stop_after(9).await;
+    result.unwrap();
+    assert_eq!(
+        log,
+        vec![
+            Event::WriteFailed,
+            // Offsets 2 and 3 filled the next batch meanwhile: nothing more is fetched.
+            Event::Paused(vec![0]),
+            Event::Written(vec![(0, 2)], 2),
+            Event::Committed(vec![(0, 2)]),
+            Event::Resumed(vec![0]),
+            Event::Written(vec![(0, 4)], 2),
+            Event::Committed(vec![(0, 4)]),
+            // Offset 4, handed out during the pause, was held: it starts the batch after.
+            Event::Written(vec![(0, 6)], 2),
+            Event::Committed(vec![(0, 6)]),
+        ]
+    );
+    assert!(shared.lock().unwrap().prefetched.is_empty());
+}
+
+/// A partition revoked while one batch is written and the next is filling loses its rows from
+/// both: neither is written for it nor commits it.
+#[tokio::test]
+async fn a_partition_revoked_during_a_write_leaves_both_batches() {
+    let shared = broker(&[0, 1], &[(0, 0), (1, 0), (0, 1), (1, 1)]);
+    let mut writer = Writer::failing(&shared, 2);
+    writer.revoke_on_failure = Some((2, 1));
+    let running = start(&shared, writer, 2);
     let (result, log) = running.stop_after(6).await;
     result.unwrap();
     assert_eq!(
@@ -354,36 +405,14 @@ async fn rows_of_revoked_partitions_are_dropped_unwritten_and_not_committed() {
             Event::WriteFailed,
             Event::Paused(vec![0, 1]),
             Event::WriteFailed,
-            Event::Written(vec![(0, 2)], 2),
-            Event::Committed(vec![(0, 2)]),
+            Event::Written(vec![(0, 1)], 1),
+            Event::Committed(vec![(0, 1)]),
             Event::Resumed(vec![0]),
-        ],
-        "partition 1's rows are its new owner's to read again from the last commit"
-    );
-}
-
-#[tokio::test]
-async fn messages_fetched_before_a_pause_start_the_next_batch() {
-    let shared = broker(&[0], &[(0, 0), (0, 1), (0, 3)]);
-    // Offset 2 was already fetched when the partition was paused; offset 3 was not.
-    shared.lock().unwrap().prefetched = [message(0, 2)].into();
-    let running = start(&shared, Writer::failing(&shared, 1), 2);
-    let (result, log) = running.stop_after(7).await;
-    result.unwrap();
-    assert_eq!(
-        log,
-        vec![
-            Event::WriteFailed,
-            Event::Paused(vec![0]),
-            Event::Written(vec![(0, 2)], 2),
+            // Stopping writes the batch in hand, without partition 1's row.
+            Event::Written(vec![(0, 2)], 1),
             Event::Committed(vec![(0, 2)]),
-            Event::Resumed(vec![0]),
-            // Offset 2, handed out during the pause, was held: it starts the next batch, in order.
-            Event::Written(vec![(0, 4)], 2),
-            Event::Committed(vec![(0, 4)]),
         ]
     );
-    assert!(shared.lock().unwrap().prefetched.is_empty());
 }
 
 #[tokio::test]
@@ -422,17 +451,15 @@ async fn a_bad_message_is_committed_only_once_the_dead_letter_topic_has_it() {
     bad.payload = b"not a hit".to_vec();
     shared.lock().unwrap().waiting.push_back(bad);
     let running = start_with(&shared, Writer::failing(&shared, 0), 1, 2);
-    let (result, log) = running.stop_after(6).await;
+    let (result, log) = running.stop_after(4).await;
     result.unwrap();
     assert_eq!(
         log,
         vec![
             Event::DeadLettersFailed,
-            Event::Paused(vec![0]),
             Event::DeadLettered(1),
             Event::Written(vec![(0, 2)], 1),
             Event::Committed(vec![(0, 2)]),
-            Event::Resumed(vec![0]),
         ],
         "no row is written or offset committed before the dead letter is kept"
     );
