@@ -211,7 +211,7 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
             match decoded {
                 Decoded::Hit(hit) => {
                     self.metrics.classified(hit.traffic_class);
-                    batch.push_hit(*hit)
+                    batch.push_hit(hit)
                 }
                 Decoded::Bad(bad) => {
                     tracing::warn!(partition = bad.kafka_partition, offset = bad.kafka_offset, index = bad.kafka_index,

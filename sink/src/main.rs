@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use pixelpipe_common::{http, process};
 use pixelpipe_sink::SinkConfig;
 
+/// mimalloc, not glibc's allocator: a batch is tens of thousands of rows of small strings, all
+/// freed at once, and glibc spent about a quarter of the sink's CPU in `malloc`, `free` and
+/// `malloc_consolidate` during a backlog drain (perf, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The pixelpipe sink: hits from Kafka into ClickHouse.
 ///
 /// Settings come from a TOML file, then `PIXELPIPE_*` environment variables, then flags; see

@@ -14,6 +14,7 @@ use clickhouse::Client;
 use crate::batch::Batch;
 use crate::config::ClickHouseConfig;
 use crate::error::Result;
+use crate::row::{BadMessage, HitRow};
 use crate::schema::{Flavour, Tables};
 
 /// Writes a batch's rows.
@@ -52,9 +53,10 @@ impl ClickHouse {
         }
     }
 
-    async fn insert<T>(&self, table: &str, rows: &[T], token: &str) -> Result<()>
+    async fn insert<T, R>(&self, table: &str, rows: &[R], token: &str) -> Result<()>
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite + Sync,
+        R: std::borrow::Borrow<T>,
     {
         if rows.is_empty() {
             return Ok(());
@@ -73,7 +75,7 @@ impl ClickHouse {
             .await?
             .with_timeouts(Some(self.timeout), Some(self.timeout));
         for row in rows {
-            insert.write(row).await?;
+            insert.write(row.borrow()).await?;
         }
         insert.end().await?;
         Ok(())
@@ -82,9 +84,9 @@ impl ClickHouse {
 
 impl RowWriter for ClickHouse {
     async fn write(&self, batch: &Batch, dedup_token: &str) -> Result<()> {
-        self.insert(&self.tables.bad_hits(), &batch.bad, dedup_token)
+        self.insert::<BadMessage, _>(&self.tables.bad_hits(), &batch.bad, dedup_token)
             .await?;
-        self.insert(&self.tables.hits(), &batch.hits, dedup_token)
+        self.insert::<HitRow, _>(&self.tables.hits(), &batch.hits, dedup_token)
             .await
     }
 }

@@ -163,7 +163,7 @@ async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
     );
     let mut batch = Batch::default();
     for r in rows.clone() {
-        batch.push_hit(r);
+        batch.push_hit(Box::new(r));
     }
     // The sink's own writer, for a modern server, against the capturing listener.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
