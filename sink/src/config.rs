@@ -82,7 +82,8 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     /// `statistics.interval.ms`, for the consumer-lag metric. Default 5000.
     pub statistics_interval_ms: u64,
-    /// A message whose payload is larger is dead-lettered as `too_large` without being decoded.
+    /// A hit larger than this is dead-lettered as `too_large` without being decoded; each hit of
+    /// a packed message counts alone.
     /// The edge's default limits (`http.max_body_bytes` 64 KiB, `http.max_header_bytes` 16 KiB,
     /// `limits.max_query_bytes` 8 KiB) keep a hit well below it; raise it with them. At least
     /// 4096. Default 262144 (256 KiB).
