@@ -108,6 +108,9 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
         // Messages that arrived while the next batch had no room; they start it once it has.
         let mut held: VecDeque<Message> = VecDeque::new();
         let mut paused: Option<Vec<i32>> = None;
+        // A write given up at shutdown: no later batch may be written or committed after it, or
+        // its commit would skip the abandoned rows for good.
+        let mut abandoned = false;
         while !io.stopping() {
             let ready = |b: &Batch| {
                 !b.is_empty()
@@ -115,20 +118,29 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
                         || b.deadline(&limits).is_some_and(|d| Instant::now() >= d))
             };
             if !ready(&batch) {
+                io.forget_revoked(&mut batch, &mut held);
                 if let Some(m) = held.pop_front() {
-                    io.forget_revoked(&mut batch);
                     io.take(&mut batch, &m, &mut enricher);
                     continue;
                 }
             }
             let room = !ready(&batch);
             let failing = io.write_failing.load(Ordering::Relaxed);
-            if !room && failing && paused.is_none() {
+            if !room && failing {
                 // The write is stuck: nothing more is fetched until it is stored, while the
-                // consumer is still polled so the group keeps it.
-                let assignment = io.consumer.assignment()?;
-                io.consumer.pause(&assignment)?;
-                paused = Some(assignment);
+                // consumer is still polled so the group keeps it. Partitions a rebalance assigns
+                // meanwhile are paused too.
+                let done = paused.get_or_insert_with(Vec::new);
+                let new: Vec<i32> = io
+                    .consumer
+                    .assignment()?
+                    .into_iter()
+                    .filter(|p| !done.contains(p))
+                    .collect();
+                if !new.is_empty() {
+                    io.consumer.pause(&new)?;
+                    done.extend(new);
+                }
             }
             let deadline = if room { batch.deadline(&limits) } else { None };
             // With no room and a healthy write, wait for the write without polling: pausing would
@@ -142,8 +154,9 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
                 done = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
                     writing = None;
                     let (written, outcome) = done?;
-                    if outcome == Outcome::Stored {
-                        io.commit(&written);
+                    match outcome {
+                        Outcome::Stored => io.commit(&written),
+                        Outcome::Abandoned => abandoned = true,
                     }
                     if let Some(assignment) = paused.take() {
                         io.resume_owned(assignment)?;
@@ -155,7 +168,7 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
                     Ok(m) if room => {
                         // Revocations seen so far go before this message: a partition revoked
                         // and assigned again keeps what it delivered after.
-                        io.forget_revoked(&mut batch);
+                        io.forget_revoked(&mut batch, &mut held);
                         io.take(&mut batch, &m, &mut enricher)
                     }
                     Ok(m) => held.push_back(m),
@@ -165,7 +178,10 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
                     }
                 },
             }
-            io.forget_revoked(&mut batch);
+            if abandoned {
+                break;
+            }
+            io.forget_revoked(&mut batch, &mut held);
             if writing.is_none() && ready(&batch) {
                 // The batch is current with every revocation; the write notes only later ones.
                 io.revoked(&io.revoked_writing).clear();
@@ -174,12 +190,22 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
         }
         if let Some(w) = writing.take() {
             let (written, outcome) = w.await?;
-            if outcome == Outcome::Stored {
-                io.commit(&written);
+            match outcome {
+                Outcome::Stored => io.commit(&written),
+                Outcome::Abandoned => abandoned = true,
             }
         }
-        io.forget_revoked(&mut batch);
+        io.forget_revoked(&mut batch, &mut held);
         io.revoked(&io.revoked_writing).clear();
+        if abandoned && !batch.is_empty() {
+            // The batch in hand follows the abandoned one on its partitions; both are read again
+            // after a restart.
+            tracing::warn!(
+                rows = batch.len(),
+                "stopping: the batch in hand follows an abandoned one; not written, not committed"
+            );
+            self::abandon(io, &mut batch);
+        }
         if !batch.is_empty() {
             tracing::info!(rows = batch.len(), "stopping: writing the batch in hand");
             let (written, outcome) = io.store(batch).await?;
@@ -237,11 +263,16 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
         }
     }
 
-    /// Drops from the batch being filled the rows of partitions taken away.
-    fn forget_revoked(&self, batch: &mut Batch) {
+    /// Drops from the batch being filled, and from the messages held for it, those of partitions
+    /// taken away: a held message fetched before a revocation must not be committed after the
+    /// partition comes back, ahead of what its new reading has not reached yet.
+    fn forget_revoked(&self, batch: &mut Batch, held: &mut VecDeque<Message>) {
         self.collect_revoked();
         let revoked = std::mem::take(&mut *self.revoked(&self.revoked_filling));
-        batch.drop_partitions(&revoked);
+        if !revoked.is_empty() {
+            batch.drop_partitions(&revoked);
+            held.retain(|m| !revoked.contains(&m.partition));
+        }
     }
 
     /// Writes `batch` until it is stored or, once stopping, abandoned; returns it for its offsets.
@@ -357,6 +388,11 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
             }
         }
     }
+}
+
+fn abandon<C: HitConsumer, W: RowWriter, D: DeadLetters>(io: &Io<C, W, D>, batch: &mut Batch) {
+    io.metrics.abandoned();
+    *batch = Batch::default();
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

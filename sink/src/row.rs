@@ -174,6 +174,8 @@ pub enum BadReason {
     Empty,
     /// A hit larger than `kafka.max_payload_bytes`, whatever it holds.
     TooLarge,
+    /// A message packing more than [`MAX_HITS_PER_MESSAGE`] hits: dead-lettered whole, unread.
+    TooManyHits,
     /// Not a JSON hit.
     Undecodable,
     /// A hit of a schema version this build does not read.
@@ -184,9 +186,10 @@ pub enum BadReason {
 
 impl BadReason {
     /// Every reason, in declaration order.
-    pub const ALL: [BadReason; 5] = [
+    pub const ALL: [BadReason; 6] = [
         BadReason::Empty,
         BadReason::TooLarge,
+        BadReason::TooManyHits,
         BadReason::Undecodable,
         BadReason::UnsupportedVersion,
         BadReason::OutOfRange,
@@ -197,6 +200,7 @@ impl BadReason {
         match self {
             BadReason::Empty => "empty",
             BadReason::TooLarge => "too_large",
+            BadReason::TooManyHits => "too_many_hits",
             BadReason::Undecodable => "undecodable",
             BadReason::UnsupportedVersion => "unsupported_version",
             BadReason::OutOfRange => "out_of_range",
@@ -236,8 +240,15 @@ pub fn decode(
     decode_message(topic, partition, offset, payload, usize::MAX, enricher)
 }
 
+/// The most hits one message may pack. An edge packs at most `kafka.pack_max_bytes` (64 KiB) of
+/// hits of a few hundred bytes each, so a few hundred; a message of more is not an edge's, and is
+/// dead-lettered whole rather than becoming that many rows (50 000 newlines would otherwise be
+/// 50 000 dead letters).
+pub const MAX_HITS_PER_MESSAGE: usize = 10_000;
+
 /// Decodes, checks and enriches every hit a message packs ([`wire::unpack`]), in order: one
-/// [`Decoded`] per hit, so a bad hit is dead-lettered alone. An empty message is one empty hit.
+/// [`Decoded`] per hit, so a bad hit is dead-lettered alone. An empty message is one empty hit; a
+/// message of more than [`MAX_HITS_PER_MESSAGE`] is one bad message, `too_many_hits`.
 pub fn decode_message(
     topic: &str,
     partition: i32,
@@ -246,6 +257,24 @@ pub fn decode_message(
     max_hit_bytes: usize,
     enricher: &mut Enricher,
 ) -> Vec<Decoded> {
+    let hits = wire::unpack(payload).take(MAX_HITS_PER_MESSAGE + 1).count();
+    if hits > MAX_HITS_PER_MESSAGE {
+        let stored = &payload[..payload.len().min(TOO_LARGE_STORED_BYTES)];
+        return vec![Decoded::Bad(BadMessage {
+            kafka_topic: topic.to_owned(),
+            kafka_partition: partition,
+            kafka_offset: offset,
+            kafka_index: 0,
+            reason: BadReason::TooManyHits,
+            error: format!(
+                "a message packing more than {MAX_HITS_PER_MESSAGE} hits is not an edge's; \
+                 dead-lettered whole ({} bytes; bad_hits keeps the first {TOO_LARGE_STORED_BYTES})",
+                payload.len()
+            ),
+            payload: String::from_utf8_lossy(stored).into_owned(),
+            raw: payload.to_vec(),
+        })];
+    }
     wire::unpack(payload)
         .zip(0u32..)
         .map(|(bytes, index)| {
@@ -595,5 +624,18 @@ mod tests {
             1,
             "an empty message is one empty hit, dead-lettered"
         );
+        // At the cap every piece is judged; one more and the message goes whole.
+        let at_cap = vec![b'\n'; MAX_HITS_PER_MESSAGE];
+        assert_eq!(
+            decode_message("t", 0, 0, &at_cap, 4096, &mut enricher).len(),
+            MAX_HITS_PER_MESSAGE
+        );
+        let over = vec![b'\n'; 50_000];
+        match decode_message("t", 0, 0, &over, 4096, &mut enricher).as_slice() {
+            [Decoded::Bad(b)] => {
+                assert_eq!((b.reason, b.raw.len()), (BadReason::TooManyHits, 50_000));
+            }
+            other => panic!("{} results", other.len()),
+        }
     }
 }

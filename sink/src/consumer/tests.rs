@@ -575,3 +575,30 @@ fn backoff_grows_is_capped_and_jittered() {
         );
     }
 }
+
+/// A batch abandoned at shutdown is not overtaken by the batch in hand: committing the later
+/// batch's offsets would skip the abandoned rows for good. Here the dead-letter topic is down, so
+/// only the batch with a bad hit fails, and the next one could be stored. (Found in review.)
+#[tokio::test]
+async fn a_batch_abandoned_at_shutdown_is_not_overtaken_by_the_next() {
+    let shared = broker(&[0], &[(0, 0)]);
+    let mut bad = message(0, 1);
+    bad.payload = b"not a hit".to_vec();
+    shared.lock().unwrap().waiting.push_back(bad);
+    shared.lock().unwrap().waiting.push_back(message(0, 2));
+    shared.lock().unwrap().waiting.push_back(message(0, 3));
+    let running = start_with(&shared, Writer::failing(&shared, 0), usize::MAX, 2);
+    let metrics = running.metrics.clone();
+    let (result, log) = running
+        .stop_when(|b| b.log.iter().any(|e| matches!(e, Event::Paused(_))))
+        .await;
+    result.unwrap();
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, Event::Committed(_) | Event::Written(..))),
+        "offsets 0 and 1 were never stored: {log:?}"
+    );
+    assert!(metrics
+        .render()
+        .contains("pixelpipe_sink_batches_abandoned_total 2"));
+}
