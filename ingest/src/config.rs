@@ -497,6 +497,27 @@ impl layers::Validate for Config {
                 ),
             ));
         }
+        // A pack holds up to a batch's hits and `pack_max_bytes`; a producer buffer smaller than
+        // one pack would refuse every full pack, sending its hits to the spool for good.
+        if self.output == Output::Kafka && k.pack_max_bytes > 0 {
+            check(
+                k.buffer_max_hits >= self.queue.batch_max_hits,
+                "kafka.buffer_max_hits",
+                &format!(
+                    "must be at least queue.batch_max_hits ({}) while packing is on: a packed message \
+                     can hold a whole batch",
+                    self.queue.batch_max_hits
+                ),
+            )?;
+            check(
+                k.buffer_max_kbytes.saturating_mul(1024) >= k.pack_max_bytes,
+                "kafka.buffer_max_kbytes",
+                &format!(
+                    "must hold at least one packed message (kafka.pack_max_bytes = {} bytes)",
+                    k.pack_max_bytes
+                ),
+            )?;
+        }
         let largest = hit::largest_message_bytes(l, &self.edge_id);
         if self.output == Output::Kafka && largest > max_message_bytes {
             return Err(ConfigError::setting(
@@ -649,6 +670,33 @@ mod tests {
             e.contains("kafka.linger_ms") && e.contains("PIXELPIPE_KAFKA__LINGER_MS"),
             "{e}"
         );
+        let e = err_text(load(
+            &[],
+            &[
+                ("kafka.buffer_max_hits", "100"),
+                ("queue.batch_max_hits", "1024"),
+            ],
+        ));
+        assert!(
+            e.contains("kafka.buffer_max_hits") && e.contains("1024"),
+            "{e}"
+        );
+        let e = err_text(load(
+            &[],
+            &[
+                ("kafka.buffer_max_kbytes", "16"),
+                ("kafka.pack_max_bytes", "65536"),
+            ],
+        ));
+        assert!(e.contains("kafka.buffer_max_kbytes"), "{e}");
+        let unpacked = load(
+            &[],
+            &[
+                ("kafka.buffer_max_hits", "100"),
+                ("kafka.pack_max_bytes", "0"),
+            ],
+        );
+        assert!(unpacked.is_ok(), "without packing a pack needs no room");
         let e = err_text(load(&[], &[("queue.capacity_hits", "0")]));
         assert!(e.contains("queue.capacity_hits"), "{e}");
         let e = err_text(load(&[], &[("kafka.topic", "bad topic")]));

@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::outbound::Encoded;
-use crate::pack::{Pack, Packer};
+use crate::pack::{Keys, Pack, Packer};
 use crate::produce::{BufferFull, DeliveryFailure, HitProducer, NotTaken, Origin};
 
 /// The librdkafka properties the edge sets, in order; `kafka.properties` are applied after them
@@ -106,30 +106,48 @@ impl ClientContext for EdgeContext {
     }
 }
 
-/// What travels with each message to its delivery report: when it was handed over, where its
-/// hits are kept besides, and how many it packs.
-type Handed = Box<(Instant, Origin, usize)>;
+/// What travels with each message to its delivery report.
+pub struct Handed {
+    /// When it was handed to librdkafka.
+    at: Instant,
+    /// Where its hits are kept besides.
+    origin: Origin,
+    /// How many hits it packs.
+    hits: usize,
+    /// A packed message's hits' own keys (the message has none), to spool each with its key.
+    keys: Option<Keys>,
+}
 
 impl ProducerContext for EdgeContext {
-    type DeliveryOpaque = Handed;
+    type DeliveryOpaque = Box<Handed>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, handed: Handed) {
-        let (handed_over, origin, hits) = *handed;
-        self.hits_held.fetch_sub(hits, Ordering::Relaxed);
+    fn delivery(&self, result: &DeliveryResult<'_>, handed: Box<Handed>) {
+        self.hits_held.fetch_sub(handed.hits, Ordering::Relaxed);
         match result {
-            Ok(_) => self.ledger.delivered(origin, handed_over, hits),
+            Ok(_) => self.ledger.delivered(handed.origin, handed.at, handed.hits),
             Err((error, message)) => {
                 use rdkafka::Message;
-                self.ledger.failed(
-                    origin,
-                    message.key(),
-                    message.payload().unwrap_or_default(),
-                    failure(error),
-                );
+                let payload = message.payload().unwrap_or_default();
+                match &handed.keys {
+                    Some(keys) => {
+                        self.ledger
+                            .failed_packed(handed.origin, keys, payload, failure(error))
+                    }
+                    None => {
+                        self.ledger
+                            .failed(handed.origin, message.key(), payload, failure(error))
+                    }
+                }
                 self.log_failure(error);
             }
         }
     }
+}
+
+/// Where a message goes: by its one hit's key (librdkafka's partitioner), or as a pack.
+enum To<'a> {
+    Key(Option<&'a [u8]>),
+    Pack(&'a Pack),
 }
 
 impl EdgeContext {
@@ -232,34 +250,44 @@ thread_local! {
 }
 
 impl KafkaProducer {
-    /// Hands one message of `hits` hits to librdkafka: to `partition` when given, else by `key`
-    /// (librdkafka's partitioner). `BufferFull` when `kafka.buffer_max_hits` would be passed or
-    /// librdkafka's queue is full; any other refusal is reported to the ledger here.
+    /// Hands one message to librdkafka: a hit by its key, or a pack to its partition.
+    /// `BufferFull` when `kafka.buffer_max_hits` would be passed or librdkafka's queue is full;
+    /// any other refusal is reported to the ledger here.
     fn produce(
         &self,
         producer: &ThreadedProducer<EdgeContext>,
-        partition: Option<i32>,
-        key: Option<&[u8]>,
+        to: To<'_>,
         payload: &[u8],
-        hits: usize,
         origin: Origin,
     ) -> Result<(), BufferFull> {
+        let hits = match to {
+            To::Key(_) => 1,
+            To::Pack(pack) => pack.hits.len(),
+        };
         let context = producer.context();
         let held = context.hits_held.fetch_add(hits, Ordering::Relaxed);
         if held + hits > self.config.buffer_max_hits {
             context.hits_held.fetch_sub(hits, Ordering::Relaxed);
             return Err(BufferFull);
         }
-        let mut record = BaseRecord::with_opaque_to(
-            &self.config.topic,
-            Box::new((Instant::now(), origin, hits)),
-        )
-        .payload(payload);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(partition) = partition {
-            record = record.partition(partition);
+        let handed = Box::new(Handed {
+            at: Instant::now(),
+            origin,
+            hits,
+            keys: match to {
+                To::Key(_) => None,
+                To::Pack(pack) => Some(pack.keys.clone()),
+            },
+        });
+        let mut record = BaseRecord::with_opaque_to(&self.config.topic, handed).payload(payload);
+        match to {
+            To::Key(Some(key)) => record = record.key(key),
+            To::Key(None) => {}
+            To::Pack(pack) => {
+                if let Some(partition) = pack.partition {
+                    record = record.partition(partition);
+                }
+            }
         }
         let refused = match producer.send(record) {
             Ok(()) => {
@@ -277,7 +305,13 @@ impl KafkaProducer {
         }
         // Refused outright (e.g. over message.max.bytes, or the producer is unusable): its fate
         // is decided now.
-        self.ledger.failed(origin, key, payload, failure(&refused));
+        match to {
+            To::Key(key) => self.ledger.failed(origin, key, payload, failure(&refused)),
+            To::Pack(pack) => {
+                self.ledger
+                    .failed_packed(origin, &pack.keys, payload, failure(&refused))
+            }
+        }
         context.log_failure(&refused);
         Ok(())
     }
@@ -286,7 +320,7 @@ impl KafkaProducer {
 impl HitProducer for KafkaProducer {
     fn send(&self, key: Option<&[u8]>, payload: &[u8], origin: Origin) -> Result<(), BufferFull> {
         let guard = self.producer.read().unwrap_or_else(|e| e.into_inner());
-        self.produce(&guard, None, key, payload, 1, origin)
+        self.produce(&guard, To::Key(key), payload, origin)
     }
 
     fn send_batch(&self, batch: &Encoded, origin: Origin, not_taken: &mut NotTaken<'_>) {
@@ -294,7 +328,7 @@ impl HitProducer for KafkaProducer {
         let partitions = guard.context().partitions.load(Ordering::Relaxed);
         if self.config.pack_max_bytes == 0 || partitions == 0 || batch.len() < 2 {
             for (key, payload) in batch.iter() {
-                if let Err(BufferFull) = self.produce(&guard, None, key, payload, 1, origin) {
+                if let Err(BufferFull) = self.produce(&guard, To::Key(key), payload, origin) {
                     not_taken(key, payload);
                 }
             }
@@ -306,9 +340,7 @@ impl HitProducer for KafkaProducer {
                 partitions,
                 self.config.pack_max_bytes,
                 |pack: &Pack| {
-                    let hits = pack.hits.len();
-                    let sent =
-                        self.produce(&guard, pack.partition, None, &pack.payload, hits, origin);
+                    let sent = self.produce(&guard, To::Pack(pack), &pack.payload, origin);
                     if let Err(BufferFull) = sent {
                         for &i in &pack.hits {
                             let (key, payload) = batch.get(i);

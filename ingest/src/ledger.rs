@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::hit::DropReason;
 use crate::metrics::Metrics;
+use crate::pack::Keys;
 use crate::produce::{DeliveryFailure, Origin};
 use crate::spool::{AppendError, Entry, Spool};
 
@@ -79,11 +80,10 @@ impl Ledger {
         }
     }
 
-    /// Kafka refused a message, or gave up on it: each hit it packs is judged alone (a packed
-    /// message has no key; its hits are spooled without one). Every failure but one goes to the
-    /// spool, to be replayed: a single hit larger than the broker accepts (`too_large`) never will
-    /// be, so it is dropped, counted, and logged once. The hits of a packed message too large
-    /// are spooled, and replay sends them one per message.
+    /// Kafka refused a message of one hit, or gave up on it. Every failure but one goes to the
+    /// spool, to be replayed: a hit larger than the broker accepts (`too_large`) never will be, so
+    /// it is dropped, counted, and logged once. (A packed message goes to
+    /// [`Ledger::failed_packed`]; one given here is spooled hit by hit, without keys.)
     pub fn failed(
         &self,
         origin: Origin,
@@ -91,26 +91,52 @@ impl Ledger {
         payload: &[u8],
         failure: DeliveryFailure,
     ) {
-        let hits = crate::wire::hits_in(payload);
-        if hits > 1 {
-            self.metrics.delivery_failed(failure, hits);
-            if failure == DeliveryFailure::TooLarge
-                && !self.pack_too_large_logged.swap(true, Ordering::Relaxed)
-            {
-                tracing::error!(
-                    bytes = payload.len(),
-                    hits,
-                    "a packed message is larger than Kafka accepts: its hits are spooled and \
-                     replayed one per message; lower kafka.pack_max_bytes below the broker's \
-                     message.max.bytes and the topic's max.message.bytes (logged once)"
-                );
-            }
-            self.outcome_failed(failure);
-            for hit in crate::wire::unpack(payload) {
-                self.keep(origin, None, hit);
-            }
-            return;
+        if crate::wire::hits_in(payload) > 1 {
+            return self.failed_packed(origin, &Keys::default(), payload, failure);
         }
+        self.failed_one(origin, key, payload, failure);
+    }
+
+    /// Kafka refused a packed message, or gave up on it: each hit is spooled alone, with its own
+    /// key from `keys` (the message had none), so replay sends it, one per message, to its
+    /// visitor's partition. A pack of more than one hit too large for the broker is not a hit too
+    /// large: its hits are spooled, not dropped.
+    pub fn failed_packed(
+        &self,
+        origin: Origin,
+        keys: &Keys,
+        payload: &[u8],
+        failure: DeliveryFailure,
+    ) {
+        let hits = crate::wire::hits_in(payload);
+        if hits <= 1 {
+            return self.failed_one(origin, keys.get(0), payload, failure);
+        }
+        self.metrics.delivery_failed(failure, hits);
+        if failure == DeliveryFailure::TooLarge
+            && !self.pack_too_large_logged.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(
+                bytes = payload.len(),
+                hits,
+                "a packed message is larger than Kafka accepts: its hits are spooled and \
+                 replayed one per message; lower kafka.pack_max_bytes below the broker's \
+                 message.max.bytes and the topic's max.message.bytes (logged once)"
+            );
+        }
+        self.outcome_failed(failure);
+        for (i, hit) in crate::wire::unpack(payload).enumerate() {
+            self.keep(origin, keys.get(i), hit);
+        }
+    }
+
+    fn failed_one(
+        &self,
+        origin: Origin,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        failure: DeliveryFailure,
+    ) {
         self.metrics.delivery_failed(failure, 1);
         if failure == DeliveryFailure::TooLarge {
             if !self.too_large_logged.swap(true, Ordering::Relaxed) {
@@ -275,9 +301,13 @@ mod tests {
             .spool()
             .append(hits.iter().map(|h| (None, *h)), Entry::WrittenAhead)
             .unwrap();
-        ledger.failed(
+        let mut keys = Keys::default();
+        for key in [Some(&b"visitor-a"[..]), None, Some(&b"visitor-c"[..])] {
+            keys.push(key);
+        }
+        ledger.failed_packed(
             Origin::WrittenAhead(ahead),
-            None,
+            &keys,
             &packed,
             DeliveryFailure::Transport,
         );
@@ -296,7 +326,7 @@ mod tests {
                 crate::spool::record::decode(&batch.bytes[at..])
             {
                 if !rec.live {
-                    replayed.push(rec.payload.to_vec());
+                    replayed.push((rec.key.map(<[u8]>::to_vec), rec.payload.to_vec()));
                     read += 1;
                 }
                 at += len;
@@ -305,8 +335,12 @@ mod tests {
         }
         assert_eq!(
             replayed,
-            hits.map(<[u8]>::to_vec),
-            "each hit its own record"
+            vec![
+                (Some(b"visitor-a".to_vec()), hits[0].to_vec()),
+                (None, hits[1].to_vec()),
+                (Some(b"visitor-c".to_vec()), hits[2].to_vec()),
+            ],
+            "each hit its own record, with its own key"
         );
     }
 

@@ -23,12 +23,48 @@ pub struct Pack {
     pub payload: Vec<u8>,
     /// Which hits of the batch it holds (indexes into [`Encoded`]), in order.
     pub hits: Vec<usize>,
+    /// Each hit's own message key, in order: the message itself has none, and a hit whose
+    /// delivery fails is spooled with its key, so replay puts it on its visitor's partition.
+    pub keys: Keys,
 }
 
 impl Pack {
     fn clear(&mut self) {
         self.payload.clear();
         self.hits.clear();
+        self.keys.clear();
+    }
+}
+
+/// The message keys of a pack's hits, in order, in one buffer.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Keys {
+    bytes: Vec<u8>,
+    /// Per hit, its key's range in `bytes`, or `None` for a keyless hit.
+    ranges: Vec<Option<(u32, u32)>>,
+}
+
+impl Keys {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ranges.clear();
+    }
+
+    /// Appends the next hit's key.
+    pub fn push(&mut self, key: Option<&[u8]>) {
+        let range = key.map(|k| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(k);
+            // A pack is at most `kafka.pack_max_bytes` of hits, far below 4 GiB.
+            (start as u32, self.bytes.len() as u32)
+        });
+        self.ranges.push(range);
+    }
+
+    /// The `i`th hit's key; `None` for a keyless hit or past the end.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let (start, end) = (*self.ranges.get(i)?)?;
+        self.bytes.get(start as usize..end as usize)
     }
 }
 
@@ -75,6 +111,7 @@ impl Packer {
             }
             wire::pack(&mut pack.payload, payload);
             pack.hits.push(i);
+            pack.keys.push(key);
         }
         for pack in self.open.iter().filter(|p| !p.hits.is_empty()) {
             send(pack);
@@ -102,6 +139,10 @@ mod tests {
     ) -> Vec<(Option<i32>, String, Vec<usize>)> {
         let mut out = Vec::new();
         Packer::default().pack(batch, partitions, max_bytes, |p| {
+            // Each hit's key travels with the pack, in order.
+            for (n, &i) in p.hits.iter().enumerate() {
+                assert_eq!(p.keys.get(n), batch.get(i).0);
+            }
             out.push((
                 p.partition,
                 String::from_utf8(p.payload.clone()).unwrap(),
