@@ -98,7 +98,8 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
     }
 
     /// Runs until stop: then finishes the write in flight, writes the batch in hand (either is
-    /// abandoned uncommitted after `retry.shutdown_timeout_ms`), and leaves the group.
+    /// abandoned uncommitted after `retry.shutdown_timeout_ms`; the batch in hand is not written
+    /// at all after an abandoned one), and leaves the group.
     pub async fn run(self) -> Result<()> {
         let Sink { io, mut enricher } = self;
         let io = &io;
