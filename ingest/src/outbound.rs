@@ -115,7 +115,8 @@ impl Encoded {
         self.messages.is_empty()
     }
 
-    /// Appends a message already encoded (replay, tests).
+    /// Appends a message already encoded.
+    #[cfg(test)]
     pub fn push(&mut self, key: Option<&[u8]>, payload: &[u8]) {
         let key_start = self.buf.len();
         if let Some(key) = key {

@@ -205,7 +205,8 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
                 rows = batch.len(),
                 "stopping: the batch in hand follows an abandoned one; not written, not committed"
             );
-            self::abandon(io, &mut batch);
+            io.metrics.abandoned();
+            batch = Batch::default();
         }
         if !batch.is_empty() {
             tracing::info!(rows = batch.len(), "stopping: writing the batch in hand");
@@ -389,11 +390,6 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
             }
         }
     }
-}
-
-fn abandon<C: HitConsumer, W: RowWriter, D: DeadLetters>(io: &Io<C, W, D>, batch: &mut Batch) {
-    io.metrics.abandoned();
-    *batch = Batch::default();
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -165,6 +165,29 @@ pub struct BadMessage {
     pub raw: Vec<u8>,
 }
 
+impl BadMessage {
+    /// A dead letter of `bytes` read at `at`. The `payload` column keeps the first
+    /// [`TOO_LARGE_STORED_BYTES`] of what is too large to read; the dead-letter topic every byte.
+    fn new(topic: &str, at: Lineage, reason: BadReason, error: String, bytes: &[u8]) -> BadMessage {
+        let stored = match reason {
+            BadReason::TooLarge | BadReason::TooManyHits => {
+                &bytes[..bytes.len().min(TOO_LARGE_STORED_BYTES)]
+            }
+            _ => bytes,
+        };
+        BadMessage {
+            kafka_topic: topic.to_owned(),
+            kafka_partition: at.partition,
+            kafka_offset: at.offset,
+            kafka_index: at.index,
+            reason,
+            error,
+            payload: String::from_utf8_lossy(stored).into_owned(),
+            raw: bytes.to_vec(),
+        }
+    }
+}
+
 /// Why a message is dead-lettered (the `reason` column of `bad_hits`, the `pixelpipe.reason`
 /// header on the dead-letter topic, the `reason` label of `pixelpipe_sink_dead_lettered_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,21 +282,23 @@ pub fn decode_message(
 ) -> Vec<Decoded> {
     let hits = wire::unpack(payload).take(MAX_HITS_PER_MESSAGE + 1).count();
     if hits > MAX_HITS_PER_MESSAGE {
-        let stored = &payload[..payload.len().min(TOO_LARGE_STORED_BYTES)];
-        return vec![Decoded::Bad(BadMessage {
-            kafka_topic: topic.to_owned(),
-            kafka_partition: partition,
-            kafka_offset: offset,
-            kafka_index: 0,
-            reason: BadReason::TooManyHits,
-            error: format!(
-                "a message packing more than {MAX_HITS_PER_MESSAGE} hits is not an edge's; \
-                 dead-lettered whole ({} bytes; bad_hits keeps the first {TOO_LARGE_STORED_BYTES})",
-                payload.len()
-            ),
-            payload: String::from_utf8_lossy(stored).into_owned(),
-            raw: payload.to_vec(),
-        })];
+        let at = Lineage {
+            partition,
+            offset,
+            index: 0,
+        };
+        let error = format!(
+            "a message packing more than {MAX_HITS_PER_MESSAGE} hits is not an edge's; \
+             dead-lettered whole ({} bytes; bad_hits keeps the first {TOO_LARGE_STORED_BYTES})",
+            payload.len()
+        );
+        return vec![Decoded::Bad(BadMessage::new(
+            topic,
+            at,
+            BadReason::TooManyHits,
+            error,
+            payload,
+        ))];
     }
     wire::unpack(payload)
         .zip(0u32..)
@@ -298,20 +323,7 @@ pub fn decode_hit(
     enricher: &mut Enricher,
 ) -> Decoded {
     let bad = |reason: BadReason, error: String| {
-        let stored = match reason {
-            BadReason::TooLarge => &bytes[..bytes.len().min(TOO_LARGE_STORED_BYTES)],
-            _ => bytes,
-        };
-        Decoded::Bad(BadMessage {
-            kafka_topic: topic.to_owned(),
-            kafka_partition: at.partition,
-            kafka_offset: at.offset,
-            kafka_index: at.index,
-            reason,
-            error,
-            payload: String::from_utf8_lossy(stored).into_owned(),
-            raw: bytes.to_vec(),
-        })
+        Decoded::Bad(BadMessage::new(topic, at, reason, error, bytes))
     };
     if bytes.is_empty() {
         return bad(
