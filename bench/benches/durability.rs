@@ -27,7 +27,7 @@ use pixelpipe_ingest::Config;
 const BATCH: usize = 1024;
 
 /// Real hits, as the edge builds them from the sample requests.
-fn sample_hits() -> Vec<Hit> {
+fn sample_hits() -> Vec<Box<Hit>> {
     let spool = TempLedger::new();
     let (edge, rx) = spool.edge(&Config::default(), BATCH);
     let runtime = tokio::runtime::Builder::new_current_thread()

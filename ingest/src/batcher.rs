@@ -51,7 +51,7 @@ pub struct Batchers {
 impl Batchers {
     /// Starts the threads.
     pub fn spawn(
-        rx: Receiver<Hit>,
+        rx: Receiver<Box<Hit>>,
         producer: SharedProducer,
         settings: BatcherSettings,
         metrics: Metrics,
@@ -92,7 +92,7 @@ impl Batchers {
 }
 
 struct Worker {
-    rx: Receiver<Hit>,
+    rx: Receiver<Box<Hit>>,
     stop: Receiver<()>,
     producer: SharedProducer,
     settings: BatcherSettings,
@@ -122,7 +122,7 @@ impl Worker {
         }
         // Stop: whatever is still in the channel is handed over too.
         while !self.rx.is_empty() {
-            let rest: Vec<Hit> = self
+            let rest: Vec<Box<Hit>> = self
                 .rx
                 .try_iter()
                 .take(self.settings.batch_max_hits)
@@ -134,7 +134,7 @@ impl Worker {
 
     /// Prepares and encodes a batch, spools it first in disk mode, and hands each hit to the
     /// producer; one the producer cannot take goes to the spool.
-    fn hand_over(&mut self, hits: impl Iterator<Item = Hit>) {
+    fn hand_over(&mut self, hits: impl Iterator<Item = Box<Hit>>) {
         let outbound = &self.settings.outbound;
         self.out.clear();
         for mut hit in hits {

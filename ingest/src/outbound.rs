@@ -80,7 +80,7 @@ impl Outbound {
     }
 
     /// A hit the channel could not take: prepared and encoded here, then spooled for replay.
-    pub fn spill(&self, mut hit: Hit) {
+    pub fn spill(&self, mut hit: Box<Hit>) {
         if self.prepare(&mut hit) {
             let mut one = Encoded::default();
             self.encode(&hit, &mut one);

@@ -400,10 +400,7 @@ fn finish(mut mac: Hmac<Sha256>, parts: &[&[u8]]) -> String {
         mac.update(&(part.len() as u32).to_be_bytes());
         mac.update(part);
     }
-    mac.finalize().into_bytes()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&mac.finalize().into_bytes()[..16])
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::wire::Hit;
 /// The sending side, held by request handlers.
 #[derive(Clone)]
 pub struct HitQueue {
-    tx: Sender<Hit>,
+    tx: Sender<Box<Hit>>,
     high_water_hits: usize,
     metrics: Metrics,
     /// Shared by every handler; used only when the channel is full, so a lock is cheap enough.
@@ -42,7 +42,7 @@ impl HitQueue {
         capacity_hits: usize,
         high_water_percent: u8,
         outbound: Outbound,
-    ) -> (HitQueue, Receiver<Hit>) {
+    ) -> (HitQueue, Receiver<Box<Hit>>) {
         let metrics = outbound.ledger.metrics().clone();
         let (tx, rx) = crossbeam_channel::bounded(capacity_hits);
         let high_water_hits = (capacity_hits * usize::from(high_water_percent))
@@ -60,7 +60,7 @@ impl HitQueue {
     }
 
     /// Places a hit without waiting.
-    pub fn offer(&self, hit: Hit) -> Offer {
+    pub fn offer(&self, hit: Box<Hit>) -> Offer {
         self.metrics.accepted(hit.transport);
         match self.tx.try_send(hit) {
             Ok(()) => Offer::Queued,
@@ -102,15 +102,15 @@ mod tests {
         let t = TempLedger::new();
         let (q, rx) = HitQueue::new(4, 50, t.outbound());
         assert!(!q.above_high_water());
-        assert_eq!(q.offer(sample_hit()), Offer::Queued);
+        assert_eq!(q.offer(Box::new(sample_hit())), Offer::Queued);
         assert!(!q.above_high_water());
-        assert_eq!(q.offer(sample_hit()), Offer::Queued);
+        assert_eq!(q.offer(Box::new(sample_hit())), Offer::Queued);
         assert!(q.above_high_water());
-        q.offer(sample_hit());
-        q.offer(sample_hit());
-        assert_eq!(q.offer(sample_hit()), Offer::Spilled);
+        q.offer(Box::new(sample_hit()));
+        q.offer(Box::new(sample_hit()));
+        assert_eq!(q.offer(Box::new(sample_hit())), Offer::Spilled);
         drop(rx);
-        assert_eq!(q.offer(sample_hit()), Offer::Spilled);
+        assert_eq!(q.offer(Box::new(sample_hit())), Offer::Spilled);
         assert_eq!(t.spool().stats().records, 2);
         let text = t.metrics().render();
         for series in [

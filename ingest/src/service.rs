@@ -188,7 +188,7 @@ impl Edge {
         let mut meta = self.meta(req, peer);
         meta.head_request = head;
         Ok(Draft::new(
-            &meta,
+            meta,
             Transport::Pixel,
             &self.edge_id,
             &self.limits,
@@ -278,7 +278,7 @@ impl Edge {
             match body.members(event) {
                 Some(members) => {
                     let mut draft =
-                        Draft::new(&meta, Transport::Beacon, &self.edge_id, &self.limits);
+                        Draft::new(meta.clone(), Transport::Beacon, &self.edge_id, &self.limits);
                     apply_json_object(&mut draft, &body, &members);
                     self.finish(draft);
                 }

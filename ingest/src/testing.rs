@@ -78,7 +78,7 @@ impl TempLedger {
         capacity_hits: usize,
     ) -> (
         crate::service::Edge,
-        crossbeam_channel::Receiver<crate::wire::Hit>,
+        crossbeam_channel::Receiver<Box<crate::wire::Hit>>,
     ) {
         let (queue, rx) = crate::queue::HitQueue::new(
             capacity_hits,

@@ -40,7 +40,7 @@ fn run(
     )
     .unwrap();
     for h in hits {
-        q.offer(h);
+        q.offer(Box::new(h));
     }
     b.stop_and_drain();
 }
@@ -79,7 +79,7 @@ fn a_lingering_batcher_takes_what_gathered_and_drains_on_stop() {
     let hits = numbered(100);
     let ids: Vec<_> = hits.iter().map(|h| h.event_id).collect();
     let mut hits = hits.into_iter();
-    q.offer(hits.next().unwrap());
+    q.offer(Box::new(hits.next().unwrap()));
     // The first hit of a quiet spell is taken at once; the batcher then sleeps.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while producer.sent.lock().unwrap().is_empty() {
@@ -90,7 +90,7 @@ fn a_lingering_batcher_takes_what_gathered_and_drains_on_stop() {
         std::thread::yield_now();
     }
     for h in hits {
-        q.offer(h);
+        q.offer(Box::new(h));
     }
     b.stop_and_drain();
     let sent = producer.sent.lock().unwrap();
@@ -107,7 +107,7 @@ fn a_full_batch_is_followed_at_once_whatever_the_linger() {
     let outbound = t.outbound();
     let (q, rx) = HitQueue::new(1000, 80, outbound.clone());
     for h in numbered(50) {
-        q.offer(h);
+        q.offer(Box::new(h));
     }
     let mut s = settings(outbound, Durability::Memory);
     (s.threads, s.batch_max_hits) = (1, 5);

@@ -11,7 +11,7 @@ use hyper::header::HeaderValue;
 
 struct Fixture {
     edge: Edge,
-    rx: Receiver<Hit>,
+    rx: Receiver<Box<Hit>>,
     metrics: Metrics,
     spool: TempLedger,
 }
@@ -518,7 +518,7 @@ async fn an_unknown_forwarded_client_is_stored_without_an_ip_and_counted() {
     let mut r = req("POST", "/collect", r#"[{"site":"a"},{"site":"b"}]"#);
     r.headers_mut().insert("x-forwarded-for", unknown());
     assert_eq!(call(&f, r).await.0, StatusCode::NO_CONTENT);
-    let hits: Vec<Hit> = f.rx.try_iter().collect();
+    let hits: Vec<Box<Hit>> = f.rx.try_iter().collect();
     assert_eq!(hits.len(), 3);
     for hit in &hits {
         assert_eq!(
