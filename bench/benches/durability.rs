@@ -27,7 +27,7 @@ use pixelpipe_ingest::Config;
 const BATCH: usize = 1024;
 
 /// Real hits, as the edge builds them from the sample requests.
-fn sample_hits() -> Vec<Box<Hit>> {
+fn sample_hits() -> Vec<Hit> {
     let spool = TempLedger::new();
     let (edge, rx) = spool.edge(&Config::default(), BATCH);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -38,7 +38,7 @@ fn sample_hits() -> Vec<Box<Hit>> {
     (0..BATCH as u64)
         .map(|i| {
             runtime.block_on(edge.handle(pixel_request(i * 10), peer));
-            rx.try_recv().unwrap()
+            *rx.try_recv().unwrap()
         })
         .collect()
 }
@@ -61,7 +61,7 @@ fn durability(c: &mut Criterion) {
                     producer.sent.lock().unwrap().clear();
                     let (q, rx) = HitQueue::new(BATCH, 100, outbound.clone());
                     for h in &hits {
-                        q.offer(h.clone());
+                        q.offer(Box::new(h.clone()));
                     }
                     (q, rx)
                 },
