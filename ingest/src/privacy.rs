@@ -400,7 +400,10 @@ fn finish(mut mac: Hmac<Sha256>, parts: &[&[u8]]) -> String {
         mac.update(&(part.len() as u32).to_be_bytes());
         mac.update(part);
     }
-    hex::encode(&mac.finalize().into_bytes()[..16])
+    let mut hex = [0u8; 32];
+    hex::encode_to_slice(&mac.finalize().into_bytes()[..16], &mut hex)
+        .expect("32 bytes hold 16 bytes in hex");
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
 }
 
 #[cfg(test)]
