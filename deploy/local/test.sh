@@ -12,11 +12,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need cargo "Install Rust first (https://rustup.rs)."
 "$ROOT/deploy/local/kafka.sh" start
 "$ROOT/deploy/local/clickhouse.sh" start
+"$ROOT/deploy/local/clickhouse-cluster.sh" start
 "$ROOT/deploy/local/chdb.sh" install
 "$ROOT/deploy/local/chromium.sh" install
 # Not PIXELPIPE_*: the binaries the tests start read those as settings and reject unknown ones.
 export TEST_KAFKA_BROKERS="$KAFKA_ADDR"
 export TEST_CLICKHOUSE_URL="http://127.0.0.1:8123"
+# The replicated cluster (clickhouse-cluster.sh): its name and each replica's HTTP URL.
+export TEST_CLICKHOUSE_CLUSTER=pixelpipe
+export TEST_CLICKHOUSE_REPLICAS="http://127.0.0.1:8124,http://127.0.0.1:8125"
 TEST_CHDB_PYTHON="$("$ROOT/deploy/local/chdb.sh" python)"
 export TEST_CHDB_PYTHON
 TEST_CHROMIUM="$("$ROOT/deploy/local/chromium.sh" path)"

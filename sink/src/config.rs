@@ -107,6 +107,15 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// Password. Default empty.
     pub password: String,
+    /// A replicated cluster to create the tables on, by its name in the servers'
+    /// `remote_servers` (e.g. `pixelpipe`, which `deploy/local/clickhouse-cluster.sh` defines).
+    /// Empty (the default) is one server. When set, every DDL statement runs `ON CLUSTER`, rows
+    /// live in `<prefix>hits_local` and `<prefix>bad_hits_local`
+    /// (`ReplicatedReplacingMergeTree`, paths `/clickhouse/tables/{shard}/<database>/<table>`,
+    /// replica `{replica}`, both macros from the servers' config), and `<prefix>hits` and
+    /// `<prefix>bad_hits` are `Distributed` tables over them, which the sink inserts into
+    /// (synchronously: the insert returns once the shard has the rows) and analysts query.
+    pub cluster: String,
     /// Apply pending migrations when the sink starts (they are idempotent). Default true.
     pub migrate_on_start: bool,
     /// Days a row of `<prefix>hits` is kept: a table TTL on servers that have one, brought in
@@ -176,6 +185,7 @@ impl Default for ClickHouseConfig {
             url: "http://127.0.0.1:8123".into(),
             database: "pixelpipe".into(),
             table_prefix: String::new(),
+            cluster: String::new(),
             user: "default".into(),
             password: String::new(),
             migrate_on_start: true,
@@ -303,6 +313,11 @@ impl layers::Validate for SinkConfig {
             "must be letters, digits or '_'",
         )?;
         check(
+            identifier(&c.cluster),
+            "clickhouse.cluster",
+            "must be letters, digits or '_'",
+        )?;
+        check(
             c.insert_timeout_ms > 0,
             "clickhouse.insert_timeout_ms",
             "must be at least 1",
@@ -367,6 +382,7 @@ mod tests {
         for (setting, value) in [
             ("clickhouse.table_prefix", "bad-prefix"),
             ("clickhouse.database", "a;drop"),
+            ("clickhouse.cluster", "two words"),
             ("clickhouse.url", "127.0.0.1:8123"),
             ("batch.max_rows", "0"),
             ("kafka.max_payload_bytes", "1000"),

@@ -13,8 +13,11 @@ use crate::schema::{Flavour, Tables};
 /// One table's retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    /// `database.table`.
+    /// `database.table`: the table that stores the rows (on a cluster, the replicated table
+    /// under the `Distributed` one).
     pub table: String,
+    /// [`Tables::on_cluster`]: every statement runs on each shard.
+    pub on_cluster: String,
     /// The `DateTime` column whose age counts.
     pub column: &'static str,
     /// Days a row is kept; 0 keeps rows forever.
@@ -29,12 +32,17 @@ impl Rule {
 
     /// Sets the table's TTL to this rule (modern servers).
     pub fn modify_ttl_statement(&self) -> String {
-        format!("ALTER TABLE {} MODIFY TTL {}", self.table, self.ttl())
+        format!(
+            "ALTER TABLE {}{} MODIFY TTL {}",
+            self.table,
+            self.on_cluster,
+            self.ttl()
+        )
     }
 
     /// Removes the table's TTL, for a retention of 0 days (modern servers).
     pub fn remove_ttl_statement(&self) -> String {
-        format!("ALTER TABLE {} REMOVE TTL", self.table)
+        format!("ALTER TABLE {}{} REMOVE TTL", self.table, self.on_cluster)
     }
 
     /// Deletes the rows past retention. A mutation: the server applies it in the background, part
@@ -42,8 +50,8 @@ impl Rule {
     /// [`delete_expired`]).
     pub fn delete_statement(&self) -> String {
         format!(
-            "ALTER TABLE {} DELETE WHERE {} < now() - toIntervalDay({})",
-            self.table, self.column, self.days
+            "ALTER TABLE {}{} DELETE WHERE {} < now() - toIntervalDay({})",
+            self.table, self.on_cluster, self.column, self.days
         )
     }
 }
@@ -53,12 +61,14 @@ pub fn rules(c: &ClickHouseConfig) -> Vec<Rule> {
     let t = Tables::new(c);
     vec![
         Rule {
-            table: t.hits(),
+            table: t.storage(&t.hits()),
+            on_cluster: t.on_cluster(),
             column: "received_at",
             days: c.retention_days,
         },
         Rule {
-            table: t.bad_hits(),
+            table: t.storage(&t.bad_hits()),
+            on_cluster: t.on_cluster(),
             column: "seen_at",
             days: c.bad_hits_retention_days,
         },
@@ -140,7 +150,10 @@ pub async fn delete_expired(
             .await?;
         for month in months {
             // Partition ids are toYYYYMM numbers read from the server itself.
-            let sql = format!("ALTER TABLE {} DROP PARTITION {month}", hits.table);
+            let sql = format!(
+                "ALTER TABLE {}{} DROP PARTITION {month}",
+                hits.table, hits.on_cluster
+            );
             client.query(&sql).execute().await?;
             sent.push(sql);
         }

@@ -9,6 +9,13 @@
 //!
 //! Migrations are recorded in `<prefix>schema_migrations`; applying them again is a no-op, and
 //! every statement is `IF NOT EXISTS`, so two sinks starting at once cannot break each other.
+//!
+//! On a replicated cluster (`clickhouse.cluster`) the same migrations run `ON CLUSTER`: rows are
+//! stored in `ReplicatedReplacingMergeTree` tables named `<prefix>hits_local` and
+//! `<prefix>bad_hits_local`, and `<prefix>hits` and `<prefix>bad_hits` become `Distributed` tables
+//! over them, so inserts and analysts' queries use the same names in both modes. The `Distributed`
+//! tables shard by a hash of what the `ReplacingMergeTree` folds on (`event_id`; a bad message's
+//! Kafka coordinates), so copies of one row always meet on one shard and are folded there.
 
 use clickhouse::Client;
 
@@ -68,29 +75,82 @@ impl Flavour {
     }
 }
 
-/// Names of the sink's tables for one configuration.
+/// Names of the sink's tables for one configuration, and where their DDL runs.
 #[derive(Debug, Clone)]
 pub struct Tables {
     /// `database.prefix`, the start of every table name.
     qualified_prefix: String,
+    /// `clickhouse.cluster`, when the tables are replicated.
+    cluster: Option<String>,
 }
 
 impl Tables {
-    /// From the configured database and prefix (both validated as identifiers).
+    /// From the configured database, prefix and cluster (each validated as an identifier).
     pub fn new(c: &ClickHouseConfig) -> Tables {
         Tables {
             qualified_prefix: format!("{}.{}", c.database, c.table_prefix),
+            cluster: (!c.cluster.is_empty()).then(|| c.cluster.clone()),
         }
     }
 
-    /// `db.<prefix>hits`.
+    /// `db.<prefix>hits`: where hits are inserted and queried (`Distributed` on a cluster).
     pub fn hits(&self) -> String {
         format!("{}hits", self.qualified_prefix)
     }
 
-    /// `db.<prefix>bad_hits`.
+    /// `db.<prefix>bad_hits`: the same for bad messages.
     pub fn bad_hits(&self) -> String {
         format!("{}bad_hits", self.qualified_prefix)
+    }
+
+    /// The table that stores `table`'s rows: `table` itself on one server, `table_local` on a
+    /// cluster (where `table` is the `Distributed` table over it).
+    pub fn storage(&self, table: &str) -> String {
+        match self.cluster {
+            None => table.to_owned(),
+            Some(_) => format!("{table}_local"),
+        }
+    }
+
+    /// ` ON CLUSTER <name>` on a cluster, else empty: follows the table name in every DDL
+    /// statement, so each server of the cluster runs it (ClickHouse runs an `ALTER` of a
+    /// replicated table once per shard).
+    pub fn on_cluster(&self) -> String {
+        match &self.cluster {
+            None => String::new(),
+            Some(cluster) => format!(" ON CLUSTER {cluster}"),
+        }
+    }
+
+    /// The engine of a storage table `database.name`: `ReplacingMergeTree()`, or on a cluster its
+    /// replicated form, with the conventional ZooKeeper path and the servers' `{shard}` and
+    /// `{replica}` macros.
+    fn engine(&self, storage: &str) -> String {
+        match self.cluster {
+            None => "ReplacingMergeTree()".into(),
+            Some(_) => {
+                let path = storage.replace('.', "/");
+                format!("ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{path}', '{{replica}}')")
+            }
+        }
+    }
+
+    /// On a cluster, the `Distributed` table `table` (`hits()` or `bad_hits()`) over its storage
+    /// table; nothing on one server. Sharded by what the storage table folds duplicates on.
+    fn distributed(&self, table: &str) -> Option<String> {
+        let cluster = self.cluster.as_ref()?;
+        let sharding_key = if table == self.hits() {
+            "cityHash64(event_id)"
+        } else {
+            "cityHash64(kafka_topic, kafka_partition, kafka_offset)"
+        };
+        let storage = self.storage(table);
+        let (db, name) = storage.split_once('.').expect("tables are database.name");
+        Some(format!(
+            "CREATE TABLE IF NOT EXISTS {table}{on} AS {storage}
+ENGINE = Distributed({cluster}, {db}, {name}, {sharding_key})",
+            on = self.on_cluster()
+        ))
     }
 
     /// `db.<prefix>schema_migrations`.
@@ -117,6 +177,8 @@ pub enum Step {
         /// which ClickHouse allows only for columns added in that statement, without a default
         /// expression (18.16 and modern servers alike).
         order_by: Option<&'static str>,
+        /// [`Tables::on_cluster`].
+        on_cluster: String,
     },
 }
 
@@ -130,14 +192,16 @@ impl Step {
                 column,
                 definition,
                 order_by: None,
-            } => format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"),
+                on_cluster,
+            } => format!("ALTER TABLE {table}{on_cluster} ADD COLUMN {column} {definition}"),
             Step::AddColumn {
                 table,
                 column,
                 definition,
                 order_by: Some(key),
+                on_cluster,
             } => format!(
-                "ALTER TABLE {table} ADD COLUMN {column} {definition}, MODIFY ORDER BY ({key})"
+                "ALTER TABLE {table}{on_cluster} ADD COLUMN {column} {definition}, MODIFY ORDER BY ({key})"
             ),
         }
     }
@@ -190,26 +254,74 @@ pub const MIGRATIONS: &[Migration] = &[
 /// A message may pack several hits, so `(partition, offset)` no longer names one hit: both tables
 /// get its place in the message, and `bad_hits` (whose replacing key is its sorting key) sorts by
 /// it, or two bad hits of one message would be folded into one row.
-fn v6(t: &Tables, _f: Flavour, _retention_days: u32) -> Vec<Step> {
+fn v6(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
+    let mut sorting = add_column(
+        t,
+        &t.bad_hits(),
+        "kafka_index",
+        "UInt32",
+        Some("kafka_topic, kafka_partition, kafka_offset, kafka_index"),
+    );
+    if let (Flavour::Legacy, Step::AddColumn { on_cluster, .. }) = (f, &mut sorting) {
+        // 18.16 refuses `MODIFY ORDER BY` in an `ON CLUSTER` query ("Unsupported type of ALTER
+        // query"), but replicates it to the shard's other replicas when sent to one of them.
+        // So on 18.16 it reaches the shard of the server the sink talks to; a cluster of several
+        // shards needs it sent to one server of each (docs/operations-sink.md).
+        on_cluster.clear();
+    }
     vec![
         add_hits_column(t, "kafka_index", "UInt32 DEFAULT 0"),
-        Step::AddColumn {
-            table: t.bad_hits(),
-            column: "kafka_index",
-            definition: "UInt32".into(),
-            order_by: Some("kafka_topic, kafka_partition, kafka_offset, kafka_index"),
-        },
+        sorting,
     ]
 }
 
 /// `ALTER TABLE <prefix>hits ADD COLUMN`, skipped when it exists.
 fn add_hits_column(t: &Tables, column: &'static str, definition: &str) -> Step {
+    add_column(t, &t.hits(), column, definition, None)
+}
+
+/// Adds a column to the table storing `table`'s rows (with the sorting key, if any); on a
+/// cluster, [`steps`] then rebuilds the `Distributed` table over it.
+fn add_column(
+    t: &Tables,
+    table: &str,
+    column: &'static str,
+    definition: &str,
+    order_by: Option<&'static str>,
+) -> Step {
     Step::AddColumn {
-        table: t.hits(),
+        table: t.storage(table),
         column,
         definition: definition.to_owned(),
-        order_by: None,
+        order_by,
+        on_cluster: t.on_cluster(),
     }
+}
+
+/// A migration's steps for these tables, a server flavour and a retention. On a cluster, each
+/// `Distributed` table whose storage table gained columns is dropped and created again over it
+/// at the end: it must declare the same columns, and ClickHouse refuses an `ALTER ... ON CLUSTER`
+/// of a table that is not replicated in a cluster whose shards are (`internal_replication`;
+/// seen on 18.16). It holds no rows of its own, since the sink inserts synchronously; an insert
+/// or query in that moment fails and is retried.
+pub fn steps(m: &Migration, t: &Tables, flavour: Flavour, retention_days: u32) -> Vec<Step> {
+    let mut steps = (m.steps)(t, flavour, retention_days);
+    if t.cluster.is_some() {
+        for table in [t.hits(), t.bad_hits()] {
+            let storage = t.storage(&table);
+            let altered = steps
+                .iter()
+                .any(|s| matches!(s, Step::AddColumn { table, .. } if *table == storage));
+            if let (true, Some(create)) = (altered, t.distributed(&table)) {
+                steps.push(Step::Sql(format!(
+                    "DROP TABLE IF EXISTS {table}{}",
+                    t.on_cluster()
+                )));
+                steps.push(Step::Sql(create));
+            }
+        }
+    }
+    steps
 }
 
 fn v5(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
@@ -255,13 +367,14 @@ fn v1(t: &Tables, f: Flavour, retention_days: u32) -> Vec<String> {
         (Flavour::Modern, days) if days > 0 => format!("\nTTL received_at + toIntervalDay({days})"),
         _ => String::new(),
     };
-    let dedup = match f {
+    let dedup = match (f, &t.cluster) {
         // Lets `insert_deduplication_token` drop a retried batch the server already has.
-        Flavour::Modern => "\nSETTINGS non_replicated_deduplication_window = 1000",
-        Flavour::Legacy => "",
+        // Replicated tables deduplicate inserted blocks without being asked (in ZooKeeper).
+        (Flavour::Modern, None) => "\nSETTINGS non_replicated_deduplication_window = 1000",
+        _ => "",
     };
     let hits = format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
+        "CREATE TABLE IF NOT EXISTS {table}{on} (
     event_id UUID,
     received_at DateTime('UTC'){delta},
     schema_version UInt16,
@@ -298,16 +411,18 @@ fn v1(t: &Tables, f: Flavour, retention_days: u32) -> Vec<String> {
     kafka_offset Int64,
     inserted_at DateTime('UTC') DEFAULT now()
 )
-ENGINE = ReplacingMergeTree()
+ENGINE = {engine}
 PARTITION BY toYYYYMM(received_at)
 ORDER BY (site_id, kind, toDate(received_at), event_id){ttl}{dedup}",
-        table = t.hits(),
+        table = t.storage(&t.hits()),
+        on = t.on_cluster(),
+        engine = t.engine(&t.storage(&t.hits())),
         ip = f.ip(),
         delta = f.codec("Delta, ZSTD(1)"),
         zstd = f.codec("ZSTD(1)"),
     );
     let bad_hits = format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
+        "CREATE TABLE IF NOT EXISTS {table}{on} (
     kafka_topic String,
     kafka_partition Int32,
     kafka_offset Int64,
@@ -316,29 +431,45 @@ ORDER BY (site_id, kind, toDate(received_at), event_id){ttl}{dedup}",
     payload String,
     seen_at DateTime('UTC') DEFAULT now()
 )
-ENGINE = ReplacingMergeTree()
+ENGINE = {engine}
 ORDER BY (kafka_topic, kafka_partition, kafka_offset){dedup}",
-        table = t.bad_hits(),
+        table = t.storage(&t.bad_hits()),
+        on = t.on_cluster(),
+        engine = t.engine(&t.storage(&t.bad_hits())),
     );
-    vec![hits, bad_hits]
+    [
+        Some(hits),
+        t.distributed(&t.hits()),
+        Some(bad_hits),
+        t.distributed(&t.bad_hits()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The table recording applied migrations. On a cluster, replicated like the tables it
+/// describes, so every replica reads the same record whichever one a sink talks to.
+pub fn migrations_table(t: &Tables) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table}{on} (version UInt32, name String, applied_at DateTime('UTC') DEFAULT now())
+ENGINE = {engine} ORDER BY version",
+        table = t.migrations(),
+        on = t.on_cluster(),
+        engine = t.engine(&t.migrations()),
+    )
 }
 
 /// Creates the database and migrations table if needed, then applies every migration not yet
 /// recorded. Returns the versions it applied (empty when the schema was current).
 pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) -> Result<Vec<u32>> {
     let tables = Tables::new(c);
+    let on = tables.on_cluster();
     client
-        .query(&format!("CREATE DATABASE IF NOT EXISTS {}", c.database))
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {}{on}", c.database))
         .execute()
         .await?;
-    client
-        .query(&format!(
-            "CREATE TABLE IF NOT EXISTS {} (version UInt32, name String, applied_at DateTime('UTC') DEFAULT now())
-             ENGINE = ReplacingMergeTree() ORDER BY version",
-            tables.migrations()
-        ))
-        .execute()
-        .await?;
+    client.query(&migrations_table(&tables)).execute().await?;
     let applied: Vec<u32> = client
         .query(&format!(
             "SELECT DISTINCT version FROM {} ORDER BY version",
@@ -348,7 +479,7 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
         .await?;
     let mut done = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-        for step in (m.steps)(&tables, flavour, c.retention_days) {
+        for step in steps(m, &tables, flavour, c.retention_days) {
             match &step {
                 Step::Sql(sql) => client.query(sql).execute().await?,
                 Step::AddColumn { table, column, .. } => {
@@ -421,5 +552,50 @@ mod tests {
                 .collect()
         };
         assert_eq!(columns(&legacy), columns(&modern));
+    }
+
+    #[test]
+    fn a_cluster_stores_in_replicated_tables_and_rebuilds_the_distributed_ones() {
+        let single = Tables::new(&ClickHouseConfig::default());
+        let cluster = Tables::new(&ClickHouseConfig {
+            cluster: "c1".into(),
+            ..ClickHouseConfig::default()
+        });
+        assert_eq!(single.storage(&single.hits()), "pixelpipe.hits");
+        assert_eq!(cluster.storage(&cluster.hits()), "pixelpipe.hits_local");
+        let sql = |t: &Tables, m: &Migration, f| -> Vec<String> {
+            steps(m, t, f, 0).iter().map(Step::sql).collect()
+        };
+        let v1 = sql(&cluster, &MIGRATIONS[0], Flavour::Legacy).join("\n");
+        assert!(v1.contains("CREATE TABLE IF NOT EXISTS pixelpipe.hits_local ON CLUSTER c1 ("));
+        assert!(v1.contains(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/pixelpipe/hits_local', '{replica}')"
+        ));
+        assert!(
+            v1.contains("ENGINE = Distributed(c1, pixelpipe, hits_local, cityHash64(event_id))")
+        );
+        assert!(!sql(&single, &MIGRATIONS[0], Flavour::Legacy)
+            .join("\n")
+            .contains("ON CLUSTER"));
+        // A migration adding columns ends by rebuilding each Distributed table it changed.
+        let v2 = sql(&cluster, &MIGRATIONS[1], Flavour::Modern);
+        assert_eq!(
+            v2[v2.len() - 2..]
+                .iter()
+                .map(|s| s.lines().next().unwrap())
+                .collect::<Vec<_>>(),
+            [
+                "DROP TABLE IF EXISTS pixelpipe.hits ON CLUSTER c1",
+                "CREATE TABLE IF NOT EXISTS pixelpipe.hits ON CLUSTER c1 AS pixelpipe.hits_local"
+            ]
+        );
+        assert!(v2[0].starts_with("ALTER TABLE pixelpipe.hits_local ON CLUSTER c1 ADD COLUMN"));
+        assert_eq!(sql(&single, &MIGRATIONS[1], Flavour::Modern).len(), 2);
+        // 18.16 refuses MODIFY ORDER BY on a cluster: that one statement goes to one server.
+        let v6 = sql(&cluster, &MIGRATIONS[5], Flavour::Legacy);
+        assert!(v6.contains(&"ALTER TABLE pixelpipe.bad_hits_local ADD COLUMN kafka_index UInt32, MODIFY ORDER BY (kafka_topic, kafka_partition, kafka_offset, kafka_index)".to_owned()), "{v6:#?}");
+        assert_eq!(v6.iter().filter(|s| s.starts_with("DROP TABLE")).count(), 2);
+        let v6_modern = sql(&cluster, &MIGRATIONS[5], Flavour::Modern);
+        assert!(v6_modern.iter().all(|s| s.contains("ON CLUSTER c1")));
     }
 }

@@ -4,7 +4,8 @@
 //! LZ4-compressed. On modern servers each carries an `insert_deduplication_token` made from the
 //! batch's offset ranges, so a retry of a batch the server already stored is dropped there; on
 //! 18.16, which lacks it, the `ReplacingMergeTree` keyed by `event_id` folds duplicates (see
-//! docs/analytics.md for exact counts).
+//! docs/analytics.md for exact counts). On a cluster the inserts go to the `Distributed` tables,
+//! synchronously.
 
 use std::future::Future;
 use std::time::Duration;
@@ -40,6 +41,8 @@ pub struct ClickHouse {
     tables: Tables,
     flavour: Flavour,
     timeout: Duration,
+    /// Inserting into `Distributed` tables (`clickhouse.cluster`).
+    distributed: bool,
 }
 
 impl ClickHouse {
@@ -50,6 +53,7 @@ impl ClickHouse {
             tables: Tables::new(c),
             flavour,
             timeout: Duration::from_millis(c.insert_timeout_ms),
+            distributed: !c.cluster.is_empty(),
         }
     }
 
@@ -61,13 +65,21 @@ impl ClickHouse {
         if rows.is_empty() {
             return Ok(());
         }
-        let client = match self.flavour {
+        let mut client = match self.flavour {
             Flavour::Modern => self
                 .client
                 .clone()
                 .with_setting("insert_deduplication_token", token),
             Flavour::Legacy => self.client.clone(),
         };
+        if self.distributed {
+            // By default a `Distributed` table queues an insert on the receiving server's disk
+            // and returns before any shard has the rows; committing offsets then could lose them
+            // with that server. Synchronous, the insert returns once every shard has stored its
+            // part (modern servers call it `distributed_foreground_insert`; the old name stays
+            // as an alias).
+            client = client.with_setting("insert_distributed_sync", "1");
+        }
         // Unescaped: the name is `database.table`, both validated identifiers (config), and the
         // escaping `insert` would quote it as a single name.
         let mut insert = client

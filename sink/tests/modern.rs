@@ -19,7 +19,7 @@ use pixelpipe_sink::config::{ClickHouseConfig, EnrichConfig};
 use pixelpipe_sink::enrich::Enricher;
 use pixelpipe_sink::retention;
 use pixelpipe_sink::row::{decode, Decoded, HitRow};
-use pixelpipe_sink::schema::{Flavour, Tables, MIGRATIONS};
+use pixelpipe_sink::schema::{self, Flavour, Tables, MIGRATIONS};
 use pixelpipe_sink::store::{ClickHouse, RowWriter};
 
 fn chdb_python() -> String {
@@ -332,4 +332,63 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
         assert_eq!(got["kind_type"], "LowCardinality(String)");
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A modern server parses every statement the sink sends to a replicated cluster: the
+/// migrations with `ON CLUSTER`, the replicated engines, the `Distributed` tables and their
+/// rebuilds, and the retention statements. chDB runs in-process, without ZooKeeper or other
+/// servers, so `EXPLAIN AST` checks the syntax; the statements run for real on 18.16's cluster in
+/// `tests/cluster.rs`.
+#[test]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs chDB: deploy/local/test.sh installs it"
+)]
+fn the_cluster_ddl_parses_on_a_modern_server() {
+    let config = ClickHouseConfig {
+        cluster: "pixelpipe".into(),
+        retention_days: 30,
+        ..ClickHouseConfig::default()
+    };
+    let tables = Tables::new(&config);
+    let mut ddl = vec![schema::migrations_table(&tables)];
+    ddl.extend(
+        MIGRATIONS
+            .iter()
+            .flat_map(|m| schema::steps(m, &tables, Flavour::Modern, 30))
+            .map(|step| step.sql()),
+    );
+    for rule in retention::rules(&config) {
+        ddl.extend([rule.modify_ttl_statement(), rule.remove_ttl_statement()]);
+    }
+    assert!(
+        ddl.iter().all(|sql| sql.contains(" ON CLUSTER pixelpipe")),
+        "{ddl:#?}"
+    );
+    let dir = std::env::temp_dir().join(format!("pp-chdb-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ddl.sql"), ddl.join(";\n")).unwrap();
+    let script = r#"
+from chdb import session
+s = session.Session("db")
+for stmt in open("ddl.sql").read().split(";\n"):
+    try:
+        s.query("EXPLAIN AST " + stmt)
+    except Exception as e:
+        raise SystemExit(stmt + "\n" + str(e))
+print("parsed")
+"#;
+    let out = Command::new(chdb_python())
+        .arg("-c")
+        .arg(script)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chDB refused:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "parsed");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
