@@ -8,7 +8,9 @@
 #   clickhouse-cluster.sh start-replica N
 # Ports: ZooKeeper 127.0.0.1:12181; replica N answers HTTP on 8123+N, native TCP on 9100+N and
 # interserver HTTP on 9200+N. The sink uses it with `clickhouse.cluster = "pixelpipe"` and
-# `clickhouse.url = "http://127.0.0.1:8124"` (docs/operations-sink.md, "A replicated cluster").
+# `clickhouse.url = "http://127.0.0.1:8124"` (docs/operations-sink.md, "A replicated ClickHouse
+# cluster"). ZooKeeper's own output goes where Debian's /etc/zookeeper/conf/environment says
+# (/var/log/zookeeper), which overrides any other setting.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLUSTER=pixelpipe
@@ -35,7 +37,10 @@ install() {
     || die "apt-get install zookeeper failed"
 }
 
-zk_ok() { [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf ruok >&3 && head -c 4 <&3) 2>/dev/null)" = imok ]; }
+# Serving, not only alive: `ruok` answers imok while ZooKeeper still loads its data and refuses
+# sessions (ClickHouse then fails at start with "Connection loss"); `stat` names a Mode only when
+# it serves.
+zk_ok() { (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf stat >&3 && grep -q '^Mode: ' <&3) 2>/dev/null; }
 
 start_zookeeper() {
   if zk_ok; then
@@ -54,17 +59,15 @@ clientPortAddress=127.0.0.1
 admin.enableServer=false
 4lw.commands.whitelist=ruok,stat
 EOF
-  # Debian's zkEnv.sh reads its settings from /etc/zookeeper/conf unless told otherwise.
-  cp /etc/zookeeper/conf/log4j.properties "$ZK_DIR/" 2>/dev/null || true
   step "starting ZooKeeper on 127.0.0.1:$ZK_PORT (data in $ZK_DIR/data)"
-  ZOOCFGDIR="$ZK_DIR" ZOO_LOG_DIR="$ZK_DIR/log" ZOOPIDFILE="$ZK_DIR/zookeeper.pid" \
+  ZOOPIDFILE="$ZK_DIR/zookeeper.pid" \
     "$ZK_BIN" start "$ZK_DIR/zoo.cfg" >>"$ZK_DIR/log/start.log" 2>&1 \
     || { tail -n 20 "$ZK_DIR/log/start.log" >&2; die "ZooKeeper did not start"; }
   for _ in $(seq 1 150); do
     zk_ok && { note "ZooKeeper up (pid $(cat "$ZK_DIR/zookeeper.pid"))"; return 0; }
     sleep 0.2
   done
-  tail -n 20 "$ZK_DIR/log/"*.out "$ZK_DIR/log/start.log" >&2 2>/dev/null || true
+  tail -n 20 /var/log/zookeeper/*.out "$ZK_DIR/log/start.log" >&2 2>/dev/null || true
   die "ZooKeeper did not answer on 127.0.0.1:$ZK_PORT within 30 s"
 }
 
@@ -108,9 +111,11 @@ case "${1:-}" in
     step "stopping ZooKeeper"
     stop_pid "$ZK_DIR/zookeeper.pid" ZooKeeper
     ;;
-  status)
-    zk_ok && echo "zookeeper: running on 127.0.0.1:$ZK_PORT" || echo "zookeeper: not running"
-    for n in "${REPLICAS[@]}"; do printf 'replica%s: ' "$n"; replica status "$n" || true; done
+  status) # exits 1 unless all three run
+    all=0
+    if zk_ok; then echo "zookeeper: running on 127.0.0.1:$ZK_PORT"; else echo "zookeeper: not running"; all=1; fi
+    for n in "${REPLICAS[@]}"; do printf 'replica%s: ' "$n"; replica status "$n" || all=1; done
+    exit "$all"
     ;;
   start-replica) replica start "${2:-}" ;;
   stop-replica) replica stop "${2:-}" ;;

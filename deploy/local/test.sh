@@ -15,6 +15,7 @@ need cargo "Install Rust first (https://rustup.rs)."
 "$ROOT/deploy/local/clickhouse-cluster.sh" start
 "$ROOT/deploy/local/chdb.sh" install
 "$ROOT/deploy/local/chromium.sh" install
+"$ROOT/deploy/local/prometheus.sh" install
 # Not PIXELPIPE_*: the binaries the tests start read those as settings and reject unknown ones.
 export TEST_KAFKA_BROKERS="$KAFKA_ADDR"
 export TEST_CLICKHOUSE_URL="http://127.0.0.1:8123"
@@ -25,6 +26,8 @@ TEST_CHDB_PYTHON="$("$ROOT/deploy/local/chdb.sh" python)"
 export TEST_CHDB_PYTHON
 TEST_CHROMIUM="$("$ROOT/deploy/local/chromium.sh" path)"
 export TEST_CHROMIUM
+TEST_PROMETHEUS="$("$ROOT/deploy/local/prometheus.sh" path)"
+export TEST_PROMETHEUS
 
 step "running cargo test --workspace --features integration"
 cd "$ROOT"

@@ -219,10 +219,15 @@ pub async fn run_with_producer(
     };
     let admin = {
         let m = metrics.clone();
+        let edge = edge.clone();
         let grace = std::time::Duration::from_millis(config.http.shutdown_grace_ms);
         tokio::spawn(admin::serve_metrics(
             listeners.admin,
-            move || m.render(),
+            move || {
+                // Taken at each scrape, so an alert on it needs no probe of `/readyz`.
+                m.set_ready(edge.not_ready().is_empty());
+                m.render()
+            },
             grace,
             admin_stopped,
         ))

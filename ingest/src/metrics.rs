@@ -89,6 +89,7 @@ pub struct Metrics {
     hits_invalid: IntCounterVec,
     hits_dropped: IntCounterVec,
     queue_depth: IntGauge,
+    ready: IntGauge,
     batch_size: Histogram,
     message_hits: Histogram,
     delivered: IntCounter,
@@ -194,6 +195,10 @@ impl Metrics {
             queue_depth: gauge(
                 "pixelpipe_ingest_queue_depth_hits",
                 "Hits waiting in the batcher queue.",
+            ),
+            ready: gauge(
+                "pixelpipe_ingest_ready",
+                "1 when /readyz answers 200, 0 when it answers 503 (its body says why); taken at each scrape.",
             ),
             batch_size: histogram(
                 "pixelpipe_ingest_batch_size_hits",
@@ -400,6 +405,11 @@ impl Metrics {
     pub fn batch_taken(&self, hits: usize, still_queued: usize) {
         self.batch_size.observe(hits as f64);
         self.queued(still_queued);
+    }
+
+    /// Records whether `/readyz` would answer ready now.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// Records the hits waiting in the channel now.

@@ -333,6 +333,18 @@ impl Edge {
 
     /// Ready only when every condition holds; otherwise 503 naming each that does not.
     fn readyz(&self) -> Response<ResponseBody> {
+        let why = self.not_ready();
+        if why.is_empty() {
+            return response::text(StatusCode::OK, "ready");
+        }
+        response::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: {}", why.join("; ")),
+        )
+    }
+
+    /// Why `/readyz` would answer 503 now; empty when ready.
+    pub fn not_ready(&self) -> Vec<&'static str> {
         let (not_connected, failing) = match self.output {
             Output::Kafka => ("kafka not connected", "kafka deliveries failing"),
             // The file producer is "connected" while its latest write succeeded.
@@ -351,18 +363,11 @@ impl Edge {
                 "spool above its high-water mark",
             ),
         ];
-        if problems.iter().all(|(bad, _)| !bad) {
-            return response::text(StatusCode::OK, "ready");
-        }
-        let why: Vec<&str> = problems
+        problems
             .iter()
             .filter(|(bad, _)| *bad)
             .map(|(_, what)| *what)
-            .collect();
-        response::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("not ready: {}", why.join("; ")),
-        )
+            .collect()
     }
 }
 

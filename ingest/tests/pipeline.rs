@@ -1030,3 +1030,58 @@ async fn anonymous_machines_and_instant_clicks_are_classed_as_machines() {
     p.edge.shutdown().await;
     p.sink.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the local broker and the ClickHouse cluster: deploy/local/test.sh starts them"
+)]
+async fn hits_from_the_edge_reach_both_replicas_of_a_cluster() {
+    let replicas: Vec<String> = std::env::var("TEST_CLICKHOUSE_REPLICAS")
+        .unwrap_or_else(|_| "http://127.0.0.1:8124,http://127.0.0.1:8125".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let first = replicas[0].clone();
+    let Pipeline {
+        edge, sink, table, ..
+    } = Pipeline::start_with("e2ecluster", 2, test_config, |c| {
+        c.clickhouse.url = first;
+        c.clickhouse.cluster =
+            std::env::var("TEST_CLICKHOUSE_CLUSTER").unwrap_or_else(|_| "pixelpipe".into());
+    })
+    .await;
+    let addr = edge.public;
+    tokio::task::spawn_blocking(move || {
+        for i in 0..25 {
+            let target = format!("/p.gif?site=shop&e=open&campaign=c{}&msg=m{i}", i % 5);
+            assert_eq!(http(addr, "GET", &target, &[], b"").status, 200);
+        }
+    })
+    .await
+    .unwrap();
+    // Each replica's own copy, then the exact count through the Distributed table on each.
+    for url in &replicas {
+        let local = wait_for(
+            url,
+            &format!("SELECT count() FROM {table}_local FINAL"),
+            25,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(local, 25, "stored on {url}");
+        let by_campaign = number(
+            url,
+            &format!(
+                "SELECT uniqExact(campaign) FROM {table} WHERE site_id = 'shop' AND kind = 'open'"
+            ),
+        )
+        .await;
+        assert_eq!(
+            by_campaign, 5,
+            "queried through the Distributed table on {url}"
+        );
+    }
+    edge.shutdown().await;
+    sink.stop().await;
+}

@@ -21,6 +21,16 @@ pub enum Error {
         "unsupported ClickHouse server version {0}: pixelpipe supports 18.16 and 22.x or later"
     )]
     UnsupportedServer(String),
+    /// `clickhouse.cluster` is set, but a server of the cluster holds one of the sink's tables in
+    /// the single-server layout (a `ReplacingMergeTree` where a `Distributed` table belongs, an
+    /// unreplicated migrations table). Migrating would replace it, so the sink refuses.
+    #[error("clickhouse.cluster = \"{cluster}\": {problem}. A single-server database is not converted to a cluster automatically; see docs/operations-sink.md, \"A replicated ClickHouse cluster\"")]
+    NotAClusterLayout {
+        /// The configured cluster.
+        cluster: String,
+        /// Which table on which server.
+        problem: String,
+    },
     /// The Kafka client failed (creating it, committing, producing to the dead-letter topic).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -76,7 +86,10 @@ impl Error {
             Error::ClickHouse(Ch::Network(_)) => Some(RetryCause::ClickHouseConnection),
             Error::ClickHouse(_) => Some(RetryCause::ClickHouseOther),
             Error::Kafka(_) => Some(RetryCause::Kafka),
-            Error::Config(_) | Error::Io(_) | Error::UnsupportedServer(_) => None,
+            Error::Config(_)
+            | Error::Io(_)
+            | Error::UnsupportedServer(_)
+            | Error::NotAClusterLayout { .. } => None,
         }
     }
 

@@ -159,10 +159,14 @@ pub async fn delete_expired(
         }
     }
     if bad_hits.days > 0 {
+        // Through the table the sink writes (`Distributed` on a cluster), so every shard's rows
+        // are counted, not only those of the server the sink talks to.
         let old: u64 = client
             .query(&format!(
                 "SELECT count() FROM {} WHERE {} < now() - toIntervalDay({})",
-                bad_hits.table, bad_hits.column, bad_hits.days
+                Tables::new(c).bad_hits(),
+                bad_hits.column,
+                bad_hits.days
             ))
             .fetch_one()
             .await?;

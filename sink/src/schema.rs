@@ -460,10 +460,127 @@ ENGINE = {engine} ORDER BY version",
     )
 }
 
+/// The sink's tables on the servers `client` reaches through `source` (`system.tables`, or a
+/// `remote(...)` over it): (server, table name, engine), sorted.
+async fn engines(
+    client: &Client,
+    source: &str,
+    t: &Tables,
+) -> Result<Vec<(String, String, String)>> {
+    let (db, _) = t
+        .hits()
+        .split_once('.')
+        .map(|(d, n)| (d.to_owned(), n.to_owned()))
+        .expect("tables are database.name");
+    let names = [t.hits(), t.bad_hits(), t.migrations()]
+        .iter()
+        .map(|q| format!("'{}'", q.split_once('.').expect("database.name").1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(client
+        .query(&format!(
+            "SELECT hostName(), name, engine FROM {source} WHERE database = '{db}' AND name IN ({names}) ORDER BY 1, 2"
+        ))
+        .fetch_all()
+        .await?)
+}
+
+/// `text` as a ClickHouse string literal: quoted, with `\\` and `'` escaped.
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// On a cluster, refuses tables of the single-server layout under the sink's names: migrating
+/// would drop (`Distributed` rebuilds) or bypass them.
+fn check_layout(t: &Tables, cluster: &str, found: &[(String, String, String)]) -> Result<()> {
+    let name = |q: String| q.split_once('.').expect("database.name").1.to_owned();
+    let (hits, bad_hits, migrations) = (name(t.hits()), name(t.bad_hits()), name(t.migrations()));
+    for (host, table, engine) in found {
+        let wrong = if *table == hits || *table == bad_hits {
+            engine != "Distributed"
+        } else {
+            *table == migrations && !engine.starts_with("Replicated")
+        };
+        if wrong {
+            return Err(Error::NotAClusterLayout {
+                cluster: cluster.to_owned(),
+                problem: format!("{table} on {host} is a {engine} table, not the cluster layout's"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether this server already has the cluster layout and every migration, so that a start needs
+/// no `ON CLUSTER` statement (each waits for every server, so one server down would stop sinks
+/// from starting).
+async fn cluster_current(
+    client: &Client,
+    t: &Tables,
+    local: &[(String, String, String)],
+) -> Result<bool> {
+    if local.len() < 3 {
+        return Ok(false);
+    }
+    let applied: Vec<u32> = client
+        .query(&format!(
+            "SELECT DISTINCT version FROM {} ORDER BY version",
+            t.migrations()
+        ))
+        .fetch_all()
+        .await?;
+    Ok(MIGRATIONS.iter().all(|m| applied.contains(&m.version)))
+}
+
 /// Creates the database and migrations table if needed, then applies every migration not yet
 /// recorded. Returns the versions it applied (empty when the schema was current).
+///
+/// On a cluster (`clickhouse.cluster`): the server the sink talks to is checked first, and when
+/// it has the cluster layout and every migration nothing more is sent, so a sink starts while a
+/// replica is down. Otherwise every server of the cluster must answer: each is checked for tables
+/// of the single-server layout under the sink's names ([`Error::NotAClusterLayout`]), and the
+/// statements run `ON CLUSTER`; the `Distributed` tables are created again at the end if a server
+/// lacks them (a migration interrupted between its drop and its create).
 pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) -> Result<Vec<u32>> {
     let tables = Tables::new(c);
+    let mut client = client.clone();
+    if let Some(cluster) = &tables.cluster {
+        let local = engines(&client, "system.tables", &tables).await?;
+        check_layout(&tables, cluster, &local)?;
+        if cluster_current(&client, &tables, &local).await? {
+            return Ok(Vec::new());
+        }
+        let hosts: Vec<(String, u16)> = client
+            .query(&format!(
+                "SELECT host_name, port FROM system.clusters WHERE cluster = '{cluster}'"
+            ))
+            .fetch_all()
+            .await?;
+        if hosts.is_empty() {
+            return Err(Error::config(
+                "clickhouse.cluster",
+                format!(
+                    "the server at {} has no cluster named {cluster} in its remote_servers",
+                    c.url
+                ),
+            ));
+        }
+        // Comma-separated addresses are separate shards to `remote`, so every server answers.
+        let addresses: Vec<String> = hosts.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        let every = format!(
+            "remote('{}', system.tables, {}, {})",
+            addresses.join(","),
+            quoted(&c.user),
+            quoted(&c.password)
+        );
+        check_layout(&tables, cluster, &engines(&client, &every, &tables).await?)?;
+        if flavour == Flavour::Modern {
+            // A replicated ALTER returns once one replica has it unless told to wait for all; the
+            // Distributed tables rebuilt after it copy the columns of each server's own replica.
+            client = client.with_setting("alter_sync", "2");
+        }
+    }
+    let client = &client;
     let on = tables.on_cluster();
     client
         .query(&format!("CREATE DATABASE IF NOT EXISTS {}{on}", c.database))
@@ -508,6 +625,11 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
             .await?;
         tracing::info!(version = m.version, name = m.name, "applied migration");
         done.push(m.version);
+    }
+    for table in [tables.hits(), tables.bad_hits()] {
+        if let Some(create) = tables.distributed(&table) {
+            client.query(&create).execute().await?;
+        }
     }
     Ok(done)
 }
@@ -597,5 +719,11 @@ mod tests {
         assert_eq!(v6.iter().filter(|s| s.starts_with("DROP TABLE")).count(), 2);
         let v6_modern = sql(&cluster, &MIGRATIONS[5], Flavour::Modern);
         assert!(v6_modern.iter().all(|s| s.contains("ON CLUSTER c1")));
+    }
+
+    #[test]
+    fn credentials_become_string_literals() {
+        assert_eq!(quoted("default"), "'default'");
+        assert_eq!(quoted(r"it's\x"), r"'it\'s\\x'");
     }
 }

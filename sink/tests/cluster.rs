@@ -176,6 +176,15 @@ async fn hits_and_dead_letters_reach_both_replicas_and_a_stopped_replica_catches
 
     // One replica goes away mid-stream: the sink keeps storing through the other.
     cluster_script(&["stop-replica", "2"]);
+    // And a sink starting now is not held up: with the schema current on its server, it sends
+    // no ON CLUSTER statement (each would wait for the stopped replica, 180 s, then fail).
+    let restarted = tokio::time::timeout(
+        Duration::from_secs(30),
+        pixelpipe_sink::migrate(&cluster_config(&topic, &prefix)),
+    )
+    .await
+    .expect("a start with a replica down does not wait for it");
+    assert_eq!(restarted.unwrap(), Vec::<u32>::new());
     produce(
         &topic,
         &(100..250).map(|i| encoded_hit("s", i)).collect::<Vec<_>>(),
@@ -231,4 +240,78 @@ async fn a_batch_written_again_after_a_crash_is_counted_once() {
     assert_eq!(wait_on_each_replica(&exact, 40).await, vec![40, 40]);
     let distinct = format!("SELECT uniqExact(event_id) FROM pixelpipe.{prefix}hits");
     assert_eq!(on_each_replica(&distinct).await, vec![40, 40]);
+
+    // Retention on 18.16 drops whole months past it, on every replica: these hits are from
+    // September 2026 (`encoded_hit`), entirely past a 30-day retention.
+    let mut retention = config.clickhouse.clone();
+    retention.retention_days = 30;
+    let sent = pixelpipe_sink::retention::delete_expired(
+        &pixelpipe_sink::store::client(&retention),
+        &retention,
+        Flavour::Legacy,
+    )
+    .await
+    .unwrap();
+    assert!(
+        sent.iter()
+            .any(|sql| sql.contains("ON CLUSTER") && sql.contains("DROP PARTITION")),
+        "{sent:?}"
+    );
+    let stored = format!("SELECT count() FROM pixelpipe.{prefix}hits_local");
+    assert_eq!(wait_on_each_replica(&stored, 0).await, vec![0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the ClickHouse cluster: deploy/local/test.sh starts it"
+)]
+async fn a_single_server_table_under_the_names_is_refused_not_replaced() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = format!("{}_", unique("cconvert"));
+    // What a single-server sink left on the server that became the second replica: its hits.
+    let mut single = sink_config("unused", &prefix).with_clickhouse(&replicas()[1]);
+    single.clickhouse.cluster = String::new();
+    pixelpipe_sink::migrate(&single).await.unwrap();
+    let old = ch(&replicas()[1]);
+    old.query(&format!(
+        "INSERT INTO pixelpipe.{prefix}hits (event_id, received_at, site_id, kind) SELECT generateUUIDv4(), now(), 's', 'open'"
+    ))
+    .execute()
+    .await
+    .unwrap();
+    // A sink of the cluster, talking to the other server, must not replace that table.
+    let err = pixelpipe_sink::migrate(&cluster_config("unused", &prefix))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("{prefix}bad_hits on "))
+            || err.contains(&format!("{prefix}hits on ")),
+        "{err}"
+    );
+    assert!(
+        err.contains("not converted to a cluster automatically"),
+        "{err}"
+    );
+    assert_eq!(
+        number(
+            &replicas()[1],
+            &format!("SELECT count() FROM pixelpipe.{prefix}hits")
+        )
+        .await,
+        1,
+        "the single-server rows are still there"
+    );
+    // Nor a sink of the cluster talking to that server itself.
+    let mut on_old = cluster_config("unused", &prefix).with_clickhouse(&replicas()[1]);
+    on_old.clickhouse.cluster = cluster();
+    let err = pixelpipe_sink::migrate(&on_old)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ReplacingMergeTree table, not the cluster layout's"),
+        "{err}"
+    );
 }

@@ -337,8 +337,8 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
 /// A modern server parses every statement the sink sends to a replicated cluster: the
 /// migrations with `ON CLUSTER`, the replicated engines, the `Distributed` tables and their
 /// rebuilds, and the retention statements. chDB runs in-process, without ZooKeeper or other
-/// servers, so `EXPLAIN AST` checks the syntax; the statements run for real on 18.16's cluster in
-/// `tests/cluster.rs`.
+/// servers, so `EXPLAIN AST` checks the syntax. Their 18.16 forms run for real on the local
+/// cluster in `tests/cluster.rs` (all but the TTL statements: 18.16 has no TTL).
 #[test]
 #[cfg_attr(
     not(feature = "integration"),

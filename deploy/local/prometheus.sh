@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Debian's Prometheus and promtool, for the test that scrapes a real edge and sink with
+# deploy/prometheus/prometheus.yml and unit-tests the alert rules (ingest/tests/prometheus.rs).
+#   prometheus.sh install   apt-get install prometheus if it is not there (no service is started)
+#   prometheus.sh path      print the prometheus binary's path (promtool is beside it)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+BIN="${PROMETHEUS_BIN:-/usr/bin/prometheus}"
+
+install() {
+  if [ -x "$BIN" ] && [ -x "$(dirname "$BIN")/promtool" ]; then
+    note "prometheus already installed at $BIN"
+    return 0
+  fi
+  [ "$(id -u)" = 0 ] || die "installing Prometheus needs root: sudo apt-get install -y prometheus (or set PROMETHEUS_BIN)"
+  need apt-get "Install Prometheus by hand and set PROMETHEUS_BIN to its path."
+  step "installing Debian's prometheus (first time only)"
+  apt-get update -qq >/dev/null
+  # The package would start its own service on 127.0.0.1:9090, the edge's admin port: a
+  # policy-rc.d answering 101 ("action forbidden", invoke-rc.d's convention) keeps it stopped.
+  local policy=/usr/sbin/policy-rc.d added=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null ||
+    { [ -z "$added" ] || rm -f "$policy"; die "apt-get install prometheus failed"; }
+  [ -z "$added" ] || rm -f "$policy"
+  [ -x "$BIN" ] || die "prometheus installed but $BIN is missing"
+  note "installed"
+}
+
+case "${1:-}" in
+  install) install ;;
+  path) echo "$BIN" ;;
+  *) die "usage: $0 install|path" ;;
+esac
