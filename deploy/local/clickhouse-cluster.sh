@@ -40,7 +40,7 @@ install() {
 # Serving, not only alive: `ruok` answers imok while ZooKeeper still loads its data and refuses
 # sessions (ClickHouse then fails at start with "Connection loss"); `stat` names a Mode only when
 # it serves.
-zk_ok() { (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf stat >&3 && grep -q '^Mode: ' <&3) 2>/dev/null; }
+zk_ok() { timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$ZK_PORT && printf stat >&3 && grep -q '^Mode: ' <&3" 2>/dev/null; }
 
 start_zookeeper() {
   if zk_ok; then

@@ -18,13 +18,18 @@ install() {
   apt-get update -qq >/dev/null
   # The package would start its own service on 127.0.0.1:9090, the edge's admin port: a
   # policy-rc.d answering 101 ("action forbidden", invoke-rc.d's convention) keeps it stopped.
-  local policy=/usr/sbin/policy-rc.d added=""
+  local policy=/usr/sbin/policy-rc.d
   if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added=1
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+    # Removed however the install ends: left behind, it would stop every service start here.
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null ||
-    { [ -z "$added" ] || rm -f "$policy"; die "apt-get install prometheus failed"; }
-  [ -z "$added" ] || rm -f "$policy"
+    die "apt-get install prometheus failed"
+  # Nor at the next boot, where systemd runs.
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
   [ -x "$BIN" ] || die "prometheus installed but $BIN is missing"
   note "installed"
 }

@@ -16,6 +16,8 @@ need cargo "Install Rust first (https://rustup.rs)."
 "$ROOT/deploy/local/chdb.sh" install
 "$ROOT/deploy/local/chromium.sh" install
 "$ROOT/deploy/local/prometheus.sh" install
+"$ROOT/deploy/local/hadolint.sh" install
+"$ROOT/deploy/local/compose.sh" install
 # Not PIXELPIPE_*: the binaries the tests start read those as settings and reject unknown ones.
 export TEST_KAFKA_BROKERS="$KAFKA_ADDR"
 export TEST_CLICKHOUSE_URL="http://127.0.0.1:8123"
@@ -28,6 +30,10 @@ TEST_CHROMIUM="$("$ROOT/deploy/local/chromium.sh" path)"
 export TEST_CHROMIUM
 TEST_PROMETHEUS="$("$ROOT/deploy/local/prometheus.sh" path)"
 export TEST_PROMETHEUS
+TEST_HADOLINT="$("$ROOT/deploy/local/hadolint.sh" path)"
+export TEST_HADOLINT
+TEST_DOCKER_COMPOSE="$("$ROOT/deploy/local/compose.sh" path)"
+export TEST_DOCKER_COMPOSE
 
 step "running cargo test --workspace --features integration"
 cd "$ROOT"

@@ -219,13 +219,16 @@ pub async fn run_with_producer(
     };
     let admin = {
         let m = metrics.clone();
-        let edge = edge.clone();
+        // Weak: the edge owns the producer, whose last reference must go at the end of the
+        // drain below (that purge spools what Kafka still holds), not when this task ends.
+        let edge = Arc::downgrade(&edge);
         let grace = std::time::Duration::from_millis(config.http.shutdown_grace_ms);
         tokio::spawn(admin::serve_metrics(
             listeners.admin,
             move || {
                 // Taken at each scrape, so an alert on it needs no probe of `/readyz`.
-                m.set_ready(edge.not_ready().is_empty());
+                let ready = edge.upgrade().is_some_and(|e| e.not_ready().is_empty());
+                m.set_ready(ready);
                 m.render()
             },
             grace,
@@ -246,6 +249,9 @@ pub async fn run_with_producer(
     edge.begin_shutdown();
     let _ = stop_public.send(true);
     join(public).await?;
+    // After this no scrape can take the edge again (only a weak reference is left); one taking it
+    // right now holds it for the length of a render, which the wait below outlasts.
+    let edge_gone = Arc::downgrade(&edge);
     drop(edge);
 
     tracing::info!("draining the queue into the producer");
@@ -254,6 +260,9 @@ pub async fn run_with_producer(
         batchers.stop_and_drain();
         replay.stop();
         producer.flush(flush_timeout);
+        while edge_gone.strong_count() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // The last reference: dropping it purges what librdkafka still holds, which its
         // delivery callback reports failed and the ledger spools, so the report below is
         // complete and nothing answered is lost.

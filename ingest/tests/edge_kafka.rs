@@ -212,6 +212,37 @@ async fn every_answered_hit_survives_shutdown_in_flight() {
     );
 }
 
+/// Kafka away at shutdown, with deliveries that would wait longer than the flush: what
+/// librdkafka still holds is purged into the spool before the final fsync and the report, even
+/// after the metrics were scraped (the scrape reads the edge's readiness, and must not keep the
+/// producer alive past the drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scraped_edge_still_spools_what_kafka_holds_at_shutdown() {
+    let mut config = test_config(&unique_topic("held"));
+    config.kafka.brokers = "127.0.0.1:1".into();
+    config.kafka.message_timeout_ms = 120_000;
+    config.kafka.flush_timeout_ms = 300;
+    let edge = RunningEdge::start(config);
+    let addr = edge.public;
+    tokio::task::spawn_blocking(move || {
+        for i in 0..10 {
+            assert_eq!(
+                http(addr, "GET", &format!("/p.gif?site=s&n={i}"), &[], b"").status,
+                200
+            );
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(edge.metric("pixelpipe_ingest_ready").await, Some(0.0));
+    let report = edge.shutdown().await;
+    assert_eq!(
+        (report.accepted, report.delivered, report.spooled),
+        (10, 0, 10),
+        "{report:?}"
+    );
+}
+
 /// No broker at all: every pixel is still served, `/readyz` says why it is not ready, every
 /// hit ends in the spool at shutdown, and the next edge on the same spool delivers each one to
 /// the real broker, once.

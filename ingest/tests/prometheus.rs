@@ -62,9 +62,43 @@ fn promtool_ok(args: &[&str]) -> String {
 )]
 fn the_shipped_config_is_valid_and_the_alerts_pass_their_unit_tests() {
     let checked = promtool_ok(&["check", "config", "prometheus.yml"]);
-    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 15 rules found"), "{checked}");
     let tested = promtool_ok(&["test", "rules", "alerts_test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
+    // The compose file's Prometheus: its own targets, the same rules mounted beside it.
+    let dir = std::env::temp_dir().join(format!("pp-promtool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        shipped().join("../compose/prometheus.yml"),
+        dir.join("prometheus.yml"),
+    )
+    .unwrap();
+    std::fs::copy(shipped().join("alerts.yml"), dir.join("alerts.yml")).unwrap();
+    let compose = promtool_ok(&[
+        "check",
+        "config",
+        dir.join("prometheus.yml").to_str().unwrap(),
+    ]);
+    assert!(compose.contains("SUCCESS: 15 rules found"), "{compose}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The `pixelpipe_*` metric names in `text` (histograms by their series names, `_bucket` and all).
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("pixelpipe_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        // Job names (`pixelpipe-edge`) have a hyphen and are not caught; a bare prefix is prose.
+        if name.len() > "pixelpipe_ingest_".len() {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// A Prometheus process, killed when dropped.
@@ -118,6 +152,16 @@ async fn prometheus_scrapes_the_edge_and_the_sink_and_loads_the_alerts() {
     let edge = RunningEdge::start(test_config(&topic));
     let sink = RunningSink::start(sink_config(&topic, &format!("{}_", unique("prom"))));
     assert!(edge.wait_ready(true, Duration::from_secs(20)).await);
+    // One hit through the pipeline: a sink knows its lag only once it has read a partition.
+    let public = edge.public;
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(
+            http(public, "GET", "/p.gif?site=s&e=open", &[], b"").status,
+            200
+        );
+    })
+    .await
+    .unwrap();
 
     // The shipped configuration, pointed at this test's processes and scraping every second.
     let dir = std::env::temp_dir().join(format!("pp-prometheus-{}", unique("t")));
@@ -161,16 +205,39 @@ async fn prometheus_scrapes_the_edge_and_the_sink_and_loads_the_alerts() {
             }),
     );
 
-    // Both targets up, every rule loaded, and the edge's readiness readable as a series.
+    // Every metric an alert or a dashboard names must be one these processes export, and every
+    // dashboard query PromQL this Prometheus runs.
+    let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana");
+    let mut queries = Vec::new();
+    let mut named = metric_names(&std::fs::read_to_string(shipped().join("alerts.yml")).unwrap());
+    for entry in std::fs::read_dir(&dashboards).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                if panel["datasource"]["type"] == "prometheus" {
+                    queries.push(target["expr"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        named.extend(metric_names(&text));
+    }
+    named.sort();
+    named.dedup();
+
+    // Both targets up, every rule loaded, the edge's readiness readable as a series, and every
+    // named metric scraped (the sink's lag appears with its first statistics).
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut health, mut rules, mut ready) = (Vec::new(), 0, None);
+    let mut scraped: Vec<String> = Vec::new();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (targets, groups, query) = tokio::task::spawn_blocking(move || {
+        let (targets, groups, query, names) = tokio::task::spawn_blocking(move || {
             (
                 get_json(addr, "/api/v1/targets"),
                 get_json(addr, "/api/v1/rules"),
                 get_json(addr, "/api/v1/query?query=pixelpipe_ingest_ready"),
+                get_json(addr, "/api/v1/label/__name__/values"),
             )
         })
         .await
@@ -202,8 +269,22 @@ async fn prometheus_scrapes_the_edge_and_the_sink_and_loads_the_alerts() {
                 .as_str()
                 .map(str::to_owned);
         }
+        if let Some(n) = names {
+            scraped = n["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_owned())
+                .collect();
+        }
         let up = |job: &str| health.contains(&(job.to_owned(), "up".to_owned()));
-        if up("pixelpipe-edge") && up("pixelpipe-sink") && rules == 13 && ready.is_some() {
+        let all_named = named.iter().all(|n| scraped.contains(n));
+        if up("pixelpipe-edge")
+            && up("pixelpipe-sink")
+            && rules == 15
+            && ready.is_some()
+            && all_named
+        {
             break;
         }
     }
@@ -216,8 +297,26 @@ async fn prometheus_scrapes_the_edge_and_the_sink_and_loads_the_alerts() {
         ],
         "targets; prometheus log:\n{log}"
     );
-    assert_eq!(rules, 13, "rules loaded; prometheus log:\n{log}");
+    assert_eq!(rules, 15, "rules loaded; prometheus log:\n{log}");
     assert_eq!(ready.as_deref(), Some("1"), "the ready edge's series");
+
+    let missing: Vec<&String> = named.iter().filter(|n| !scraped.contains(n)).collect();
+    assert!(missing.is_empty(), "named but not exported: {missing:?}");
+    assert!(queries.len() >= 10, "{queries:?}");
+    for query in queries {
+        let path = format!(
+            "/api/v1/query?query={}",
+            percent_encoding::utf8_percent_encode(&query, percent_encoding::NON_ALPHANUMERIC)
+        );
+        let answer = tokio::task::spawn_blocking(move || get_json(addr, &path))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.as_ref().map(|a| a["status"].clone()),
+            Some(serde_json::json!("success")),
+            "{query}: {answer:?}"
+        );
+    }
 
     drop(_prometheus);
     edge.shutdown().await;

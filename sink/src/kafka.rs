@@ -102,6 +102,9 @@ impl ConsumerContext for SinkContext {
             Rebalance::Revoke(tpl) => {
                 let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(?partitions, "partitions revoked");
+                for p in &partitions {
+                    self.metrics.forget_partition(*p);
+                }
                 self.revoked
                     .lock()
                     .expect("revoked list")

@@ -192,6 +192,14 @@ impl Metrics {
             .set(lag);
     }
 
+    /// Drops a revoked partition's lag: another sink reports it now, and a stale value here
+    /// would be counted twice by a sum over the group.
+    pub fn forget_partition(&self, partition: i32) {
+        let _ = self
+            .consumer_lag
+            .remove_label_values(&[&partition.to_string()]);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         pixelpipe_common::admin::render(&self.registry)

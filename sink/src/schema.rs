@@ -577,7 +577,8 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
         if flavour == Flavour::Modern {
             // A replicated ALTER returns once one replica has it unless told to wait for all; the
             // Distributed tables rebuilt after it copy the columns of each server's own replica.
-            client = client.with_setting("alter_sync", "2");
+            // The old name: `alter_sync` is its alias only from 23.x, and 22.x is supported.
+            client = client.with_setting("replication_alter_partitions_sync", "2");
         }
     }
     let client = &client;
