@@ -250,7 +250,7 @@ pub async fn run_with_producer(
     let _ = stop_public.send(true);
     join(public).await?;
     // After this no scrape can take the edge again (only a weak reference is left); one taking it
-    // right now holds it for the length of a render, which the wait below outlasts.
+    // right now holds it while it reads the edge's state, which the wait below outlasts.
     let edge_gone = Arc::downgrade(&edge);
     drop(edge);
 

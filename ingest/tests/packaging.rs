@@ -93,7 +93,7 @@ fn compose_config(env: &[(&str, &str)]) -> (bool, String) {
     cmd.arg("-f")
         .arg(compose_dir().join("docker-compose.yml"))
         .arg("config")
-        .env_remove("PIXELPIPE_HASH_SECRET")
+        .env_remove("EDGE_HASH_SECRET")
         .env_remove("CLICKHOUSE_PASSWORD")
         .env_remove("GRAFANA_PASSWORD");
     for (k, v) in env {
@@ -117,7 +117,7 @@ fn compose_config(env: &[(&str, &str)]) -> (bool, String) {
 )]
 fn the_compose_file_parses_pins_its_images_and_names_files_that_exist() {
     let secrets = [
-        ("PIXELPIPE_HASH_SECRET", "0123456789abcdef0123"),
+        ("EDGE_HASH_SECRET", "0123456789abcdef0123"),
         ("CLICKHOUSE_PASSWORD", "test-password"),
         ("GRAFANA_PASSWORD", "test-password"),
     ];
@@ -125,10 +125,7 @@ fn the_compose_file_parses_pins_its_images_and_names_files_that_exist() {
     assert!(ok, "docker-compose config:\n{resolved}");
     // Secrets are required, never defaulted: without one the file refuses to resolve, naming it.
     let (ok, refused) = compose_config(&secrets[1..]);
-    assert!(
-        !ok && refused.contains("PIXELPIPE_HASH_SECRET"),
-        "{refused}"
-    );
+    assert!(!ok && refused.contains("EDGE_HASH_SECRET"), "{refused}");
 
     // Every service: two edges, two sinks, the one-shot topic and migration services and the rest.
     for service in [
@@ -196,4 +193,26 @@ fn the_compose_file_parses_pins_its_images_and_names_files_that_exist() {
     assert!(scrape.contains("\"edge1:9090\"") && scrape.contains("\"sink2:9091\""));
     assert!(text.contains("PIXELPIPE_ADMIN__LISTEN_ADDR: 0.0.0.0:9090"));
     assert!(text.contains("PIXELPIPE_ADMIN__LISTEN_ADDR: 0.0.0.0:9091"));
+    // Kafka's log on its volume (the image's default is /tmp, lost with the container).
+    assert!(
+        text.contains("KAFKA_LOG_DIRS: /var/lib/kafka/data")
+            && text.contains("- kafka-data:/var/lib/kafka/data")
+    );
+    // Edges and sinks are given longer than their drain before the engine kills them.
+    assert_eq!(
+        text.matches("stop_grace_period: 30s").count(),
+        3,
+        "edge1, edge2 and sink1 (sink2 is sink1's alias)"
+    );
+    assert!(
+        resolved.matches("stop_grace_period: 30s").count() >= 4,
+        "{resolved}"
+    );
+    // The edges believe X-Forwarded-For only from nginx's own address, and nginx replaces it.
+    assert!(
+        text.contains("PIXELPIPE_HTTP__TRUSTED_PROXIES: 172.28.0.10\n")
+            && text.contains("ipv4_address: 172.28.0.10")
+    );
+    let nginx = std::fs::read_to_string(compose_dir().join("nginx.conf")).unwrap();
+    assert!(nginx.contains("proxy_set_header X-Forwarded-For $remote_addr;"));
 }
