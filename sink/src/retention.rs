@@ -8,7 +8,7 @@ use clickhouse::Client;
 
 use crate::config::ClickHouseConfig;
 use crate::error::Result;
-use crate::schema::{Flavour, Tables};
+use crate::schema::{db_and_name, Flavour, Tables};
 
 /// One table's retention.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +90,7 @@ pub async fn sync_ttl(
     }
     let mut changed = Vec::new();
     for rule in rules(c) {
-        let (db, name) = rule
-            .table
-            .split_once('.')
-            .expect("tables are database.name");
+        let (db, name) = db_and_name(&rule.table);
         let create: String = client
             .query(&format!(
                 "SELECT create_table_query FROM system.tables WHERE database = '{db}' AND name = '{name}'"
@@ -134,10 +131,7 @@ pub async fn delete_expired(
     let mut sent = Vec::new();
     let [hits, bad_hits] = <[Rule; 2]>::try_from(rules(c)).expect("two tables");
     if hits.days > 0 {
-        let (db, name) = hits
-            .table
-            .split_once('.')
-            .expect("tables are database.name");
+        let (db, name) = db_and_name(&hits.table);
         let months: Vec<String> = client
             .query(&format!(
                 "SELECT DISTINCT partition FROM system.parts

@@ -75,6 +75,11 @@ impl Flavour {
     }
 }
 
+/// `database.table` as its two parts. Every table name [`Tables`] gives is qualified.
+pub fn db_and_name(table: &str) -> (&str, &str) {
+    table.split_once('.').expect("tables are database.name")
+}
+
 /// Names of the sink's tables for one configuration, and where their DDL runs.
 #[derive(Debug, Clone)]
 pub struct Tables {
@@ -145,7 +150,7 @@ impl Tables {
             "cityHash64(kafka_topic, kafka_partition, kafka_offset)"
         };
         let storage = self.storage(table);
-        let (db, name) = storage.split_once('.').expect("tables are database.name");
+        let (db, name) = db_and_name(&storage);
         Some(format!(
             "CREATE TABLE IF NOT EXISTS {table}{on} AS {storage}
 ENGINE = Distributed({cluster}, {db}, {name}, {sharding_key})",
@@ -467,14 +472,11 @@ async fn engines(
     source: &str,
     t: &Tables,
 ) -> Result<Vec<(String, String, String)>> {
-    let (db, _) = t
-        .hits()
-        .split_once('.')
-        .map(|(d, n)| (d.to_owned(), n.to_owned()))
-        .expect("tables are database.name");
+    let hits = t.hits();
+    let (db, _) = db_and_name(&hits);
     let names = [t.hits(), t.bad_hits(), t.migrations()]
         .iter()
-        .map(|q| format!("'{}'", q.split_once('.').expect("database.name").1))
+        .map(|q| format!("'{}'", db_and_name(q).1))
         .collect::<Vec<_>>()
         .join(", ");
     Ok(client
@@ -493,7 +495,7 @@ fn quoted(text: &str) -> String {
 /// On a cluster, refuses tables of the single-server layout under the sink's names: migrating
 /// would drop (`Distributed` rebuilds) or bypass them.
 fn check_layout(t: &Tables, cluster: &str, found: &[(String, String, String)]) -> Result<()> {
-    let name = |q: String| q.split_once('.').expect("database.name").1.to_owned();
+    let name = |q: String| db_and_name(&q).1.to_owned();
     let (hits, bad_hits, migrations) = (name(t.hits()), name(t.bad_hits()), name(t.migrations()));
     for (host, table, engine) in found {
         let wrong = if *table == hits || *table == bad_hits {
@@ -601,7 +603,7 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
             match &step {
                 Step::Sql(sql) => client.query(sql).execute().await?,
                 Step::AddColumn { table, column, .. } => {
-                    let (db, name) = table.split_once('.').expect("tables are database.name");
+                    let (db, name) = db_and_name(table);
                     let exists: u64 = client
                         .query(&format!(
                             "SELECT count() FROM system.columns WHERE database = '{db}' AND table = '{name}' AND name = '{column}'"
