@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The edge against nginx, side by side on one core: nginx `empty_gif` with a buffered access log,
-# the edge writing hits to a file (output = "file"), and the edge producing to the local broker.
+# the floor of the project's HTTP stack (bench/examples/bare_hyper.rs: hyper answering the edge's
+# own GIF and handing the query string to a crossbeam channel, nothing else), the edge writing
+# hits to a file (output = "file"), and the edge producing to the local broker.
 # Each server is pinned to CPU 0 (one worker / http.worker_threads=1; all the edge's threads),
 # wrk -t1 to CPU 1 (the broker runs there too), the same pixel URL with six parameters. Rounds
 # alternate the three, so drift on this shared machine hits all of them alike. Prints one table
@@ -10,6 +12,7 @@
 # request's due time): CPU per request and latency where no server is saturated.
 #
 #   bench/compare.sh [ROUNDS] [SECONDS] [CONNECTIONS] [FIXED_RATE]    (defaults 3 8 64 20000)
+#   SERVERS="nginx edge-file" bench/compare.sh ...                      (a subset; nginx first)
 #
 # Needs: root or sudo for apt-get when nginx or wrk are missing (installed from Debian), a release
 # build (cargo build --release -p pixelpipe-ingest; built here if missing), the broker for the
@@ -21,6 +24,8 @@ PORT=18095 ADMIN=19095 TOPIC=bench.compare
 WORK="$STATE_DIR/compare"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pixelpipe-ingest"
 LOADGEN="${CARGO_TARGET_DIR:-$ROOT/target}/release/pixelpipe-loadgen"
+FLOOR="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/bare_hyper"
+SERVERS=${SERVERS:-nginx hyper-floor edge-file edge-kafka}
 URL_PATH="/p.gif?site=bench.example&e=pageview&url=https%3A%2F%2Fbench.example%2Fa&campaign=spring&variant=B&uid=u42"
 TICKS=$(getconf CLK_TCK)
 
@@ -33,8 +38,13 @@ done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 step "building the edge and the load generator (release)"
 cargo build --release --locked -p pixelpipe-ingest -p pixelpipe-bench --bins
-"$ROOT/deploy/local/kafka.sh" start
-"$ROOT/deploy/local/kafka.sh" topic "$TOPIC" 4 >/dev/null 2>&1 || true
+# Separately: an example turns on the bench package's dev-dependency features, which must not
+# reach the edge binary measured here.
+cargo build --release --locked -p pixelpipe-bench --example bare_hyper
+if [[ " $SERVERS " == *" edge-kafka "* ]]; then
+  "$ROOT/deploy/local/kafka.sh" start
+  "$ROOT/deploy/local/kafka.sh" topic "$TOPIC" 4 >/dev/null 2>&1 || true
+fi
 rm -rf "$WORK" && mkdir -p "$WORK/nginx/logs"
 
 cat >"$WORK/nginx/nginx.conf" <<EOF
@@ -62,6 +72,9 @@ start_server() { # NAME -> sets PIDS (the processes whose CPU counts)
   case $1 in
     nginx)
       taskset -c 0 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx.err" &
+      ;;
+    hyper-floor)
+      taskset -c 0 "$FLOOR" "127.0.0.1:$PORT" 2>"$WORK/hyper-floor.err" &
       ;;
     edge-file|edge-kafka)
       local output=${1#edge-}
@@ -138,11 +151,11 @@ pin_broker 1
 trap 'stop_server 2>/dev/null || true; pin_broker "0-$(($(nproc) - 1))"' EXIT
 step "$ROUNDS rounds of ${DURATION_S} s, $CONNS connections; servers on CPU 0, wrk on CPU 1"
 for round in $(seq 1 "$ROUNDS"); do
-  for name in nginx edge-file edge-kafka; do run_one "$name" "$round"; done
+  for name in $SERVERS; do run_one "$name" "$round"; done
 done
 step "$ROUNDS rounds at a fixed $FIXED_RATE req/s (pixelpipe-loadgen on CPU 1)"
 for round in $(seq 1 "$ROUNDS"); do
-  for name in nginx edge-file edge-kafka; do run_fixed "$name" "$round"; done
+  for name in $SERVERS; do run_fixed "$name" "$round"; done
 done
 
 median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
@@ -153,7 +166,7 @@ table() { # FILE TITLE
   printf '\n%s\n\n' "$2"
   echo "| server on CPU 0 | req/s | vs nginx | p50 ms | p99 ms | CPU µs per request | CPU vs nginx | RSS MiB |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-  for name in nginx edge-file edge-kafka; do
+  for name in $SERVERS; do
     local rps cpu
     rps=$(col $name 2 "$1") cpu=$(col $name 5 "$1")
     printf '| %s | %.0f | %.2f | %s | %s | %s | %.2f | %s |\n' "$name" "$rps" \
