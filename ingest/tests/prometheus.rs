@@ -118,27 +118,7 @@ fn get_json(addr: std::net::SocketAddr, path: &str) -> Option<serde_json::Value>
     if r.status != 200 {
         return None;
     }
-    let chunked = r
-        .head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(&r.body) } else { r.body };
-    serde_json::from_slice(&body).ok()
-}
-
-/// An HTTP/1.1 chunked body's content (Go's server chunks answers larger than its buffer).
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size_field = String::from_utf8_lossy(&raw[..eol]);
-        let size = usize::from_str_radix(size_field.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
-        raw = &raw[eol + 2 + size + 2..];
-    }
-    out
+    serde_json::from_slice(&r.body).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,32 +185,3 @@ async fn every_documented_query_runs_and_answers_right() {
         answers[1]
     );
 }
-
-/// Runs one query over HTTP and returns its TSV answer; panics with the server's error.
-async fn tsv(url: &str, sql: &str) -> String {
-    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    let body = format!("{} FORMAT TabSeparated", sql.trim().trim_end_matches(';'));
-    let r = tokio::task::spawn_blocking(move || {
-        common::kafka::http(addr, "POST", "/", &[], body.as_bytes())
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8(r.body).unwrap();
-    assert_eq!(r.status, 200, "{sql}\n{text}");
-    // The server answers with chunked encoding; the test client reads the raw bytes.
-    dechunk(&text)
-}
-
-fn dechunk(raw: &str) -> String {
-    let mut out = String::new();
-    let mut rest = raw;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = &tail[n + 2..];
-    }
-    out
-}

@@ -90,7 +90,7 @@ pub fn read_messages(topic: &str, want: usize, timeout: Duration) -> Vec<(i32, V
     messages
 }
 
-/// A response as read off the socket.
+/// A response as read off the socket; a chunked body is decoded.
 #[derive(Debug)]
 pub struct HttpResponse {
     pub status: u16,
@@ -127,11 +127,35 @@ pub fn http(
         .expect("response head");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = &raw[split + 4..];
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
     HttpResponse {
         status,
+        body: if chunked {
+            dechunk(body)
+        } else {
+            body.to_vec()
+        },
         head,
-        body: raw[split + 4..].to_vec(),
     }
+}
+
+/// An HTTP/1.1 chunked body's content (RFC 9112, section 7.1). ClickHouse and Go's servers
+/// chunk answers whose length they do not know up front.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_field = String::from_utf8_lossy(&raw[..eol]);
+        let size = usize::from_str_radix(size_field.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[eol + 2 + size + 2..];
+    }
+    out
 }
 
 /// The value of custom property `key` of a hit; panics when it has none.

@@ -273,3 +273,17 @@ pub fn read_raw(topic: &str, want: usize) -> Vec<RawMessage> {
     }
     out
 }
+
+/// Runs one query over ClickHouse's HTTP interface at `url` and returns its answer as
+/// tab-separated text; panics with the server's error.
+pub async fn tsv(url: &str, sql: &str) -> String {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let body = format!("{} FORMAT TabSeparated", sql.trim().trim_end_matches(';'));
+    let r =
+        tokio::task::spawn_blocking(move || kafka::http(addr, "POST", "/", &[], body.as_bytes()))
+            .await
+            .unwrap();
+    let text = String::from_utf8(r.body).unwrap();
+    assert_eq!(r.status, 200, "{sql}\n{text}");
+    text
+}
