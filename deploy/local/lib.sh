@@ -55,6 +55,29 @@ stop_pid() {
 
 mkdir -p "$STATE_DIR"
 
+# pip_venv DIR WORKS PACKAGE==VERSION...: a venv at DIR holding the pinned packages from PyPI,
+# made the first time only. WORKS is a function that succeeds when DIR is usable; it decides
+# whether to install and checks the result. The venv is built in DIR.partial and moved into place
+# once pip has finished, so an interrupted install is never taken for a finished one. After the
+# move its console scripts still name DIR.partial on their first line: callers run a static
+# binary from DIR/bin or DIR/bin/python itself, never those scripts.
+pip_venv() {
+  local venv=$1 works=$2
+  shift 2
+  if "$works" >/dev/null 2>&1; then
+    note "$* already installed in $venv"
+    return 0
+  fi
+  need python3 "Install Python 3 with venv: apt-get install -y python3-venv"
+  step "installing $* into $venv (first time only)"
+  rm -rf "$venv.partial"
+  python3 -m venv "$venv.partial" || die "python3 -m venv failed (apt-get install -y python3-venv)"
+  "$venv.partial/bin/pip" install -q "$@" || die "pip install $* failed"
+  rm -rf "$venv" && mv "$venv.partial" "$venv"
+  "$works" >/dev/null || die "$* does not work from $venv"
+  note "installed"
+}
+
 # http_status PORT PATH: the HTTP status of GET PATH on 127.0.0.1:PORT ("000" when nothing answers).
 http_status() {
   local status

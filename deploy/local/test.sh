@@ -18,6 +18,8 @@ need cargo "Install Rust first (https://rustup.rs)."
 "$ROOT/deploy/local/prometheus.sh" install
 "$ROOT/deploy/local/hadolint.sh" install
 "$ROOT/deploy/local/compose.sh" install
+"$ROOT/deploy/local/kubectl.sh" install
+"$ROOT/deploy/local/kubernetes-validate.sh" install
 # Not PIXELPIPE_*: the binaries the tests start read those as settings and reject unknown ones.
 export TEST_KAFKA_BROKERS="$KAFKA_ADDR"
 export TEST_CLICKHOUSE_URL="http://127.0.0.1:8123"
@@ -34,6 +36,10 @@ TEST_HADOLINT="$("$ROOT/deploy/local/hadolint.sh" path)"
 export TEST_HADOLINT
 TEST_DOCKER_COMPOSE="$("$ROOT/deploy/local/compose.sh" path)"
 export TEST_DOCKER_COMPOSE
+TEST_KUBECTL="$("$ROOT/deploy/local/kubectl.sh" path)"
+export TEST_KUBECTL
+TEST_KUBERNETES_VALIDATE="$("$ROOT/deploy/local/kubernetes-validate.sh" path)"
+export TEST_KUBERNETES_VALIDATE
 
 step "running cargo test --workspace --features integration"
 cd "$ROOT"
