@@ -152,8 +152,9 @@ pub struct RetryConfig {
     pub initial_backoff_ms: u64,
     /// Longest wait. Default 30000.
     pub max_backoff_ms: u64,
-    /// On shutdown, how long a failing batch keeps being retried before it is abandoned (not
-    /// committed, so it is read again by the next owner). Default 5000.
+    /// On shutdown, how long a batch not stored yet (failing, or its insert still running) is
+    /// still given before it is abandoned (not committed, so it is read again by the next owner).
+    /// The batch in flight and the batch in hand each get this long. Default 5000.
     pub shutdown_timeout_ms: u64,
 }
 

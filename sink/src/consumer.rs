@@ -98,8 +98,9 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Sink<C, W, D> {
     }
 
     /// Runs until stop: then finishes the write in flight, writes the batch in hand (either is
-    /// abandoned uncommitted after `retry.shutdown_timeout_ms`; the batch in hand is not written
-    /// at all after an abandoned one), and leaves the group.
+    /// abandoned uncommitted after `retry.shutdown_timeout_ms`, retries and an insert still
+    /// running included; the batch in hand is not written at all after an abandoned one), and
+    /// leaves the group. So a stop takes at most about twice `retry.shutdown_timeout_ms`.
     pub async fn run(self) -> Result<()> {
         let Sink { io, mut enricher } = self;
         let io = &io;
@@ -290,11 +291,14 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
             }
             let token = batch.dedup_token(&self.config.kafka.topic);
             let started = Instant::now();
-            let written = async {
+            let write = async {
                 self.dead_letters.send(&batch.bad).await?;
                 self.writer.write(&batch, &token).await
-            }
-            .await;
+            };
+            let Some(written) = self.unless_given_up(write, &mut give_up_at).await else {
+                let outcome = self.abandon(&batch);
+                return Ok((batch, outcome));
+            };
             let error = match written {
                 Ok(()) => {
                     self.write_failing.store(false, Ordering::Relaxed);
@@ -332,18 +336,11 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
             tracing::warn!(%error, cause = cause.as_str(), attempt, backoff_ms = backoff.as_millis() as u64,
                 rows = batch.len(), "writing the batch failed; keeping it and retrying");
             if self.stopping() {
-                give_up_at.get_or_insert_with(|| {
-                    Instant::now() + Duration::from_millis(self.config.retry.shutdown_timeout_ms)
-                });
+                give_up_at.get_or_insert_with(|| self.shutdown_deadline());
             }
             if give_up_at.is_some_and(|g| Instant::now() + backoff > g) {
-                tracing::warn!(
-                    rows = batch.len(),
-                    "stopping with a batch ClickHouse did not take: abandoned, not committed"
-                );
-                self.metrics.abandoned();
-                self.write_failing.store(false, Ordering::Relaxed);
-                return Ok((batch, Outcome::Abandoned));
+                let outcome = self.abandon(&batch);
+                return Ok((batch, outcome));
             }
             let mut stop = self.stop.clone();
             let stopping = self.stopping();
@@ -352,6 +349,49 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
                 _ = stop.changed(), if !stopping => {}
             }
         }
+    }
+
+    /// When a batch not stored yet is given up, once the sink is stopping.
+    fn shutdown_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_millis(self.config.retry.shutdown_timeout_ms)
+    }
+
+    /// Runs `write` to its end, unless the sink is stopping and the write is still running at
+    /// `give_up_at` (set, if unset, once the stop is seen): then `None`, and the write is dropped
+    /// mid-flight. So one insert that hangs for its whole `clickhouse.insert_timeout_ms` cannot
+    /// hold a stopping sink past `retry.shutdown_timeout_ms`, and the supervisor's grace period
+    /// need not cover it. Whether ClickHouse kept the rows of a dropped insert is unknown: like
+    /// any abandoned batch it is not committed, so the next owner writes it again and the copy is
+    /// folded by `event_id`.
+    async fn unless_given_up<T>(
+        &self,
+        write: impl std::future::Future<Output = T>,
+        give_up_at: &mut Option<Instant>,
+    ) -> Option<T> {
+        tokio::pin!(write);
+        loop {
+            let mut stop = self.stop.clone();
+            let stopping = self.stopping();
+            if stopping {
+                give_up_at.get_or_insert_with(|| self.shutdown_deadline());
+            }
+            tokio::select! {
+                done = &mut write => return Some(done),
+                _ = stop.changed(), if !stopping => {}
+                _ = sleep_until(*give_up_at) => return None,
+            }
+        }
+    }
+
+    /// Gives a batch up at shutdown: it stays uncommitted, for the next owner to read again.
+    fn abandon(&self, batch: &Batch) -> Outcome {
+        tracing::warn!(
+            rows = batch.len(),
+            "stopping with a batch ClickHouse did not take: abandoned, not committed"
+        );
+        self.metrics.abandoned();
+        self.write_failing.store(false, Ordering::Relaxed);
+        Outcome::Abandoned
     }
 
     /// Resumes the partitions of `assignment` this consumer still owns (those revoked meanwhile

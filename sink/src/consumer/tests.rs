@@ -17,6 +17,8 @@ use crate::row::BadMessage;
 enum Event {
     /// A write failed.
     WriteFailed,
+    /// A write began that never ends, as an insert ClickHouse takes and never answers.
+    WriteHangs,
     /// A batch was stored: its commit offsets and its hit rows.
     Written(Vec<(i32, i64)>, usize),
     /// Sending bad messages to the dead-letter topic failed.
@@ -120,6 +122,8 @@ struct Writer {
     revoke_on_failure: Option<(usize, i32)>,
     revoke_on_success: Option<i32>,
     failed: AtomicUsize,
+    /// Every write hangs for ever.
+    hang: bool,
 }
 
 /// Takes a partition from this consumer, as a rebalance does.
@@ -138,12 +142,17 @@ impl Writer {
             revoke_on_failure: None,
             revoke_on_success: None,
             failed: AtomicUsize::new(0),
+            hang: false,
         }
     }
 }
 
 impl RowWriter for Writer {
     async fn write(&self, batch: &Batch, _dedup_token: &str) -> Result<()> {
+        if self.hang {
+            log(&self.shared, Event::WriteHangs);
+            return std::future::pending().await;
+        }
         if self.fatal.load(Ordering::SeqCst) {
             log(&self.shared, Event::WriteFailed);
             return Err(Error::config("clickhouse.database", "no such database"));
@@ -427,6 +436,25 @@ async fn a_batch_not_stored_by_the_end_of_shutdown_is_abandoned_uncommitted() {
             .any(|e| matches!(e, Event::Written(..) | Event::Committed(_))),
         "{log:?}"
     );
+    assert!(metrics
+        .render()
+        .contains("pixelpipe_sink_batches_abandoned_total 1"));
+}
+
+/// An insert that hangs (ClickHouse took the request and does not answer) is dropped once the
+/// shutdown timeout passes: the stop does not wait for `clickhouse.insert_timeout_ms`, and the
+/// batch is abandoned uncommitted. Before, the stop waited for the insert to end. (Found in
+/// review of the Kubernetes grace periods.)
+#[tokio::test]
+async fn an_insert_hanging_at_shutdown_is_dropped_and_its_batch_abandoned_uncommitted() {
+    let shared = broker(&[0], &[(0, 0), (0, 1)]);
+    let mut writer = Writer::failing(&shared, 0);
+    writer.hang = true;
+    let running = start(&shared, writer, 2);
+    let metrics = running.metrics.clone();
+    let (result, log) = running.stop_after(1).await;
+    result.unwrap();
+    assert_eq!(log, vec![Event::WriteHangs], "nothing written or committed");
     assert!(metrics
         .render()
         .contains("pixelpipe_sink_batches_abandoned_total 1"));
