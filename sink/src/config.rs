@@ -100,8 +100,9 @@ pub struct ClickHouseConfig {
     pub url: String,
     /// Database, created by the migrations. Default `pixelpipe`.
     pub database: String,
-    /// Prefix of every table name (`<prefix>hits`, `<prefix>bad_hits`,
-    /// `<prefix>schema_migrations`), so several pipelines or tests share a database. Default empty.
+    /// Prefix of every table name (`<prefix>hits`, `<prefix>bad_hits`, the rollups
+    /// `<prefix>hits_hourly` and `<prefix>hits_daily`, `<prefix>schema_migrations`), so several
+    /// pipelines or tests share a database. Default empty.
     pub table_prefix: String,
     /// User. Default `default`.
     pub user: String,
@@ -125,6 +126,13 @@ pub struct ClickHouseConfig {
     /// The same for `<prefix>bad_hits`, whose raw payloads are kept only to be looked at.
     /// Default 30.
     pub bad_hits_retention_days: u32,
+    /// Days a row of the hourly rollup `<prefix>hits_hourly` is kept (by `hour`), enforced as
+    /// for `hits`. 0 keeps rows forever. Default 400: hourly charts over the same span as the
+    /// hits they summarise.
+    pub hits_hourly_retention_days: u32,
+    /// The same for the daily rollup `<prefix>hits_daily` (by `day`): the long-lived one, at
+    /// least as long as the hourly rollup. 0 keeps rows forever. Default 1830 (five years).
+    pub hits_daily_retention_days: u32,
     /// One insert may take this long before it counts as failed and is retried (each chunk sent,
     /// and then the server's answer); the version check at start is bounded by it too, so a
     /// server that accepts connections and never answers is waited out, not waited on. Default
@@ -192,6 +200,8 @@ impl Default for ClickHouseConfig {
             migrate_on_start: true,
             retention_days: 400,
             bad_hits_retention_days: 30,
+            hits_hourly_retention_days: 400,
+            hits_daily_retention_days: 1830,
             insert_timeout_ms: 30_000,
         }
     }
@@ -319,6 +329,13 @@ impl layers::Validate for SinkConfig {
             "must be letters, digits or '_'",
         )?;
         check(
+            c.hits_daily_retention_days == 0
+                || (c.hits_hourly_retention_days > 0
+                    && c.hits_daily_retention_days >= c.hits_hourly_retention_days),
+            "clickhouse.hits_daily_retention_days",
+            "must be 0 (forever) or at least clickhouse.hits_hourly_retention_days: the daily rollup is the one kept longer",
+        )?;
+        check(
             c.insert_timeout_ms > 0,
             "clickhouse.insert_timeout_ms",
             "must be at least 1",
@@ -388,6 +405,7 @@ mod tests {
             ("batch.max_rows", "0"),
             ("kafka.max_payload_bytes", "1000"),
             ("clickhouse.insert_timeout_ms", "0"),
+            ("clickhouse.hits_daily_retention_days", "10"),
             ("retry.max_backoff_ms", "1"),
             ("kafka.dead_letter_topic", "pixelpipe.hits"),
             ("kafka.properties.enable.auto.commit", "true"),
@@ -395,6 +413,19 @@ mod tests {
             let e = load(&[(setting, value)]).unwrap_err().to_string();
             assert!(e.contains(setting), "{setting}: {e}");
         }
+        // The hourly rollup kept forever and the daily one not: the daily is the long-lived one.
+        let e = load(&[
+            ("clickhouse.hits_hourly_retention_days", "0"),
+            ("clickhouse.hits_daily_retention_days", "3000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("clickhouse.hits_daily_retention_days"), "{e}");
+        load(&[
+            ("clickhouse.hits_hourly_retention_days", "0"),
+            ("clickhouse.hits_daily_retention_days", "0"),
+        ])
+        .unwrap();
         let e = load(&[("batch.max_age_ms", "soon")])
             .unwrap_err()
             .to_string();

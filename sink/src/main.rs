@@ -35,8 +35,8 @@ enum Command {
     /// Copy every message now on the dead-letter topic back onto the hits topic, and exit.
     ReplayDeadLetters,
     /// Remove rows past each table's retention, and exit: on ClickHouse 18.16, which has no TTL,
-    /// old months of hits are dropped and old bad hits deleted; run it daily from a timer. On
-    /// modern servers the TTL does it and this does nothing.
+    /// old months of hits and of the rollups are dropped and old bad hits deleted; run it daily
+    /// from a timer. On modern servers the TTL does it and this does nothing.
     Retention,
 }
 

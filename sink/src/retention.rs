@@ -56,9 +56,11 @@ impl Rule {
     }
 }
 
-/// The retention of every table the sink writes.
+/// The retention of every table the sink writes: `hits`, `bad_hits`, then the hourly and daily
+/// rollups.
 pub fn rules(c: &ClickHouseConfig) -> Vec<Rule> {
     let t = Tables::new(c);
+    let [hourly, daily] = t.rollups();
     vec![
         Rule {
             table: t.storage(&t.hits()),
@@ -71,6 +73,18 @@ pub fn rules(c: &ClickHouseConfig) -> Vec<Rule> {
             on_cluster: t.on_cluster(),
             column: "seen_at",
             days: c.bad_hits_retention_days,
+        },
+        Rule {
+            table: t.storage(&hourly.table),
+            on_cluster: t.on_cluster(),
+            column: hourly.period,
+            days: c.hits_hourly_retention_days,
+        },
+        Rule {
+            table: t.storage(&daily.table),
+            on_cluster: t.on_cluster(),
+            column: daily.period,
+            days: c.hits_daily_retention_days,
         },
     ]
 }
@@ -115,10 +129,10 @@ pub async fn sync_ttl(
 /// modern server does nothing, because the TTL does it.
 ///
 /// 18.16 has no `IN PARTITION` for mutations, so a `DELETE` rewrites every part of the table: too
-/// heavy to run nightly on `hits`. `hits` is partitioned by month, so whole months that lie
-/// entirely before the cut-off are dropped instead (`DROP PARTITION` only unlinks files); rows are
-/// then kept up to a month longer than `retention_days`. `bad_hits` is small and unpartitioned:
-/// its old rows are deleted exactly, and only when there are any.
+/// heavy to run nightly on `hits`. `hits` and the rollups are partitioned by month, so whole
+/// months that lie entirely before the cut-off are dropped instead (`DROP PARTITION` only unlinks
+/// files); rows are then kept up to a month longer than their retention. `bad_hits` is small and
+/// unpartitioned: its old rows are deleted exactly, and only when there are any.
 pub async fn delete_expired(
     client: &Client,
     c: &ClickHouseConfig,
@@ -129,16 +143,19 @@ pub async fn delete_expired(
         return Ok(Vec::new());
     }
     let mut sent = Vec::new();
-    let [hits, bad_hits] = <[Rule; 2]>::try_from(rules(c)).expect("two tables");
-    if hits.days > 0 {
-        let (db, name) = db_and_name(&hits.table);
+    let [hits, bad_hits, hourly, daily] = <[Rule; 4]>::try_from(rules(c)).expect("four tables");
+    for monthly in [hits, hourly, daily] {
+        if monthly.days == 0 {
+            continue;
+        }
+        let (db, name) = db_and_name(&monthly.table);
         let months: Vec<String> = client
             .query(&format!(
                 "SELECT DISTINCT partition FROM system.parts
                  WHERE database = '{db}' AND table = '{name}' AND active
                    AND toUInt32(partition) < toYYYYMM(now() - toIntervalDay({}))
                  ORDER BY partition",
-                hits.days
+                monthly.days
             ))
             .fetch_all()
             .await?;
@@ -146,7 +163,7 @@ pub async fn delete_expired(
             // Partition ids are toYYYYMM numbers read from the server itself.
             let sql = format!(
                 "ALTER TABLE {}{} DROP PARTITION {month}",
-                hits.table, hits.on_cluster
+                monthly.table, monthly.on_cluster
             );
             client.query(&sql).execute().await?;
             sent.push(sql);
@@ -190,6 +207,17 @@ mod tests {
         };
         let r = rules(&c);
         assert_eq!(r[0].ttl(), "received_at + toIntervalDay(90)");
+        assert_eq!(
+            (r[2].table.as_str(), r[2].ttl()),
+            (
+                "pixelpipe.t_hits_hourly",
+                "hour + toIntervalDay(400)".into()
+            )
+        );
+        assert_eq!(
+            (r[3].table.as_str(), r[3].ttl()),
+            ("pixelpipe.t_hits_daily", "day + toIntervalDay(1830)".into())
+        );
         assert_eq!(
             r[1].delete_statement(),
             "ALTER TABLE pixelpipe.t_bad_hits DELETE WHERE seen_at < now() - toIntervalDay(7)"

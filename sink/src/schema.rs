@@ -16,6 +16,12 @@
 //! over them, so inserts and analysts' queries use the same names in both modes. The `Distributed`
 //! tables shard by a hash of what the `ReplacingMergeTree` folds on (`event_id`; a bad message's
 //! Kafka coordinates), so copies of one row always meet on one shard and are folded there.
+//!
+//! Two rollups, `<prefix>hits_hourly` and `<prefix>hits_daily` ([`Rollup`]), are filled by
+//! materialized views on the table storing hits. They count hits and visitors as distinct
+//! counts (`uniqState`), never as sums, because the sink writes at least once: a batch written
+//! again after a crash passes through the views again, and a distinct count absorbs the copy
+//! where `countState()` would count it twice.
 
 use clickhouse::Client;
 
@@ -131,23 +137,65 @@ impl Tables {
     /// replicated form, with the conventional ZooKeeper path and the servers' `{shard}` and
     /// `{replica}` macros.
     fn engine(&self, storage: &str) -> String {
+        self.engine_of("ReplacingMergeTree", storage)
+    }
+
+    /// [`Tables::engine`] for another `MergeTree` family (`AggregatingMergeTree`).
+    fn engine_of(&self, family: &str, storage: &str) -> String {
         match self.cluster {
-            None => "ReplacingMergeTree()".into(),
+            None => format!("{family}()"),
             Some(_) => {
                 let path = storage.replace('.', "/");
-                format!("ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{path}', '{{replica}}')")
+                format!("Replicated{family}('/clickhouse/tables/{{shard}}/{path}', '{{replica}}')")
             }
         }
     }
 
-    /// On a cluster, the `Distributed` table `table` (`hits()` or `bad_hits()`) over its storage
-    /// table; nothing on one server. Sharded by what the storage table folds duplicates on.
+    /// `db.<prefix>hits_hourly` and `db.<prefix>hits_daily`: the rollups of hits.
+    pub fn rollups(&self) -> [Rollup; 2] {
+        [
+            Rollup {
+                table: format!("{}hits_hourly", self.qualified_prefix),
+                period: "hour",
+                period_type: "DateTime('UTC')",
+                period_of_received_at: "toStartOfHour(received_at)",
+                dimensions: &["campaign", "variant", "traffic_class"],
+            },
+            Rollup {
+                table: format!("{}hits_daily", self.qualified_prefix),
+                period: "day",
+                period_type: "Date",
+                period_of_received_at: "toDate(received_at)",
+                dimensions: &[
+                    "campaign",
+                    "variant",
+                    "traffic_class",
+                    "geo_country",
+                    "device_type",
+                ],
+            },
+        ]
+    }
+
+    /// Every table that is `Distributed` on a cluster, over a storage table of its own.
+    fn distributed_tables(&self) -> Vec<String> {
+        let mut tables = vec![self.hits(), self.bad_hits()];
+        tables.extend(self.rollups().map(|r| r.table));
+        tables
+    }
+
+    /// On a cluster, the `Distributed` table `table` (`hits()`, `bad_hits()` or a rollup) over
+    /// its storage table; nothing on one server. Sharded by what the storage table folds
+    /// duplicates on; a rollup's rows are partial states merged when queried, so any shard will
+    /// do (and only a backfill inserts through it: the views write to the storage tables).
     fn distributed(&self, table: &str) -> Option<String> {
         let cluster = self.cluster.as_ref()?;
         let sharding_key = if table == self.hits() {
             "cityHash64(event_id)"
-        } else {
+        } else if table == self.bad_hits() {
             "cityHash64(kafka_topic, kafka_partition, kafka_offset)"
+        } else {
+            "rand()"
         };
         let storage = self.storage(table);
         let (db, name) = db_and_name(&storage);
@@ -161,6 +209,95 @@ ENGINE = Distributed({cluster}, {db}, {name}, {sharding_key})",
     /// `db.<prefix>schema_migrations`.
     pub fn migrations(&self) -> String {
         format!("{}schema_migrations", self.qualified_prefix)
+    }
+}
+
+/// A rollup of hits: per period (`hour` or `day`), site, kind and a few dimensions, the hits and
+/// the visitors as distinct-count states. A materialized view, `<table>_mv`, fills it from every
+/// block inserted into the table storing hits; a backfill from the hits already stored
+/// (migration 7) fills its past.
+///
+/// Analysts read it with `uniqMerge(hits)` and `uniqIfMerge(visitors)`. Both are `uniq`:
+/// exact up to 65 536 distinct values per state (it keeps every 32-bit hash until then), an
+/// adaptive sample beyond. Being distinct counts they are idempotent: the same hit added twice
+/// (a batch written again, a view and a backfill both seeing it) counts once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollup {
+    /// `db.<prefix>hits_hourly`: where analysts query it (`Distributed` on a cluster).
+    pub table: String,
+    /// The period column: `hour` or `day`.
+    pub period: &'static str,
+    period_type: &'static str,
+    period_of_received_at: &'static str,
+    /// The columns it is grouped by besides `site_id`, `kind` and the period.
+    pub dimensions: &'static [&'static str],
+}
+
+impl Rollup {
+    /// `db.<prefix>hits_hourly_mv`: the view feeding the rollup's storage table (the same name
+    /// on one server and on a cluster).
+    pub fn view(&self) -> String {
+        format!("{}_mv", self.table)
+    }
+
+    /// The sorting key, which is also what `AggregatingMergeTree` merges rows on.
+    fn key(&self) -> String {
+        let mut key = vec!["site_id", "kind", self.period];
+        key.extend(self.dimensions);
+        key.join(", ")
+    }
+
+    /// The aggregation from `source` (a table of hits), restricted by `filter` when given: the
+    /// view's query, and a backfill's.
+    pub fn select(&self, source: &str, filter: Option<&str>) -> String {
+        let mut columns = vec![format!("{} AS {}", self.period_of_received_at, self.period)];
+        columns.extend(["site_id", "kind"].iter().map(|c| (*c).to_owned()));
+        columns.extend(self.dimensions.iter().map(|c| (*c).to_owned()));
+        columns.push("uniqState(event_id) AS hits".into());
+        // Anonymised hits carry no visitor id; an empty one is nobody, not one more visitor.
+        columns.push("uniqIfState(visitor_id, visitor_id != '') AS visitors".into());
+        let filter = filter.map(|f| format!("\nWHERE {f}")).unwrap_or_default();
+        format!(
+            "SELECT\n    {}\nFROM {source}{filter}\nGROUP BY {}",
+            columns.join(",\n    "),
+            self.key()
+        )
+    }
+
+    /// The storage table, in the column order of [`Rollup::select`].
+    fn create(&self, t: &Tables, f: Flavour) -> String {
+        let storage = t.storage(&self.table);
+        let lc = f.low_cardinality();
+        let mut columns = vec![
+            format!("{} {}", self.period, self.period_type),
+            format!("site_id {lc}"),
+            format!("kind {lc}"),
+        ];
+        columns.extend(self.dimensions.iter().map(|d| format!("{d} {lc}")));
+        columns.push("hits AggregateFunction(uniq, UUID)".into());
+        columns.push("visitors AggregateFunction(uniqIf, String, UInt8)".into());
+        format!(
+            "CREATE TABLE IF NOT EXISTS {storage}{on} (\n    {columns}\n)\nENGINE = {engine}\nPARTITION BY toYYYYMM({period})\nORDER BY ({key})",
+            on = t.on_cluster(),
+            columns = columns.join(",\n    "),
+            engine = t.engine_of("AggregatingMergeTree", &storage),
+            period = self.period,
+            key = self.key(),
+        )
+    }
+
+    /// The view, attached to the table storing hits (the replicated one on a cluster, so that it
+    /// runs on the replica that takes an insert; the others fetch its rollup rows through
+    /// replication, not by running the view again). `TO` a table of its own, so the rollup is an
+    /// ordinary table for retention and for analysts.
+    fn create_view(&self, t: &Tables) -> String {
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {view}{on} TO {storage} AS\n{select}",
+            view = self.view(),
+            on = t.on_cluster(),
+            storage = t.storage(&self.table),
+            select = self.select(&t.storage(&t.hits()), None),
+        )
     }
 }
 
@@ -185,13 +322,31 @@ pub enum Step {
         /// [`Tables::on_cluster`].
         on_cluster: String,
     },
+    /// `INSERT INTO table SELECT ...` from the hits already stored, one month of `received_at`
+    /// at a time (each statement's memory and time stay bounded on a large table). Runs after the
+    /// view exists, so every hit is seen by the view, by the backfill, or by both, which a
+    /// distinct count makes harmless. Also harmless to run again.
+    Backfill {
+        /// The rollup, by the name analysts query (`Distributed` on a cluster).
+        table: String,
+        /// Its aggregation over the hits.
+        rollup: Rollup,
+        /// Where the hits are read: `hits()`, all shards.
+        source: String,
+    },
 }
 
 impl Step {
-    /// The statement this step runs (for `AddColumn`, when the column is missing).
+    /// The statement this step runs (for `AddColumn`, when the column is missing; for `Backfill`,
+    /// the whole history at once, where the migration sends [`Step::backfill_month`] per month).
     pub fn sql(&self) -> String {
         match self {
             Step::Sql(sql) => sql.clone(),
+            Step::Backfill {
+                table,
+                rollup,
+                source,
+            } => format!("INSERT INTO {table}\n{}", rollup.select(source, None)),
             Step::AddColumn {
                 table,
                 column,
@@ -208,6 +363,21 @@ impl Step {
             } => format!(
                 "ALTER TABLE {table}{on_cluster} ADD COLUMN {column} {definition}, MODIFY ORDER BY ({key})"
             ),
+        }
+    }
+
+    /// For `Backfill`, the statement for the hits received in one month (`YYYYMM`).
+    pub fn backfill_month(&self, month: u32) -> Option<String> {
+        match self {
+            Step::Backfill {
+                table,
+                rollup,
+                source,
+            } => Some(format!(
+                "INSERT INTO {table}\n{}",
+                rollup.select(source, Some(&format!("toYYYYMM(received_at) = {month}")))
+            )),
+            _ => None,
         }
     }
 }
@@ -254,7 +424,34 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "kafka_index: a hit's place in a packed message",
         steps: v6,
     },
+    Migration {
+        version: ROLLUPS,
+        name: "hourly and daily rollups",
+        steps: v7,
+    },
 ];
+
+/// The migration creating the rollups.
+const ROLLUPS: u32 = 7;
+
+/// The rollups: their storage tables, the `Distributed` tables over them on a cluster, the views
+/// feeding them, then the backfill of what `hits` already holds. Their retention is set by
+/// `retention::sync_ttl` after migrating, as for every table.
+fn v7(t: &Tables, f: Flavour, _retention_days: u32) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for rollup in t.rollups() {
+        steps.push(Step::Sql(rollup.create(t, f)));
+        steps.extend(t.distributed(&rollup.table).map(Step::Sql));
+        steps.push(Step::Sql(rollup.create_view(t)));
+    }
+    // After every view exists, so that no hit falls between the views and the backfill.
+    steps.extend(t.rollups().map(|rollup| Step::Backfill {
+        table: rollup.table.clone(),
+        rollup,
+        source: t.hits(),
+    }));
+    steps
+}
 
 /// A message may pack several hits, so `(partition, offset)` no longer names one hit: both tables
 /// get its place in the message, and `bad_hits` (whose replacing key is its sorting key) sorts by
@@ -312,7 +509,8 @@ fn add_column(
 pub fn steps(m: &Migration, t: &Tables, flavour: Flavour, retention_days: u32) -> Vec<Step> {
     let mut steps = (m.steps)(t, flavour, retention_days);
     if t.cluster.is_some() {
-        for table in [t.hits(), t.bad_hits()] {
+        // A view reads the storage table, not the `Distributed` one, so a rebuild leaves it be.
+        for table in t.distributed_tables() {
             let storage = t.storage(&table);
             let altered = steps
                 .iter()
@@ -543,7 +741,21 @@ async fn cluster_current(
 /// of the single-server layout under the sink's names ([`Error::NotAClusterLayout`]), and the
 /// statements run `ON CLUSTER`; the `Distributed` tables are created again at the end if a server
 /// lacks them (a migration interrupted between its drop and its create).
+///
+/// Migration 7 fills the new rollups from every hit already stored ([`Step::Backfill`]), which
+/// on a large table takes a while; running it again after an interruption is harmless.
 pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) -> Result<Vec<u32>> {
+    migrate_through(client, c, flavour, u32::MAX).await
+}
+
+/// [`migrate`], applying only the migrations up to version `last`: the schema as an older sink
+/// left it (tests of an upgrade stand it up this way).
+pub async fn migrate_through(
+    client: &Client,
+    c: &ClickHouseConfig,
+    flavour: Flavour,
+    last: u32,
+) -> Result<Vec<u32>> {
     let tables = Tables::new(c);
     let mut client = client.clone();
     if let Some(cluster) = &tables.cluster {
@@ -598,10 +810,16 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
         .fetch_all()
         .await?;
     let mut done = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version <= last && !applied.contains(&m.version))
+    {
         for step in steps(m, &tables, flavour, c.retention_days) {
             match &step {
                 Step::Sql(sql) => client.query(sql).execute().await?,
+                Step::Backfill { source, .. } => {
+                    backfill(client, &step, source, tables.cluster.is_some()).await?;
+                }
                 Step::AddColumn { table, column, .. } => {
                     let (db, name) = db_and_name(table);
                     let exists: u64 = client
@@ -629,12 +847,41 @@ pub async fn migrate(client: &Client, c: &ClickHouseConfig, flavour: Flavour) ->
         tracing::info!(version = m.version, name = m.name, "applied migration");
         done.push(m.version);
     }
-    for table in [tables.hits(), tables.bad_hits()] {
+    let has_rollups = applied.contains(&ROLLUPS) || done.contains(&ROLLUPS);
+    let rollups = tables.rollups().map(|r| r.table);
+    for table in tables.distributed_tables() {
+        if rollups.contains(&table) && !has_rollups {
+            continue;
+        }
         if let Some(create) = tables.distributed(&table) {
             client.query(&create).execute().await?;
         }
     }
     Ok(done)
+}
+
+/// Runs a [`Step::Backfill`] month by month, oldest first, so the newest month (where the sink
+/// is writing) is read last, well after the view exists.
+async fn backfill(client: &Client, step: &Step, source: &str, distributed: bool) -> Result<()> {
+    let months: Vec<u32> = client
+        .query(&format!(
+            "SELECT DISTINCT toYYYYMM(received_at) AS month FROM {source} ORDER BY month"
+        ))
+        .fetch_all()
+        .await?;
+    let client = if distributed {
+        // As for the sink's inserts: return once the shards have the rows, not once queued.
+        client.clone().with_setting("insert_distributed_sync", "1")
+    } else {
+        client.clone()
+    };
+    for month in months {
+        if let Some(sql) = step.backfill_month(month) {
+            client.query(&sql).execute().await?;
+            tracing::info!(month, "backfilled a rollup");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -722,6 +969,92 @@ mod tests {
         assert_eq!(v6.iter().filter(|s| s.starts_with("DROP TABLE")).count(), 2);
         let v6_modern = sql(&cluster, &MIGRATIONS[5], Flavour::Modern);
         assert!(v6_modern.iter().all(|s| s.contains("ON CLUSTER c1")));
+    }
+
+    #[test]
+    fn rollups_are_fed_by_views_and_backfilled_on_one_server_and_on_a_cluster() {
+        let single = Tables::new(&ClickHouseConfig::default());
+        let cluster = Tables::new(&ClickHouseConfig {
+            cluster: "c1".into(),
+            ..ClickHouseConfig::default()
+        });
+        let v7 = |t: &Tables, f| -> Vec<String> {
+            steps(&MIGRATIONS[6], t, f, 0)
+                .iter()
+                .map(Step::sql)
+                .collect()
+        };
+        let one = v7(&single, Flavour::Legacy);
+        assert!(one[0].starts_with("CREATE TABLE IF NOT EXISTS pixelpipe.hits_hourly ("));
+        assert!(one[0].contains("ENGINE = AggregatingMergeTree()\nPARTITION BY toYYYYMM(hour)"));
+        assert!(one[0].contains("    campaign String,") && !one[0].contains("LowCardinality"));
+        assert!(one[1].starts_with(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS pixelpipe.hits_hourly_mv TO pixelpipe.hits_hourly AS\nSELECT"
+        ));
+        assert!(one[1].contains("\nFROM pixelpipe.hits\nGROUP BY site_id, kind, hour, campaign"));
+        // Backfills come last, after both views exist.
+        assert!(one[2].starts_with("CREATE TABLE IF NOT EXISTS pixelpipe.hits_daily ("));
+        assert!(one[4].starts_with("INSERT INTO pixelpipe.hits_hourly\nSELECT"));
+        assert!(one[5].starts_with("INSERT INTO pixelpipe.hits_daily\nSELECT"));
+        assert_eq!(one.len(), 6);
+        let modern = v7(&single, Flavour::Modern).join("\n");
+        assert!(modern.contains("    device_type LowCardinality(String),"));
+
+        let many = v7(&cluster, Flavour::Legacy);
+        assert!(many[0]
+            .starts_with("CREATE TABLE IF NOT EXISTS pixelpipe.hits_hourly_local ON CLUSTER c1 ("));
+        assert!(many[0].contains(
+            "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/pixelpipe/hits_hourly_local', '{replica}')"
+        ));
+        assert!(many[1].contains("ENGINE = Distributed(c1, pixelpipe, hits_hourly_local, rand())"));
+        // The view reads the replicated table of hits and writes the replicated rollup.
+        assert!(many[2].starts_with(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS pixelpipe.hits_hourly_mv ON CLUSTER c1 TO pixelpipe.hits_hourly_local AS"
+        ));
+        assert!(many[2].contains("\nFROM pixelpipe.hits_local\n"));
+        // The backfill reads every shard and writes through the Distributed rollup.
+        assert!(many[6].starts_with("INSERT INTO pixelpipe.hits_hourly\nSELECT"));
+        assert!(many[6].contains("\nFROM pixelpipe.hits\nGROUP BY"));
+        assert_eq!(
+            steps(&MIGRATIONS[6], &cluster, Flavour::Legacy, 0)[6]
+                .backfill_month(202601)
+                .unwrap()
+                .lines()
+                .rev()
+                .nth(1),
+            Some("WHERE toYYYYMM(received_at) = 202601")
+        );
+        // A migration adding columns to hits rebuilds the Distributed tables, never the views:
+        // they read the storage table.
+        let v2 = sql_of(&cluster, &MIGRATIONS[1]);
+        assert!(v2.iter().all(|s| !s.contains("_mv")), "{v2:#?}");
+    }
+
+    fn sql_of(t: &Tables, m: &Migration) -> Vec<String> {
+        steps(m, t, Flavour::Legacy, 0)
+            .iter()
+            .map(Step::sql)
+            .collect()
+    }
+
+    #[test]
+    fn the_rollup_columns_are_the_views_columns_in_order() {
+        let t = Tables::new(&ClickHouseConfig::default());
+        for rollup in t.rollups() {
+            let create = rollup.create(&t, Flavour::Modern);
+            let declared: Vec<&str> = create
+                .lines()
+                .filter(|l| l.starts_with("    "))
+                .map(|l| l.split_whitespace().next().unwrap())
+                .collect();
+            let select = rollup.select("h", None);
+            let selected: Vec<&str> = select
+                .lines()
+                .filter(|l| l.starts_with("    "))
+                .map(|l| l.trim_end_matches(',').rsplit(' ').next().unwrap())
+                .collect();
+            assert_eq!(declared, selected, "{create}\n{select}");
+        }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! names the cluster, `TEST_CLICKHOUSE_REPLICAS` the replicas' HTTP URLs). Real broker, real
 //! servers, over loopback.
 //!
+//! The rollups (migration 7) are checked here too: views on every replica, a backfill through the
+//! `Distributed` tables, and a batch written twice counted once.
+//!
 //! The tests run one at a time: one of them stops a replica, and `ON CLUSTER` DDL waits for every
 //! replica, so a migration running beside it would wait for the restart.
 // Test code: a failed step should panic where it happened.
@@ -15,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::kafka::unique_topic;
+use common::rollups::*;
 use common::*;
 use pixelpipe_sink::batch::Batch;
 use pixelpipe_sink::config::EnrichConfig;
@@ -113,6 +117,18 @@ async fn migrations_build_replicated_tables_behind_distributed_ones_on_every_rep
                     "ReplicatedReplacingMergeTree".into()
                 ),
                 (named("hits"), "Distributed".into()),
+                (named("hits_daily"), "Distributed".into()),
+                (
+                    named("hits_daily_local"),
+                    "ReplicatedAggregatingMergeTree".into()
+                ),
+                (named("hits_daily_mv"), "MaterializedView".into()),
+                (named("hits_hourly"), "Distributed".into()),
+                (
+                    named("hits_hourly_local"),
+                    "ReplicatedAggregatingMergeTree".into()
+                ),
+                (named("hits_hourly_mv"), "MaterializedView".into()),
                 (named("hits_local"), "ReplicatedReplacingMergeTree".into()),
                 (
                     named("schema_migrations"),
@@ -142,6 +158,13 @@ async fn migrations_build_replicated_tables_behind_distributed_ones_on_every_rep
             columns(named("bad_hits_local")).await,
             "on {url}"
         );
+        for rollup in ["hits_hourly", "hits_daily"] {
+            assert_eq!(
+                columns(named(rollup)).await,
+                columns(named(&format!("{rollup}_local"))).await,
+                "on {url}"
+            );
+        }
         let recorded = number(
             &url,
             &format!("SELECT count() FROM pixelpipe.{prefix}schema_migrations"),
@@ -259,6 +282,116 @@ async fn a_batch_written_again_after_a_crash_is_counted_once() {
     );
     let stored = format!("SELECT count() FROM pixelpipe.{prefix}hits_local");
     assert_eq!(wait_on_each_replica(&stored, 0).await, vec![0, 0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "integration"),
+    ignore = "needs the ClickHouse cluster: deploy/local/clickhouse-cluster.sh starts it"
+)]
+async fn the_rollups_count_a_batch_written_twice_once_on_every_replica() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = format!("{}_", unique("crollup"));
+    let config = cluster_config("unused", &prefix);
+    let client = pixelpipe_sink::store::client(&config.clickhouse);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let base = (now / DAY - 2) * DAY;
+    let (before, after, later) = (hits(base, 0, 60), hits(base, 60, 80), hits(base, 80, 90));
+    let writer = ClickHouse::new(&config.clickhouse, Flavour::Legacy);
+
+    // Hits stored twice by sinks of the version before the rollups; the successor comes later,
+    // so the second block differs in `inserted_at` and ZooKeeper's block dedup does not drop it.
+    pixelpipe_sink::schema::migrate_through(&client, &config.clickhouse, Flavour::Legacy, 6)
+        .await
+        .unwrap();
+    let first = batch(&before);
+    writer.write(&first, "t").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    writer.write(&first, "t").await.unwrap();
+
+    // The upgrade: views on every replica, then the backfill through the Distributed tables.
+    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), vec![7]);
+    let through_distributed = questions(&prefix, "");
+    let own = questions(&prefix, "_local");
+    let want = answers(&before.iter().collect::<Vec<_>>());
+    for url in replicas() {
+        assert_eq!(
+            wait_ask(&url, &own, &want).await,
+            want,
+            "backfilled, on {url}"
+        );
+    }
+
+    // Written again after the upgrade, and a new batch twice: the view runs on the replica that
+    // takes each insert, and the other fetches the rollup's part.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    writer.write(&first, "t").await.unwrap();
+    let second = batch(&after);
+    writer.write(&second, "t").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    writer.write(&second, "t").await.unwrap();
+    let mut all: Vec<&Hit> = before.iter().chain(&after).collect();
+    let want = answers(&all);
+    for url in replicas() {
+        assert_eq!(wait_ask(&url, &own, &want).await, want, "on {url}");
+        assert_eq!(
+            ask(&url, &through_distributed).await,
+            want,
+            "for analysts, on {url}"
+        );
+    }
+
+    // A later migration that adds columns to hits rebuilds its Distributed table (as migration
+    // 2's steps end): the views keep counting.
+    let rebuild: Vec<String> = pixelpipe_sink::schema::steps(
+        &pixelpipe_sink::schema::MIGRATIONS[1],
+        &pixelpipe_sink::schema::Tables::new(&config.clickhouse),
+        Flavour::Legacy,
+        0,
+    )
+    .into_iter()
+    .filter_map(|s| match s {
+        pixelpipe_sink::schema::Step::Sql(sql) => Some(sql),
+        _ => None,
+    })
+    .collect();
+    assert_eq!(rebuild.len(), 2, "{rebuild:?}");
+    for sql in &rebuild {
+        client.query(sql).execute().await.unwrap();
+    }
+    let (through, direct) = later.split_at(5);
+    writer.write(&batch(through), "t").await.unwrap();
+    // And rows stored on the second replica's own table, as a Distributed insert stores them
+    // there: its view counts them, because the views are attached to the storage tables.
+    let rows: Vec<String> = direct
+        .iter()
+        .map(|h| {
+            format!(
+                "SELECT generateUUIDv4(), toDateTime({}), 's', '{}', '{}', '{}'",
+                h.at, h.kind, h.campaign, h.visitor
+            )
+        })
+        .collect();
+    ch(&replicas()[1])
+        .query(&format!(
+            "INSERT INTO pixelpipe.{prefix}hits_local (event_id, received_at, site_id, kind, campaign, visitor_id) {}",
+            rows.join(" UNION ALL ")
+        ))
+        .execute()
+        .await
+        .unwrap();
+    all.extend(&later);
+    let want = answers(&all);
+    for url in replicas() {
+        assert_eq!(
+            wait_ask(&url, &own, &want).await,
+            want,
+            "after a rebuild, on {url}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,7 +203,12 @@ async fn modern_ddl_and_the_sinks_rowbinary_load_into_clickhouse_26() {
         bad_hits_retention_days: 7,
         ..config.clone()
     });
-    std::fs::write(dir.join("retention.sql"), rules[1].modify_ttl_statement()).unwrap();
+    // hits has its TTL from its DDL; the others get theirs as `sync_ttl` sends it.
+    let modify: Vec<String> = rules[1..]
+        .iter()
+        .map(|r| r.modify_ttl_statement())
+        .collect();
+    std::fs::write(dir.join("retention.sql"), modify.join(";\n")).unwrap();
     std::fs::write(dir.join("remove.sql"), rules[1].remove_ttl_statement()).unwrap();
     let script = format!(
         r#"
@@ -220,7 +225,7 @@ s.query("INSERT INTO {table} (" + ", ".join(columns) + ") SELECT * FROM file('ro
 print(s.query("SELECT version() AS v", "JSONEachRow"), end="")
 for stmt in open("retention.sql").read().split(";\n"):
     s.query(stmt)
-print(s.query("SELECT name, create_table_query FROM system.tables WHERE database = 'pixelpipe' AND name IN ('{name}', '{bad_name}') ORDER BY name", "JSONEachRow"), end="")
+print(s.query("SELECT name, create_table_query FROM system.tables WHERE database = 'pixelpipe' AND name IN ('{name}', '{bad_name}', '{name}_daily', '{name}_hourly') ORDER BY name", "JSONEachRow"), end="")
 s.query(open("remove.sql").read())
 print(s.query("SELECT name, create_table_query FROM system.tables WHERE database = 'pixelpipe' AND name = '{bad_name}'", "JSONEachRow"), end="")
 print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_at) AS received_at, edge_id, transport, kind, site_id, IPv6NumToString(client_ip) AS ip, user_agent, title, url, dnt, sec_gpc, head_request, campaign, variant, message_id, value, currency, prop_keys, prop_values, cut_fields, kafka_partition, kafka_offset, kafka_index, ip_hash, anonymized, geo_country, geo_region, geo_city, asn, as_org, prefetch, browser, browser_version, os, os_version, device_type, traffic_class, class_reason, signature, toUnixTimestamp(sent_at) AS sent_at, unverified, toTypeName(client_ip) AS ip_type, toTypeName(kind) AS kind_type FROM {table} ORDER BY kafka_offset", "JSONEachRow"), end="")
@@ -254,14 +259,18 @@ print(s.query("SELECT toString(event_id) AS event_id, toUnixTimestamp(received_a
     assert!(version.starts_with("26."), "a modern engine: {version}");
     // The server prints each TTL back in the form `retention::sync_ttl` looks for, so a start
     // with unchanged settings sends no ALTER.
-    for (line, rule) in lines[1..3].iter().zip([&rules[1], &rules[0]]) {
+    // In name order: bad_hits, hits, hits_daily, hits_hourly.
+    for (line, rule) in lines[1..5]
+        .iter()
+        .zip([&rules[1], &rules[0], &rules[3], &rules[2]])
+    {
         let create = line["create_table_query"].as_str().unwrap();
         assert!(create.contains(&format!("TTL {}", rule.ttl())), "{create}");
     }
     // And a retention of 0 removes the TTL again (`sync_ttl`'s other statement).
-    let removed = lines[3]["create_table_query"].as_str().unwrap();
+    let removed = lines[5]["create_table_query"].as_str().unwrap();
     assert!(!removed.contains(" TTL "), "{removed}");
-    let back = &lines[4..];
+    let back = &lines[6..];
     assert_eq!(back.len(), rows.len());
     for (got, want) in back.iter().zip(&rows) {
         assert_eq!(got["event_id"], want.event_id.to_string());
@@ -361,9 +370,17 @@ fn the_cluster_ddl_parses_on_a_modern_server() {
     for rule in retention::rules(&config) {
         ddl.extend([rule.modify_ttl_statement(), rule.remove_ttl_statement()]);
     }
+    // Every statement but the rollups' backfills, which insert through the Distributed tables.
     assert!(
-        ddl.iter().all(|sql| sql.contains(" ON CLUSTER pixelpipe")),
+        ddl.iter()
+            .all(|sql| sql.contains(" ON CLUSTER pixelpipe") || sql.starts_with("INSERT INTO")),
         "{ddl:#?}"
+    );
+    assert_eq!(
+        ddl.iter()
+            .filter(|sql| sql.starts_with("INSERT INTO"))
+            .count(),
+        2
     );
     let dir = std::env::temp_dir().join(format!("pp-chdb-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

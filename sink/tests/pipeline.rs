@@ -31,7 +31,10 @@ async fn migrations_apply_once() {
     let url = clickhouse_url();
     let tables = number(&url, &format!(
         "SELECT count() FROM system.tables WHERE database = 'pixelpipe' AND name LIKE '{prefix}\\_%'")).await;
-    assert_eq!(tables, 3, "hits, bad_hits, schema_migrations");
+    assert_eq!(
+        tables, 7,
+        "hits, bad_hits, schema_migrations, the two rollups and their views"
+    );
     let recorded = number(
         &url,
         &format!("SELECT count() FROM pixelpipe.{prefix}_schema_migrations"),

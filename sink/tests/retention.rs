@@ -1,5 +1,6 @@
 //! Retention on a server without TTL (ClickHouse 18.16): `pixelpipe-sink retention` drops the
-//! months of hits and deletes the bad hits past each table's limit, and nothing else.
+//! months of hits and of the rollups, and deletes the bad hits, past each table's limit, and
+//! nothing else.
 // Test code: a failed step should panic where it happened.
 #![allow(clippy::unwrap_used)]
 
@@ -19,6 +20,8 @@ async fn retention_deletes_what_is_older_than_each_tables_limit() {
     let mut config = sink_config("unused", &prefix);
     config.clickhouse.retention_days = 30;
     config.clickhouse.bad_hits_retention_days = 7;
+    config.clickhouse.hits_hourly_retention_days = 60;
+    config.clickhouse.hits_daily_retention_days = 0;
     pixelpipe_sink::migrate(&config).await.unwrap();
     let url = clickhouse_url();
     let client = ch(&url);
@@ -45,10 +48,25 @@ async fn retention_deletes_what_is_older_than_each_tables_limit() {
             .unwrap();
     }
     let sent = pixelpipe_sink::delete_expired(&config).await.unwrap();
+    let dropped = |table: &str| {
+        sent.iter()
+            .filter(|s| {
+                s.starts_with(&format!(
+                    "ALTER TABLE pixelpipe.{prefix}{table} DROP PARTITION"
+                ))
+            })
+            .count()
+    };
+    // The views put every hit into both rollups too: the hourly one keeps 60 days, so the months
+    // of 100 and 400 days go; the daily one keeps everything (0).
     assert!(
-        sent.iter().filter(|s| s.contains("DROP PARTITION")).count() == 2
+        (
+            dropped("hits"),
+            dropped("hits_hourly"),
+            dropped("hits_daily")
+        ) == (2, 2, 0)
             && sent.iter().filter(|s| s.contains("DELETE")).count() == 1,
-        "two old months dropped, bad hits deleted: {sent:?}"
+        "two old months dropped from hits and the hourly rollup, bad hits deleted: {sent:?}"
     );
     // Deletes are mutations, applied in the background: wait for the counts to settle.
     let kept_hits = wait_for(
@@ -69,6 +87,15 @@ async fn retention_deletes_what_is_older_than_each_tables_limit() {
         (kept_hits, kept_bad),
         (3, 1),
         "hits 1, 10 and 29 days old stay; of the bad hits only the day-old one"
+    );
+    let in_rollup = |table: &str| format!("SELECT uniqMerge(hits) FROM pixelpipe.{prefix}{table}");
+    assert_eq!(
+        (
+            number(&url, &in_rollup("hits_hourly")).await,
+            number(&url, &in_rollup("hits_daily")).await
+        ),
+        (3, 5),
+        "the hourly rollup keeps the three recent hits, the daily one all five"
     );
     assert_eq!(
         pixelpipe_sink::delete_expired(&config).await.unwrap(),

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 #[path = "../../../ingest/tests/common/kafka.rs"]
 pub mod kafka;
+pub mod rollups;
 
 pub fn clickhouse_url() -> String {
     std::env::var("TEST_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
@@ -286,4 +287,136 @@ pub async fn tsv(url: &str, sql: &str) -> String {
     let text = String::from_utf8(r.body).unwrap();
     assert_eq!(r.status, 200, "{sql}\n{text}");
     text
+}
+
+/// `YYYY-MM-DD` of a Unix time (UTC), as ClickHouse prints a `Date`, so that tests state expected
+/// days without asking a server.
+pub fn date(unix: u64) -> String {
+    utc(unix).format("%Y-%m-%d").to_string()
+}
+
+/// `YYYY-MM-DD HH:MM:SS`, as ClickHouse prints a `DateTime('UTC')`.
+pub fn datetime(unix: u64) -> String {
+    utc(unix).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn utc(unix: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(i64::try_from(unix).unwrap(), 0).unwrap()
+}
+
+/// Every row of `table` on the server at `url` as RowBinary, with its column names in that
+/// order: the bytes are the same under both flavours of the schema (`schema`'s premise), so they
+/// load into a modern server as they are.
+pub async fn dump(url: &str, table: &str) -> (Vec<String>, Vec<u8>) {
+    let (db, name) = table.split_once('.').unwrap();
+    let columns: Vec<String> = ch(url)
+        .query(&format!(
+            "SELECT name FROM system.columns WHERE database = '{db}' AND table = '{name}'"
+        ))
+        .fetch_all()
+        .await
+        .unwrap();
+    let rows = ch(url)
+        .query(&format!("SELECT {} FROM {table}", columns.join(", ")))
+        .fetch_bytes("RowBinary")
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    (columns, rows.to_vec())
+}
+
+/// ClickHouse of today, in-process: chDB's Python package (`deploy/local/chdb.sh install`), found
+/// through `TEST_CHDB_PYTHON` or where that script installs it.
+pub mod chdb {
+    use std::process::Command;
+
+    use serde_json::{json, Value};
+
+    /// The Python interpreter that has chDB.
+    pub fn python() -> String {
+        std::env::var("TEST_CHDB_PYTHON").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap();
+            format!("{home}/.cache/pixelpipe/chdb-26.9.0/bin/python")
+        })
+    }
+
+    /// A statement to run.
+    pub fn sql(sql: &str) -> Value {
+        json!({ "sql": sql })
+    }
+
+    /// Rows from [`super::dump`] to insert into `table` (`database.name`), its columns in order.
+    pub fn load(table: &str, file: &str, columns: &[String]) -> Value {
+        json!({ "load": table, "file": file, "columns": columns })
+    }
+
+    /// A query whose answer, as TSV, [`run_plan`] returns.
+    pub fn query(sql: &str) -> Value {
+        json!({ "query": sql })
+    }
+
+    /// Runs `steps` in order in one chDB session, in a directory of its own holding `files`
+    /// (name, bytes); returns the answers of its queries. Panics naming the step that failed.
+    pub fn run_plan(steps: &[Value], files: &[(String, Vec<u8>)]) -> Vec<String> {
+        let mut files = files.to_vec();
+        files.push((
+            "plan.json".into(),
+            Value::from(steps).to_string().into_bytes(),
+        ));
+        let out = run(PLAN, &files);
+        serde_json::from_str(out.trim()).unwrap()
+    }
+
+    const PLAN: &str = r#"
+import json
+from chdb import session
+s = session.Session("db")
+s.query("CREATE DATABASE IF NOT EXISTS pixelpipe")
+answers = []
+for step in json.load(open("plan.json")):
+    try:
+        if "sql" in step:
+            s.query(step["sql"])
+        elif "load" in step:
+            db, name = step["load"].split(".")
+            types = dict((r["name"], r["type"]) for r in map(json.loads, str(s.query("SELECT name, type FROM system.columns WHERE database = '" + db + "' AND table = '" + name + "'", "JSONEachRow")).splitlines()))
+            structure = ", ".join(c + " " + types[c] for c in step["columns"]).replace("'", "\\'")
+            s.query("INSERT INTO " + step["load"] + " (" + ", ".join(step["columns"]) + ") SELECT * FROM file('" + step["file"] + "', RowBinary, '" + structure + "')")
+        else:
+            answers.append(str(s.query(step["query"], "TabSeparated")))
+    except Exception as e:
+        raise SystemExit(json.dumps(step)[:3000] + "\n" + str(e))
+print(json.dumps(answers))
+"#;
+
+    /// Runs a Python `script` in a directory of its own holding `files` (name, bytes), so that
+    /// tests running at once never share a chDB database; returns what it printed, and panics
+    /// with its errors if it failed.
+    pub fn run(script: &str, files: &[(String, Vec<u8>)]) -> String {
+        let dir = std::env::temp_dir().join(format!("pp-{}", super::unique("chdb")));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        let out = Command::new(python())
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "chDB python {}: {e} (run deploy/local/chdb.sh install)",
+                    python()
+                )
+            });
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "chDB failed:\n{}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        stdout
+    }
 }
