@@ -935,7 +935,7 @@ fn check_security(objects: &[Value]) {
         name(w)
     );
     // A few hundred bytes per hit waiting in the channel: 512.
-    let memory = (20 << 20)
+    let memory = (30 << 20)
         + edge.kafka.buffer_max_kbytes as u64 * 1024 * 3 / 2
         + edge.queue.capacity_hits as u64 * 512;
     let limit = quantity(&c["resources"]["limits"]["memory"]);
