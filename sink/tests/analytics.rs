@@ -13,9 +13,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
-use common::kafka::unique_topic;
 use common::*;
 use pixelpipe_common::wire;
 use pixelpipe_sink::config::ClickHouseConfig;
@@ -938,42 +936,13 @@ fn blocks(doc: &str, prefix: &str) -> Vec<Block> {
     ignore = "needs the local broker, ClickHouse and chDB: deploy/local/test.sh starts them"
 )]
 async fn every_documented_query_runs_and_answers_right() {
-    let topic = unique_topic("analytics");
-    create_topics(&topic, 2).await;
-    let prefix = format!("{}_", unique("analytics"));
     let url = clickhouse_url();
     let base = base();
     let specs = fixture();
     let mut payloads: Vec<Vec<u8>> = specs.iter().map(|s| s.encode(base)).collect();
     let total = payloads.len() as u64;
     payloads.push(b"not a hit".to_vec());
-    let t = topic.clone();
-    tokio::task::spawn_blocking(move || produce(&t, &payloads))
-        .await
-        .unwrap();
-    let sink = RunningSink::start(sink_config(&topic, &prefix));
-    let table = format!("pixelpipe.{prefix}hits");
-    assert_eq!(
-        wait_for(
-            &url,
-            &format!("SELECT uniqExact(event_id) FROM {table}"),
-            total,
-            Duration::from_secs(60)
-        )
-        .await,
-        total
-    );
-    assert_eq!(
-        wait_for(
-            &url,
-            &format!("SELECT count() FROM pixelpipe.{prefix}bad_hits"),
-            1,
-            Duration::from_secs(30)
-        )
-        .await,
-        1
-    );
-    sink.stop().await;
+    let prefix = store_through_a_sink("analytics", payloads, total, 1).await;
 
     let blocks = blocks(include_str!("../../docs/analytics.md"), &prefix);
     let expected = Expected { specs, base };

@@ -8,9 +8,6 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::kafka::unique_topic;
 use common::*;
 use pixelpipe_common::wire;
 
@@ -119,9 +116,6 @@ fn expand(sql: &str, from: u64, to: u64, site: &str) -> String {
     ignore = "needs the local broker and ClickHouse: deploy/local/test.sh starts them"
 )]
 async fn every_traffic_dashboard_query_runs_and_answers_right() {
-    let topic = unique_topic("dashboards");
-    create_topics(&topic, 2).await;
-    let prefix = format!("{}_", unique("dashboards"));
     let url = clickhouse_url();
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -130,21 +124,8 @@ async fn every_traffic_dashboard_query_runs_and_answers_right() {
     let hits = fixture();
     let payloads: Vec<Vec<u8>> = hits.iter().map(|h| encode(h, now_s * 1000)).collect();
     let total = payloads.len() as u64;
-    let t = topic.clone();
-    tokio::task::spawn_blocking(move || produce(&t, &payloads))
-        .await
-        .unwrap();
-    let sink = RunningSink::start(sink_config(&topic, &prefix));
+    let prefix = store_through_a_sink("dashboards", payloads, total, 0).await;
     let table = format!("pixelpipe.{prefix}hits");
-    let stored = wait_for(
-        &url,
-        &format!("SELECT uniqExact(event_id) FROM {table}"),
-        total,
-        Duration::from_secs(60),
-    )
-    .await;
-    assert_eq!(stored, total);
-    sink.stop().await;
 
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/traffic.json"),

@@ -275,6 +275,41 @@ pub fn read_raw(topic: &str, want: usize) -> Vec<RawMessage> {
     out
 }
 
+/// Stores `payloads` through the real broker and a real sink: a fresh topic named after `test`,
+/// a sink with a fresh table prefix, run until ClickHouse holds `hits` distinct hits and `bad`
+/// bad hits, then stopped. Returns the table prefix. Panics if they are not stored in a minute.
+pub async fn store_through_a_sink(
+    test: &str,
+    payloads: Vec<Vec<u8>>,
+    hits: u64,
+    bad: u64,
+) -> String {
+    let topic = kafka::unique_topic(test);
+    create_topics(&topic, 2).await;
+    let prefix = format!("{}_", unique(test));
+    let url = clickhouse_url();
+    let t = topic.clone();
+    tokio::task::spawn_blocking(move || produce(&t, &payloads))
+        .await
+        .unwrap();
+    let sink = RunningSink::start(sink_config(&topic, &prefix));
+    for (sql, want) in [
+        (
+            format!("SELECT uniqExact(event_id) FROM pixelpipe.{prefix}hits"),
+            hits,
+        ),
+        (
+            format!("SELECT count() FROM pixelpipe.{prefix}bad_hits"),
+            bad,
+        ),
+    ] {
+        let got = wait_for(&url, &sql, want, Duration::from_secs(60)).await;
+        assert_eq!(got, want, "{sql}");
+    }
+    sink.stop().await;
+    prefix
+}
+
 /// Runs one query over ClickHouse's HTTP interface at `url` and returns its answer as
 /// tab-separated text; panics with the server's error.
 pub async fn tsv(url: &str, sql: &str) -> String {
