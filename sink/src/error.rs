@@ -31,6 +31,17 @@ pub enum Error {
         /// Which table on which server.
         problem: String,
     },
+    /// `replay-dead-letters` stopped hearing from the dead-letter topic before it had read every
+    /// partition to the end it saw at its start; it copied nothing, so running it again is safe.
+    #[error("the dead-letter topic {topic} went quiet after {read} messages, with {partitions} partition(s) not read to their end; nothing was copied: run the replay again")]
+    ReplayIncomplete {
+        /// The dead-letter topic.
+        topic: String,
+        /// Messages read before it went quiet.
+        read: usize,
+        /// Partitions not read to their end.
+        partitions: usize,
+    },
     /// The Kafka client failed (creating it, committing, producing to the dead-letter topic).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -89,7 +100,8 @@ impl Error {
             Error::Config(_)
             | Error::Io(_)
             | Error::UnsupportedServer(_)
-            | Error::NotAClusterLayout { .. } => None,
+            | Error::NotAClusterLayout { .. }
+            | Error::ReplayIncomplete { .. } => None,
         }
     }
 
