@@ -867,6 +867,12 @@ fn check_autoscaler(objects: &[Value]) -> &Value {
         hpa[0]["spec"]["minReplicas"].as_u64().unwrap() >= 2,
         "one edge can stop"
     );
+    // During a Kafka outage the edges are unready and idle, and their spools hold what they
+    // answered meanwhile: an autoscaler that scales down would remove edges, spools and all.
+    assert_eq!(
+        hpa[0]["spec"]["behavior"]["scaleDown"]["selectPolicy"], "Disabled",
+        "the autoscaler only adds edges"
+    );
     hpa[0]
 }
 
@@ -1161,7 +1167,8 @@ fn the_edge_trusts_no_catch_all_proxy_range() {
 }
 
 /// The overlay's StatefulSet runs the base Deployment's pod, differing only in the spool (a claim
-/// of its own instead of an emptyDir) and the durability it exists for.
+/// of its own instead of an emptyDir and the ephemeral storage asked for it) and the durability
+/// it exists for.
 #[test]
 fn the_statefulset_runs_the_deployments_pod_with_a_disk_spool() {
     let base = base_objects();
@@ -1190,6 +1197,13 @@ fn the_statefulset_runs_the_deployments_pod_with_a_disk_spool() {
         before,
         "each claim replaces a volume"
     );
+    // The emptyDir's room on the node's disk goes with it.
+    for side in ["requests", "limits"] {
+        from_deployment["spec"]["containers"][0]["resources"][side]
+            .as_object_mut()
+            .unwrap()
+            .remove("ephemeral-storage");
+    }
     let mut from_set = set["spec"]["template"].clone();
     let env = from_set["spec"]["containers"][0]["env"]
         .as_array_mut()
