@@ -21,6 +21,8 @@ const APPLE_MPP: &str = "Mozilla/5.0";
 
 /// One hit of the fixture: its kind, user agent, visitor, country and the rest as JSON fields.
 struct Hit {
+    /// Hours before the test's start it was received.
+    hours_ago: u64,
     site: &'static str,
     kind: &'static str,
     ua: &'static str,
@@ -32,10 +34,12 @@ struct Hit {
 /// Site `shop`: page /a seen 3 times by two people on desktop Chrome in DE (v1 twice, v2) and
 /// once by Googlebot; page /b twice by one person on an iPhone in FR (v3). Campaign `spring`:
 /// message s0 opened twice and s1 once in Chrome, s2 and s4 through Gmail's image proxy, s3
-/// only by Apple's prefetch; two conversions of 10 EUR by v1 and v2 in DE and one by Googlebot. Site
-/// `blog`: one page view, which the site filter must leave out.
+/// only by Apple's prefetch; two conversions of 10 EUR by v1 and v2 in DE and one by Googlebot; an
+/// anonymised page view of /a in DE (no visitor id); and a page view two days old, which the time
+/// filter must leave out. Site `blog`: one page view, which the site filter must leave out.
 fn fixture() -> Vec<Hit> {
     let hit = |site, kind, ua, visitor, country, extra: &str| Hit {
+        hours_ago: 0,
         site,
         kind,
         ua,
@@ -62,11 +66,37 @@ fn fixture() -> Vec<Hit> {
         hit("shop", "conversion", CHROME, "v1", "DE", sale),
         hit("shop", "conversion", CHROME, "v2", "DE", sale),
         hit("shop", "conversion", GOOGLEBOT, "v9", "US", sale),
+        // A browser that sent GPC: anonymised at the edge, which keeps neither its user agent
+        // (a browser's leaves no class behind) nor a visitor id: a view, not a visitor.
+        hit(
+            "shop",
+            "pageview",
+            "",
+            "",
+            "DE",
+            &format!(r#"{},"anonymized":true"#, page("a")),
+        ),
         hit("blog", "pageview", CHROME, "v7", "DE", &page("a")),
+        // Two days old: outside the dashboard's time range.
+        Hit {
+            hours_ago: 48,
+            ..hit("shop", "pageview", CHROME, "v1", "DE", &page("a"))
+        },
     ]
 }
 
-fn encode(h: &Hit, received_at_ms: u64) -> Vec<u8> {
+fn encode(h: &Hit, now_s: u64) -> Vec<u8> {
+    let received_at_ms = (now_s - h.hours_ago * 3600) * 1000;
+    let ua = if h.ua.is_empty() {
+        String::new()
+    } else {
+        format!(r#","user_agent":"{}""#, h.ua)
+    };
+    let visitor = if h.visitor.is_empty() {
+        String::new()
+    } else {
+        format!(r#","visitor_id":"{}""#, h.visitor)
+    };
     let country = if h.country.is_empty() {
         String::new()
     } else {
@@ -74,13 +104,11 @@ fn encode(h: &Hit, received_at_ms: u64) -> Vec<u8> {
     };
     let json = format!(
         r#"{{"schema_version":1,"event_id":"{}","received_at_ms":{received_at_ms},"edge_id":"a",
-            "transport":"pixel","kind":"{}","site_id":"{}","path":"/p.gif","user_agent":"{}",
-            "visitor_id":"{}"{country}{}}}"#,
+            "transport":"pixel","kind":"{}","site_id":"{}","path":"/p.gif"
+            {ua}{visitor}{country}{}}}"#,
         uuid::Uuid::now_v7(),
         h.kind,
         h.site,
-        h.ua,
-        h.visitor,
         h.extra
     );
     let mut buf = Vec::new();
@@ -122,7 +150,7 @@ async fn every_traffic_dashboard_query_runs_and_answers_right() {
         .unwrap()
         .as_secs();
     let hits = fixture();
-    let payloads: Vec<Vec<u8>> = hits.iter().map(|h| encode(h, now_s * 1000)).collect();
+    let payloads: Vec<Vec<u8>> = hits.iter().map(|h| encode(h, now_s)).collect();
     let total = payloads.len() as u64;
     let prefix = store_through_a_sink("dashboards", payloads, total, 0).await;
     let table = format!("pixelpipe.{prefix}hits");
@@ -132,35 +160,45 @@ async fn every_traffic_dashboard_query_runs_and_answers_right() {
     )
     .unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut answers = std::collections::BTreeMap::new();
+    // Each panel's query (and the site variable's), macros expanded, on the server the hits
+    // went to; then the same rows under the modern DDL in chDB (compose runs a modern server).
+    let mut titles = Vec::new();
+    let mut queries = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         assert_eq!(panel["datasource"]["uid"], "clickhouse", "{panel}");
         let [target] = panel["targets"].as_array().unwrap().as_slice() else {
             panic!("one query per panel: {panel}");
         };
-        let sql = expand(
+        titles.push(panel["title"].as_str().unwrap().to_owned());
+        queries.push(expand(
             target["rawSql"].as_str().unwrap(),
             now_s - 3600,
             now_s + 3600,
             "shop",
-        )
-        .replace("pixelpipe.hits", &table);
-        answers.insert(
-            panel["title"].as_str().unwrap().to_owned(),
-            tsv(&url, &sql).await,
-        );
+        ));
     }
-    // The site variable's own query lists both sites.
-    let sites = dashboard["templating"]["list"][0]["query"]
-        .as_str()
-        .unwrap();
-    answers.insert(
-        "site variable".to_owned(),
-        tsv(&url, &sites.replace("pixelpipe.hits", &table)).await,
+    titles.push("site variable".to_owned());
+    queries.push(
+        dashboard["templating"]["list"][0]["query"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
     );
+    let queries: Vec<String> = queries
+        .iter()
+        .map(|q| q.replace("pixelpipe.hits", &table))
+        .collect();
+    let mut on_18_16 = Vec::new();
+    for q in &queries {
+        on_18_16.push(tsv(&url, q).await);
+    }
+    let on_modern = on_a_modern_server(&url, &prefix, &queries).await;
 
     // Expected answers, from the fixture's construction (shop only; blog's page view is out).
-    let shop: Vec<&Hit> = hits.iter().filter(|h| h.site == "shop").collect();
+    let shop: Vec<&Hit> = hits
+        .iter()
+        .filter(|h| h.site == "shop" && h.hours_ago == 0)
+        .collect();
     let count = |kind: &str| shop.iter().filter(|h| h.kind == kind).count();
     let hour = now_s / 3600 * 3600;
     let hour = tsv(&url, &format!("SELECT toDateTime({hour}, 'UTC')")).await;
@@ -175,11 +213,11 @@ async fn every_traffic_dashboard_query_runs_and_answers_right() {
                 count("pageview")
             ),
         ),
-        // People: 5 page views, 3 Chrome opens, 2 conversions; Googlebot's page view and
-        // conversion; Gmail's proxy and Apple's prefetch.
+        // People: 6 page views (one anonymised), 3 Chrome opens, 2 conversions; Googlebot's
+        // page view and conversion; Gmail's proxy and Apple's prefetch.
         (
             "Hits by traffic class",
-            "bot\t2\nemail_proxy\t3\nhuman\t10\n".to_owned(),
+            "bot\t2\nemail_proxy\t3\nhuman\t11\n".to_owned(),
         ),
         // Opened: s0..s4 raw; s0, s1, s2 and s4 (Gmail opens when the reader does) by people.
         (
@@ -192,22 +230,28 @@ async fn every_traffic_dashboard_query_runs_and_answers_right() {
         ),
         (
             "Top pages (people)",
-            "https://shop.example/a\t3\t2\nhttps://shop.example/b\t2\t1\n".to_owned(),
+            "https://shop.example/a\t4\t2\nhttps://shop.example/b\t2\t1\n".to_owned(),
         ),
-        // DE: three page views and two conversions by v1 and v2; FR: two page views by v3.
-        ("Countries (people)", "DE\t5\t2\nFR\t2\t1\n".to_owned()),
-        // Desktop: 3 page views, 3 opens and 2 conversions in Chrome; mobile: the iPhone's 2.
-        ("Devices (people)", "desktop\t8\nmobile\t2\n".to_owned()),
+        // DE: four page views (one anonymised) and two conversions by v1 and v2; FR: two page
+        // views by v3.
+        ("Countries (people)", "DE\t6\t2\nFR\t2\t1\n".to_owned()),
+        // Desktop: 3 page views, 3 opens and 2 conversions in Chrome; mobile: the iPhone's 2;
+        // the anonymised view has no user agent to tell.
+        (
+            "Devices (people)",
+            "desktop\t8\nmobile\t2\nunknown\t1\n".to_owned(),
+        ),
         ("site variable", "blog\nshop\n".to_owned()),
     ];
     assert_eq!(
-        answers.len(),
-        want.len(),
-        "every panel has an expected answer: {:?}",
-        answers.keys()
+        titles,
+        want.iter().map(|(t, _)| t.to_string()).collect::<Vec<_>>(),
+        "every panel has an expected answer, in the dashboard's order"
     );
-    for (title, expected) in want {
-        assert_eq!(answers[title], expected, "{title}");
+    for (server, answers) in [("18.16", &on_18_16), ("modern", &on_modern)] {
+        for ((title, expected), got) in want.iter().zip(answers) {
+            assert_eq!(got, expected, "{title}, on the {server} server");
+        }
     }
 }
 

@@ -361,6 +361,42 @@ pub async fn dump(url: &str, table: &str) -> (Vec<String>, Vec<u8>) {
     (columns, rows.to_vec())
 }
 
+/// Loads the rows the sink stored into chDB under the modern DDL (every migration's steps for a
+/// modern server, rollups, views and backfills included, then the retention TTLs), and runs
+/// every query there, returning each answer as tab-separated text. The rollups are filled by their views as the rows load.
+pub async fn on_a_modern_server(url: &str, prefix: &str, queries: &[String]) -> Vec<String> {
+    let config = pixelpipe_sink::config::ClickHouseConfig {
+        table_prefix: prefix.to_owned(),
+        ..pixelpipe_sink::config::ClickHouseConfig::default()
+    };
+    let tables = pixelpipe_sink::schema::Tables::new(&config);
+    let mut steps: Vec<_> = pixelpipe_sink::schema::MIGRATIONS
+        .iter()
+        .flat_map(|m| {
+            (m.steps)(
+                &tables,
+                pixelpipe_sink::schema::Flavour::Modern,
+                config.retention_days,
+            )
+        })
+        .map(|step| chdb::sql(&step.sql()))
+        .collect();
+    steps.extend(
+        pixelpipe_sink::retention::rules(&config)
+            .iter()
+            .map(|r| chdb::sql(&r.modify_ttl_statement())),
+    );
+    let mut files = Vec::new();
+    for (i, table) in [tables.hits(), tables.bad_hits()].iter().enumerate() {
+        let (columns, rows) = dump(url, table).await;
+        let file = format!("{i}.bin");
+        steps.push(chdb::load(table, &file, &columns));
+        files.push((file, rows));
+    }
+    steps.extend(queries.iter().map(|q| chdb::query(q)));
+    chdb::run_plan(&steps, &files)
+}
+
 /// ClickHouse of today, in-process: chDB's Python package (`deploy/local/chdb.sh install`), found
 /// through `TEST_CHDB_PYTHON` or where that script installs it.
 pub mod chdb {
