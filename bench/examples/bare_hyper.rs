@@ -21,6 +21,10 @@ use std::convert::Infallible;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
+
+/// The edge's allocator, so the floor and the edge are compared like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use hyper_util::rt::TokioIo;
 
 fn main() {

@@ -376,6 +376,8 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
                 give_up_at.get_or_insert_with(|| self.shutdown_deadline());
             }
             tokio::select! {
+                // A write that ends at the deadline counts as done, not abandoned.
+                biased;
                 done = &mut write => return Some(done),
                 _ = stop.changed(), if !stopping => {}
                 _ = sleep_until(*give_up_at) => return None,
@@ -387,7 +389,7 @@ impl<C: HitConsumer, W: RowWriter, D: DeadLetters> Io<C, W, D> {
     fn abandon(&self, batch: &Batch) -> Outcome {
         tracing::warn!(
             rows = batch.len(),
-            "stopping with a batch ClickHouse did not take: abandoned, not committed"
+            "stopping with a batch not stored (ClickHouse refused it or had not answered): abandoned, not committed"
         );
         self.metrics.abandoned();
         self.write_failing.store(false, Ordering::Relaxed);
