@@ -190,6 +190,14 @@ impl TrustedProxies {
         Some(client)
     }
 
+    /// Whether a request from `peer` carried the configured header although `peer` is not
+    /// trusted, so the header was ignored and `peer` recorded. A client may send one to choose its
+    /// address; a steady rate near the request rate means the proxy in front of the edge is
+    /// missing from `http.trusted_proxies`, and every hit records the proxy's address.
+    pub fn ignored_forwarding(&self, peer: IpAddr, headers: &HeaderMap) -> bool {
+        !self.trusts(peer.to_canonical()) && headers.contains_key(self.header.name())
+    }
+
     /// The entries of the configured header, from the original client to the nearest proxy;
     /// `None` for one that is not an address.
     fn chain(&self, headers: &HeaderMap) -> Vec<Option<IpAddr>> {

@@ -303,6 +303,9 @@ impl Edge {
         if client_ip.is_none() {
             meta.cuts.add(CutReason::UnknownClientIp);
         }
+        if self.trusted.ignored_forwarding(peer, req.headers()) {
+            meta.cuts.add(CutReason::UntrustedForwarding);
+        }
         meta.opted_out = has_cookie(req.headers(), &self.optout_cookie);
         meta
     }

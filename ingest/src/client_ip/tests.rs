@@ -406,3 +406,18 @@ fn an_entry_that_is_not_text_spoils_only_itself() {
     );
     assert_eq!(fwd(b"for=203.0.113.9, for=\"\xff\""), None);
 }
+
+#[test]
+fn a_forwarding_header_from_an_untrusted_peer_is_noted_as_ignored() {
+    let proxies = trusting(&["10.0.0.0/8"], ClientIpHeader::XForwardedFor);
+    let forwarded = headers(&[("x-forwarded-for", "198.51.100.7")]);
+    // From a trusted proxy: believed, not ignored.
+    assert!(!proxies.ignored_forwarding(ip("10.1.2.3"), &forwarded));
+    // From anyone else: ignored, and said so; mapped IPv4 peers are their IPv4 address.
+    assert!(proxies.ignored_forwarding(ip("203.0.113.9"), &forwarded));
+    assert!(!proxies.ignored_forwarding(ip("::ffff:10.1.2.3"), &forwarded));
+    // No header, or another header than the configured one: nothing was ignored.
+    assert!(!proxies.ignored_forwarding(ip("203.0.113.9"), &HeaderMap::new()));
+    let real_ip = headers(&[("x-real-ip", "198.51.100.7")]);
+    assert!(!proxies.ignored_forwarding(ip("203.0.113.9"), &real_ip));
+}

@@ -498,12 +498,30 @@ async fn forwarded_addresses_only_from_trusted_proxies() {
         f.rx.try_recv().unwrap().client_ip,
         Some("203.0.113.50".parse().unwrap())
     );
+    assert_eq!(
+        counter(
+            &f,
+            "pixelpipe_ingest_fields_cut_total{reason=\"untrusted_forwarding\"}"
+        ),
+        0,
+        "believed, not ignored"
+    );
+    // No proxy trusted: the header is ignored, the peer recorded, and the ignoring counted, so
+    // a proxy missing from http.trusted_proxies shows.
     let f = fixture(config(), 16);
     let mut r = req("GET", "/p.gif?site=s", "");
     r.headers_mut()
         .insert("x-forwarded-for", HeaderValue::from_static("203.0.113.50"));
     call(&f, r).await;
-    assert_eq!(f.rx.try_recv().unwrap().client_ip, Some(peer()));
+    let hit = f.rx.try_recv().unwrap();
+    assert_eq!((hit.client_ip, hit.cut_fields), (Some(peer()), 1));
+    assert_eq!(
+        counter(
+            &f,
+            "pixelpipe_ingest_fields_cut_total{reason=\"untrusted_forwarding\"}"
+        ),
+        1
+    );
 }
 
 #[tokio::test]
