@@ -122,14 +122,11 @@ pub enum CutReason {
     /// A trusted proxy named a client that is not an address (`unknown`, an obfuscated name,
     /// garbage): the hit has no client IP rather than the proxy's (see `client_ip`).
     UnknownClientIp,
-    /// A peer not in `http.trusted_proxies` sent `http.client_ip_header`: the header was ignored
-    /// and the peer's address kept (a client choosing its address, or an untrusted proxy).
-    UntrustedForwarding,
 }
 
 impl CutReason {
     /// Every reason, for metrics registration.
-    pub const ALL: [CutReason; 12] = [
+    pub const ALL: [CutReason; 11] = [
         CutReason::BadEncoding,
         CutReason::KeyTooLong,
         CutReason::ValueTooLong,
@@ -141,7 +138,6 @@ impl CutReason {
         CutReason::BadEventId,
         CutReason::LoneSurrogate,
         CutReason::UnknownClientIp,
-        CutReason::UntrustedForwarding,
     ];
 
     /// Metric label value.
@@ -158,7 +154,6 @@ impl CutReason {
             CutReason::BadEventId => "bad_event_id",
             CutReason::LoneSurrogate => "lone_surrogate",
             CutReason::UnknownClientIp => "unknown_client_ip",
-            CutReason::UntrustedForwarding => "untrusted_forwarding",
         }
     }
 }

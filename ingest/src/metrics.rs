@@ -101,6 +101,7 @@ pub struct Metrics {
     connections_open: IntGauge,
     connections_rejected: IntCounter,
     handler_panics: IntCounter,
+    forwarding_ignored: IntCounter,
     signatures: IntCounterVec,
     clicks_refused: IntCounterVec,
     geoip_reloads: IntCounterVec,
@@ -247,6 +248,10 @@ impl Metrics {
                 "pixelpipe_ingest_connections_open",
                 "HTTP connections open now.",
             ),
+            forwarding_ignored: counter(
+                "pixelpipe_ingest_forwarding_ignored_total",
+                "Requests whose http.client_ip_header came from a peer not in http.trusted_proxies: ignored, the peer recorded. Near the request rate: the proxy in front is not trusted.",
+            ),
             handler_panics: counter(
                 "pixelpipe_ingest_handler_panics_total",
                 "Requests whose handler panicked; each was answered 500 and the server kept serving.",
@@ -354,6 +359,12 @@ impl Metrics {
                 .with_label_values(&[route.as_str(), status.as_str()])
                 .inc(),
         }
+    }
+
+    /// Counts a request whose forwarding header was ignored because its peer is not a trusted
+    /// proxy (`TrustedProxies::ignored_forwarding`).
+    pub fn forwarding_ignored(&self) {
+        self.forwarding_ignored.inc();
     }
 
     /// Counts a hit handed to the queue.

@@ -304,7 +304,7 @@ impl Edge {
             meta.cuts.add(CutReason::UnknownClientIp);
         }
         if self.trusted.ignored_forwarding(peer, req.headers()) {
-            meta.cuts.add(CutReason::UntrustedForwarding);
+            self.metrics.forwarding_ignored();
         }
         meta.opted_out = has_cookie(req.headers(), &self.optout_cookie);
         meta

@@ -31,14 +31,15 @@ pub enum Error {
         /// Which table on which server.
         problem: String,
     },
-    /// `replay-dead-letters` stopped hearing from the dead-letter topic before it had read every
-    /// partition to the end it saw at its start; it copied nothing, so running it again is safe.
-    #[error("the dead-letter topic {topic} went quiet after {read} messages, with {partitions} partition(s) not read to their end; nothing was copied: run the replay again")]
+    /// `replay-dead-letters` heard nothing from the dead-letter topic for 10 s before it had read
+    /// every partition to its end. What it copied is confirmed and committed, so running it again
+    /// resumes there.
+    #[error("the dead-letter topic {topic} went quiet with {partitions} partition(s) not read to their end, after {copied} messages were copied; run the replay again to resume")]
     ReplayIncomplete {
         /// The dead-letter topic.
         topic: String,
-        /// Messages read before it went quiet.
-        read: usize,
+        /// Messages copied (and committed) before it went quiet.
+        copied: u64,
         /// Partitions not read to their end.
         partitions: usize,
     },
