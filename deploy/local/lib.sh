@@ -55,6 +55,26 @@ stop_pid() {
 
 mkdir -p "$STATE_DIR"
 
+# apt_tool PACKAGE BIN VAR [APT_OPTION...]: Debian's PACKAGE, installed the first time only (when
+# BIN is not there yet) and checked to provide BIN. VAR is the variable a user sets to point at a
+# BIN of their own instead; the errors name it. Installing needs root.
+apt_tool() {
+  local package=$1 bin=$2 var=$3
+  shift 3
+  if [ -x "$bin" ]; then
+    note "$package already installed at $bin"
+    return 0
+  fi
+  [ "$(id -u)" = 0 ] || die "installing $package needs root: sudo apt-get install -y $package (or set $var)"
+  need apt-get "Install $package by hand and set $var to its path."
+  step "installing Debian's $package (first time only)"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" "$package" >/dev/null ||
+    die "apt-get install $package failed"
+  [ -x "$bin" ] || die "$package installed but $bin is missing"
+  note "installed"
+}
+
 # pip_venv DIR WORKS PACKAGE==VERSION...: a venv at DIR holding the pinned packages from PyPI,
 # made the first time only. WORKS is a function that succeeds when DIR is usable; it decides
 # whether to install and checks the result. The venv is built in DIR.partial and moved into place

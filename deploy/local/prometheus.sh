@@ -8,30 +8,26 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BIN="${PROMETHEUS_BIN:-/usr/bin/prometheus}"
 
 install() {
-  if [ -x "$BIN" ] && [ -x "$(dirname "$BIN")/promtool" ]; then
+  local promtool
+  promtool="$(dirname "$BIN")/promtool"
+  if [ -x "$BIN" ] && [ -x "$promtool" ]; then
     note "prometheus already installed at $BIN"
     return 0
   fi
-  [ "$(id -u)" = 0 ] || die "installing Prometheus needs root: sudo apt-get install -y prometheus (or set PROMETHEUS_BIN)"
-  need apt-get "Install Prometheus by hand and set PROMETHEUS_BIN to its path."
-  step "installing Debian's prometheus (first time only)"
-  apt-get update -qq >/dev/null
   # The package would start its own service on 127.0.0.1:9090, the edge's admin port: a
   # policy-rc.d answering 101 ("action forbidden", invoke-rc.d's convention) keeps it stopped.
   local policy=/usr/sbin/policy-rc.d
-  if [ ! -e "$policy" ]; then
+  if [ ! -e "$policy" ] && [ "$(id -u)" = 0 ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
     # Removed however the install ends: left behind, it would stop every service start here.
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null ||
-    die "apt-get install prometheus failed"
+  apt_tool prometheus "$promtool" PROMETHEUS_BIN --no-install-recommends
   # Nor at the next boot, where systemd runs.
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
   [ -x "$BIN" ] || die "prometheus installed but $BIN is missing"
-  note "installed"
 }
 
 case "${1:-}" in

@@ -26,20 +26,19 @@ export TEST_CLICKHOUSE_URL="http://127.0.0.1:8123"
 # The replicated cluster (clickhouse-cluster.sh): its name and each replica's HTTP URL.
 export TEST_CLICKHOUSE_CLUSTER=pixelpipe
 export TEST_CLICKHOUSE_REPLICAS="http://127.0.0.1:8124,http://127.0.0.1:8125"
-TEST_CHDB_PYTHON="$("$ROOT/deploy/local/chdb.sh" python)"
-export TEST_CHDB_PYTHON
-TEST_CHROMIUM="$("$ROOT/deploy/local/chromium.sh" path)"
-export TEST_CHROMIUM
-TEST_PROMETHEUS="$("$ROOT/deploy/local/prometheus.sh" path)"
-export TEST_PROMETHEUS
-TEST_HADOLINT="$("$ROOT/deploy/local/hadolint.sh" path)"
-export TEST_HADOLINT
-TEST_DOCKER_COMPOSE="$("$ROOT/deploy/local/compose.sh" path)"
-export TEST_DOCKER_COMPOSE
-TEST_KUBECTL="$("$ROOT/deploy/local/kubectl.sh" path)"
-export TEST_KUBECTL
-TEST_KUBERNETES_VALIDATE="$("$ROOT/deploy/local/kubernetes-validate.sh" path)"
-export TEST_KUBERNETES_VALIDATE
+# Where each installed tool is, as its script says: the variable the tests read, the script and
+# the script's word for the path.
+while read -r var script word; do
+  export "$var=$("$ROOT/deploy/local/$script" "$word")"
+done <<'TOOLS'
+TEST_CHDB_PYTHON chdb.sh python
+TEST_CHROMIUM chromium.sh path
+TEST_PROMETHEUS prometheus.sh path
+TEST_HADOLINT hadolint.sh path
+TEST_DOCKER_COMPOSE compose.sh path
+TEST_KUBECTL kubectl.sh path
+TEST_KUBERNETES_VALIDATE kubernetes-validate.sh path
+TOOLS
 
 step "running cargo test --workspace --features integration"
 cd "$ROOT"

@@ -18,16 +18,7 @@ use pixelpipe_sink::SinkConfig;
 async fn migrations_apply_once() {
     let prefix = unique("mig");
     let config = sink_config("unused", &format!("{prefix}_"));
-    let all: Vec<u32> = pixelpipe_sink::schema::MIGRATIONS
-        .iter()
-        .map(|m| m.version)
-        .collect();
-    assert_eq!(pixelpipe_sink::migrate(&config).await.unwrap(), all);
-    assert_eq!(
-        pixelpipe_sink::migrate(&config).await.unwrap(),
-        Vec::<u32>::new(),
-        "already migrated: a no-op"
-    );
+    migrate_all_then_nothing(&config).await;
     let url = clickhouse_url();
     let tables = number(&url, &format!(
         "SELECT count() FROM system.tables WHERE database = 'pixelpipe' AND name LIKE '{prefix}\\_%'")).await;
@@ -40,7 +31,7 @@ async fn migrations_apply_once() {
         &format!("SELECT count() FROM pixelpipe.{prefix}_schema_migrations"),
     )
     .await;
-    assert_eq!(recorded, all.len() as u64);
+    assert_eq!(recorded, pixelpipe_sink::schema::MIGRATIONS.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

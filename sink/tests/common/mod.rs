@@ -310,6 +310,21 @@ pub async fn store_through_a_sink(
     prefix
 }
 
+/// Migrates `config`'s tables twice: the first run applies every migration, in order, and the
+/// second nothing.
+pub async fn migrate_all_then_nothing(config: &SinkConfig) {
+    let all: Vec<u32> = pixelpipe_sink::schema::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(pixelpipe_sink::migrate(config).await.unwrap(), all);
+    assert_eq!(
+        pixelpipe_sink::migrate(config).await.unwrap(),
+        Vec::<u32>::new(),
+        "already migrated: a no-op"
+    );
+}
+
 /// Runs one query over ClickHouse's HTTP interface at `url` and returns its answer as
 /// tab-separated text; panics with the server's error.
 pub async fn tsv(url: &str, sql: &str) -> String {
