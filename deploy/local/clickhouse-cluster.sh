@@ -16,7 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CLUSTER=pixelpipe
 ZK_PORT="${PIXELPIPE_ZK_PORT:-12181}"
 ZK_DIR="$STATE_DIR/zookeeper"
-ZK_BIN=/usr/share/zookeeper/bin/zkServer.sh
+ZK_BIN="${ZK_BIN:-/usr/share/zookeeper/bin/zkServer.sh}"
 REPLICAS=(1 2)
 
 http_port() { echo $((8123 + $1)); }
@@ -25,16 +25,8 @@ interserver_port() { echo $((9200 + $1)); }
 
 install() {
   "$ROOT/deploy/local/clickhouse.sh" install
-  if [ -x "$ZK_BIN" ]; then
-    note "zookeeper already installed"
-    return 0
-  fi
-  [ "$(id -u)" = 0 ] || die "installing ZooKeeper needs root: sudo apt-get install -y zookeeper"
-  need apt-get "This script installs ZooKeeper from Debian/Ubuntu packages."
-  step "installing zookeeper (apt; it brings a Java runtime)"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null \
-    || die "apt-get install zookeeper failed"
+  # It brings a Java runtime.
+  apt_tool zookeeper "$ZK_BIN" ZK_BIN
 }
 
 # Serving, not only alive: `ruok` answers imok while ZooKeeper still loads its data and refuses
