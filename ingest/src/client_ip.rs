@@ -119,10 +119,14 @@ impl ClientIpHeader {
     ];
 
     fn name(self) -> HeaderName {
+        // Built at compile time: every request asks (`ignored_forwarding`), and building the name
+        // at run time validates its bytes each time.
+        const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+        const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
         match self {
-            ClientIpHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
+            ClientIpHeader::XForwardedFor => X_FORWARDED_FOR,
             ClientIpHeader::Forwarded => FORWARDED,
-            ClientIpHeader::XRealIp => HeaderName::from_static("x-real-ip"),
+            ClientIpHeader::XRealIp => X_REAL_IP,
         }
     }
 }
