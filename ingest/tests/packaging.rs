@@ -215,4 +215,6 @@ fn the_compose_file_parses_pins_its_images_and_names_files_that_exist() {
     );
     let nginx = std::fs::read_to_string(compose_dir().join("nginx.conf")).unwrap();
     assert!(nginx.contains("proxy_set_header X-Forwarded-For $remote_addr;"));
+    // A request retried on the other edge after the first recorded its hit would count twice.
+    assert!(nginx.contains("proxy_next_upstream off;"), "{nginx}");
 }
